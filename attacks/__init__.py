@@ -1,0 +1,1 @@
+"""Built-in attack plugins: each module holds one, named after it."""

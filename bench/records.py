@@ -1,0 +1,133 @@
+"""Per-sample records, persisted as JSON lines as they are produced.
+
+One record per (model, method, eps, sample)::
+
+    model, model_sha256, method, kind ("verifier" | "attack"), eps, sample, label,
+    bound      float64 max over wrong classes j of U[n, j] (verifier, upper bound) or
+               of L[n, j] (attack, lower bound); null when there is none,
+    decided    verifier: certified (bound < 0); attack: broken (bound >= 0); null if n/a,
+    seconds    this sample's share of its batch's wall time,
+    status     "ok" | "error" | "timeout" | "n/a",
+    message    why, when the status is not ok,
+    config     the plugin's repr, version  the providing distribution and version,
+    seed       the batch seed.
+
+A batch of records is appended with one write, flushed and fsynced, so a killed
+run loses at most the batch in flight; a torn last line is ignored on reading.
+A run holds an exclusive lock on the folder, so two runs cannot interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+RECORDS_NAME = "records.jsonl"
+LOCK_NAME = ".lock"
+FIELDS = ("model", "model_sha256", "method", "kind", "eps", "sample", "label", "bound",
+          "decided", "seconds", "status", "message", "config", "version", "seed")
+STATUSES = ("ok", "error", "timeout", "n/a")
+
+Key = tuple[str, str, float, int]
+
+
+class RecordsError(RuntimeError):
+    """The records file is corrupt, foreign, or locked by another run (one-line message)."""
+
+
+def key_of(record: dict[str, Any]) -> Key:
+    return (record["model"], record["method"], float(record["eps"]), int(record["sample"]))
+
+
+def _encode(record: dict[str, Any]) -> str:
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in record.items()}
+    return json.dumps(clean, sort_keys=True, allow_nan=False)
+
+
+def _validate(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict) or set(record) != set(FIELDS):
+        raise RecordsError(f"{where}: not a certbench record (fields differ)")
+    if record["status"] not in STATUSES or record["kind"] not in ("verifier", "attack"):
+        raise RecordsError(f"{where}: unknown status or kind")
+    return record
+
+
+class RecordStore:
+    """The records of one results folder; use as a context manager to hold its lock."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / RECORDS_NAME
+        self._lock_file: Any = None
+
+    def __enter__(self) -> "RecordStore":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.folder / LOCK_NAME, "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise RecordsError(f"another run is writing to {self.folder}; wait for it or "
+                               "choose another --out") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def load(self) -> dict[Key, dict[str, Any]]:
+        """Every record by key, the latest winning; a torn final line is dropped."""
+        if not self.path.exists():
+            return {}
+        try:
+            lines = self.path.read_bytes().split(b"\n")
+        except OSError as exc:
+            raise RecordsError(f"{self.path}: unreadable ({exc.strerror})") from None
+        found: dict[Key, dict[str, Any]] = {}
+        for number, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                record = _validate(json.loads(line), f"{self.path}:{number + 1}")
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if number == len(lines) - 1:
+                    break  # torn write of an interrupted run (no final newline): redone
+                raise RecordsError(f"{self.path}:{number + 1}: corrupt records file "
+                                   f"({type(exc).__name__}); move it away to start "
+                                   "afresh") from None
+            found[key_of(record)] = record
+        return found
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records durably: one write, flush, fsync."""
+        payload = "".join(_encode(r) + "\n" for r in records).encode()
+        if not payload:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as handle:
+            self._drop_torn_tail(handle)
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @staticmethod
+    def _drop_torn_tail(handle: Any) -> None:
+        """Cut a partial last line (from a killed run) back to the last newline."""
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        with open(handle.name, "rb") as reader:
+            reader.seek(max(0, size - (1 << 20)))
+            tail = reader.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        handle.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
+        handle.seek(0, os.SEEK_END)

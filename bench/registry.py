@@ -1,0 +1,103 @@
+"""Plugin discovery through entry points (groups ``bench.verifiers`` and ``bench.attacks``).
+
+Our own verifiers and attacks are declared the same way in pyproject.toml, so a
+third-party package is a first-class citizen. Loading an entry point imports its
+module, so heavy imports happen only for the plugins a run chooses. Two entry
+points with the same name in one group are an error naming both providers.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from .contract import is_opt_in
+
+GROUPS = {"verifier": "bench.verifiers", "attack": "bench.attacks"}
+
+
+class RegistryError(RuntimeError):
+    """A plugin name is unknown, duplicated, or does not load (message is one line)."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One discovered plugin and where it comes from."""
+
+    name: str
+    kind: str                 # "verifier" or "attack"
+    entry_point: EntryPoint
+    distribution: str
+    version: str
+
+    @property
+    def origin(self) -> str:
+        return f"{self.distribution} {self.version}"
+
+    def load_class(self) -> type:
+        try:
+            return self.entry_point.load()
+        except Exception as exc:  # a broken plugin must not take the suite down
+            raise RegistryError(f"{self.kind} {self.name!r} from {self.origin} failed to "
+                                f"load: {type(exc).__name__}: {exc}") from None
+
+    def create(self, options: dict[str, Any] | None = None) -> Any:
+        """Instantiate with keyword-only ``options``; its ``name`` must match."""
+        cls = self.load_class()
+        try:
+            plugin = cls(**(options or {}))
+        except TypeError as exc:
+            raise RegistryError(f"bad options for {self.kind} {self.name!r}: {exc}") from None
+        if getattr(plugin, "name", None) != self.name:
+            raise RegistryError(f"{self.kind} entry point {self.name!r} from {self.origin} "
+                                f"builds a plugin named {getattr(plugin, 'name', None)!r}")
+        return plugin
+
+    @property
+    def opt_in(self) -> bool:
+        return is_opt_in(self.load_class())
+
+
+def discover(kind: str) -> dict[str, PluginInfo]:
+    """All installed plugins of ``kind`` by name; duplicate names raise ``RegistryError``."""
+    found: dict[str, PluginInfo] = {}
+    for ep in entry_points(group=GROUPS[kind]):
+        dist = ep.dist
+        info = PluginInfo(ep.name, kind, ep, dist.name if dist else "unknown",
+                          dist.version if dist else "?")
+        if ep.name in found:
+            if found[ep.name].entry_point.value == ep.value and found[ep.name].origin == info.origin:
+                continue  # the same distribution seen twice on sys.path
+            raise RegistryError(f"duplicate {kind} name {ep.name!r}: {found[ep.name].origin} "
+                                f"({found[ep.name].entry_point.value}) and {info.origin} "
+                                f"({ep.value})")
+        found[ep.name] = info
+    return found
+
+
+def select(kind: str, names: list[str] | None) -> list[PluginInfo]:
+    """The plugins named (in order), or all non-opt-in ones when ``names`` is None."""
+    available = discover(kind)
+    if names is None:
+        return [info for _, info in sorted(available.items()) if not info.opt_in]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise RegistryError(f"unknown {kind}{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(repr, unknown))}; available: "
+                            f"{', '.join(sorted(available)) or 'none'}")
+    return [available[n] for n in dict.fromkeys(names)]
+
+
+def parse_option(text: str) -> tuple[str, str, Any]:
+    """``"NAME.KEY=VALUE"`` -> ``(NAME, KEY, value)``; VALUE is a Python literal or a string."""
+    target, sep, raw = text.partition("=")
+    name, dot, key = target.partition(".")
+    if not sep or not dot or not name or not key.isidentifier():
+        raise RegistryError(f"option {text!r} is not of the form NAME.KEY=VALUE")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name, key, value

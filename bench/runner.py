@@ -1,0 +1,204 @@
+"""Run the grid (models x eps x methods x samples) and write records, leaderboard, gaps.
+
+Samples are processed in fixed batches (``batch_size``, aligned on sample index),
+each seeded from ``(seed, model, method, eps, first sample)`` alone, so a batch gives
+the same numbers whether it runs in one go or after an interruption. Records of a
+batch are appended as soon as it finishes; a rerun skips every batch whose records
+exist with the same model weights and plugin configuration.
+
+Verifiers get ``x`` in float64; attacks get it in float32. The harness projects every
+``x_adv`` into ``B_eps(x) ∩ [0, 1]^d`` and evaluates margins with a float64 copy of
+the network, so the attack's lower bound ``L`` is exact for the point it found.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from models import MLP, Card
+from models import load as load_model
+
+from . import data
+from .contract import margins, project, supports
+from .leaderboard import tabulate, write_csv
+from .records import RecordStore, key_of
+from .registry import PluginInfo
+
+LEADERBOARD_NAME = "leaderboard.csv"
+GAPS_NAME = "gaps.csv"
+VIOLATIONS_NAME = "violations.csv"
+
+
+@dataclass
+class Method:
+    """A chosen plugin instance with where it came from."""
+
+    info: PluginInfo
+    plugin: Any
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+
+@dataclass
+class RunSpec:
+    models: list[str]
+    methods: list[Method]
+    eps: list[float]
+    n: int
+    out: Path
+    seed: int = 0
+    batch_size: int = 250
+    model_dir: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    leaderboard: pd.DataFrame
+    gaps: pd.DataFrame
+    violations: pd.DataFrame
+    computed_batches: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+def batch_seed(seed: int, model: str, method: str, eps: float, start: int) -> int:
+    return zlib.crc32(f"{seed}/{model}/{method}/{eps!r}/{start}".encode())
+
+
+def _evaluate_verifier(method: Method, net: MLP, x64: torch.Tensor, y: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``(max_j U, certified)``; raises ``ValueError`` on a malformed output."""
+    upper = method.plugin.bound(net, x64, y, eps)
+    if not isinstance(upper, torch.Tensor) or tuple(upper.shape) != (len(y), net.num_classes):
+        raise ValueError(f"bound returned shape {tuple(getattr(upper, 'shape', ()))}, "
+                         f"expected {(len(y), net.num_classes)}")
+    upper = upper.detach().to(torch.float64)
+    upper = upper.scatter(1, y.view(-1, 1), float("-inf"))
+    worst = upper.amax(dim=1)
+    if torch.isnan(worst).any():
+        raise ValueError("bound returned NaN")
+    return worst, worst < 0
+
+
+def _evaluate_attack(method: Method, net: MLP, net64: MLP, x: torch.Tensor, x64: torch.Tensor,
+                     y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``(max_j L, broken)`` at the projected attack points."""
+    x_adv = method.plugin.perturb(net, x, y, eps)
+    if not isinstance(x_adv, torch.Tensor) or tuple(x_adv.shape) != tuple(x.shape):
+        raise ValueError(f"perturb returned shape {tuple(getattr(x_adv, 'shape', ()))}, "
+                         f"expected {tuple(x.shape)}")
+    x_adv = x_adv.detach().to(torch.float64)
+    if not torch.isfinite(x_adv).all():
+        raise ValueError("perturb returned NaN or infinite points")
+    with torch.no_grad():
+        lower = margins(net64(project(x_adv, x64, eps)), y).amax(dim=1)
+    return lower, lower >= 0
+
+
+class Runner:
+    """Executes a :class:`RunSpec`; ``echo`` receives one-line progress messages."""
+
+    def __init__(self, spec: RunSpec, echo: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.echo = echo or (lambda line: print(line, file=sys.stderr))
+
+    def run(self) -> RunResult:
+        spec = self.spec
+        images, labels = data.mnist_test(spec.n)
+        x = data.to_tensor(images, torch.float32)
+        x64 = data.to_tensor(images, torch.float64)
+        y = torch.from_numpy(labels)
+        networks = {name: self._load(name) for name in spec.models}
+        computed = 0
+        with RecordStore(spec.out) as store:
+            existing = store.load()
+            todo = self._plan(networks, existing)
+            bar = tqdm(total=sum(stop - start for *_, start, stop in todo), unit="sample",
+                       disable=not spec.progress, file=sys.stderr, dynamic_ncols=True)
+            nets64 = {name: net.float64_copy() for name, (net, _) in networks.items()}
+            for model, method, eps, start, stop in todo:
+                net, card = networks[model]
+                bar.set_description(f"{model} {method.name} eps={eps:g}")
+                records = self._batch(model, card, net, nets64[model], method, eps,
+                                      x[start:stop], x64[start:stop], y[start:stop], start)
+                store.append(records)
+                existing.update((key_of(r), r) for r in records)
+                computed += 1
+                bar.update(stop - start)
+            bar.close()
+        wanted = [existing[(model, m.name, float(eps), i)] for model in spec.models
+                  for eps in spec.eps for m in spec.methods for i in range(spec.n)]
+        board, gap_table, unsound = tabulate(wanted)
+        write_csv(board, spec.out / LEADERBOARD_NAME)
+        write_csv(gap_table, spec.out / GAPS_NAME)
+        write_csv(unsound, spec.out / VIOLATIONS_NAME)
+        return RunResult(board, gap_table, unsound, computed)
+
+    def _load(self, name: str) -> tuple[MLP, Card]:
+        if self.spec.model_dir is None:
+            return load_model(name)
+        return load_model(name, self.spec.model_dir)
+
+    def _plan(self, networks: dict[str, tuple[MLP, Card]],
+              existing: dict) -> list[tuple[str, Method, float, int, int]]:
+        """Batches with at least one sample lacking a current record."""
+        todo = []
+        for model, (_, card) in networks.items():
+            for eps in self.spec.eps:
+                for method in self.spec.methods:
+                    config = repr(method.plugin)
+                    for start in range(0, self.spec.n, self.spec.batch_size):
+                        stop = min(start + self.spec.batch_size, self.spec.n)
+                        for i in range(start, stop):
+                            record = existing.get((model, method.name, float(eps), i))
+                            if (record is None or record["config"] != config
+                                    or record["model_sha256"] != card.weights_sha256
+                                    or record["version"] != method.info.origin):
+                                todo.append((model, method, eps, start, stop))
+                                break
+        return todo
+
+    def _batch(self, model: str, card: Card, net: MLP, net64: MLP, method: Method,
+               eps: float, x: torch.Tensor, x64: torch.Tensor, y: torch.Tensor,
+               start: int) -> list[dict[str, Any]]:
+        seed = batch_seed(self.spec.seed, model, method.name, eps, start)
+        torch.manual_seed(seed)
+        status, message = "ok", ""
+        bound = torch.full((len(y),), float("nan"), dtype=torch.float64)
+        decided: list[bool | None] = [None] * len(y)
+        began = time.perf_counter()
+        if method.kind == "verifier" and not supports(method.plugin, net):
+            status, message = "n/a", f"{method.name} does not support this network"
+        else:
+            try:
+                if method.kind == "verifier":
+                    bound, flags = _evaluate_verifier(method, net, x64, y, eps)
+                else:
+                    bound, flags = _evaluate_attack(method, net, net64, x, x64, y, eps)
+                decided = [bool(v) for v in flags]
+            except Exception as exc:  # a failing plugin is recorded, the grid goes on
+                status, message = "error", f"{type(exc).__name__}: {exc}"[:500]
+                self.echo(f"{method.name} on {model} eps={eps:g} samples {start}.."
+                          f"{start + len(y) - 1}: {message}")
+        seconds = (time.perf_counter() - began) / len(y)
+        return [{"model": model, "model_sha256": card.weights_sha256, "method": method.name,
+                 "kind": method.kind, "eps": float(eps), "sample": start + i,
+                 "label": int(y[i]), "bound": float(bound[i]), "decided": decided[i],
+                 "seconds": seconds, "status": status, "message": message,
+                 "config": repr(method.plugin), "version": method.info.origin, "seed": seed}
+                for i in range(len(y))]

@@ -1,0 +1,152 @@
+"""Load and save networks: weights as safetensors (no code runs on load) plus a JSON card.
+
+A card (``NAME.json`` beside ``NAME.safetensors``) records: ``name``,
+``architecture`` (``{"type": "mlp", "widths": [...]}``), ``objective``,
+``hyperparameters``, ``seed``, ``clean_test_error`` (fraction in [0, 1]),
+``training_seconds``, ``weights_sha256`` and free-form ``notes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from .mlp import MLP
+
+SHIPPED_DIR = Path(__file__).resolve().parent
+
+
+class ModelError(RuntimeError):
+    """A network could not be loaded or failed verification (message is one line)."""
+
+
+@dataclass
+class Card:
+    """The JSON card that describes one shipped network."""
+
+    name: str
+    widths: list[int]
+    objective: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    clean_test_error: float | None = None
+    training_seconds: float | None = None
+    weights_sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name,
+                "architecture": {"type": "mlp", "widths": self.widths},
+                "objective": self.objective, "hyperparameters": self.hyperparameters,
+                "seed": self.seed, "clean_test_error": self.clean_test_error,
+                "training_seconds": self.training_seconds,
+                "weights_sha256": self.weights_sha256, **self.extra}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], source: str) -> "Card":
+        try:
+            arch = raw["architecture"]
+            if arch.get("type") != "mlp":
+                raise ModelError(f"{source}: unsupported architecture {arch.get('type')!r}")
+            known = {"name", "architecture", "objective", "hyperparameters", "seed",
+                     "clean_test_error", "training_seconds", "weights_sha256"}
+            return cls(name=str(raw["name"]), widths=[int(w) for w in arch["widths"]],
+                       objective=str(raw["objective"]),
+                       hyperparameters=dict(raw.get("hyperparameters", {})),
+                       seed=int(raw.get("seed", 0)),
+                       clean_test_error=raw.get("clean_test_error"),
+                       training_seconds=raw.get("training_seconds"),
+                       weights_sha256=str(raw["weights_sha256"]),
+                       extra={k: v for k, v in raw.items() if k not in known})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"{source}: malformed card ({exc!r})") from None
+
+
+def shipped_names(folder: Path = SHIPPED_DIR) -> list[str]:
+    """Names of the networks with a card and weights in ``folder``, sorted."""
+    return sorted(p.stem for p in folder.glob("*.json")
+                  if p.with_suffix(".safetensors").exists())
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+        tmp.write(payload)
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, path)
+
+
+def save(net: MLP, card: Card, folder: Path = SHIPPED_DIR) -> Path:
+    """Write ``NAME.safetensors`` and ``NAME.json`` (the card gets the weights' SHA-256)."""
+    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
+    payload = save_safetensors_bytes(tensors, metadata={"name": card.name})
+    card.widths = list(net.widths)
+    card.weights_sha256 = hashlib.sha256(payload).hexdigest()
+    weights = folder / f"{card.name}.safetensors"
+    _atomic_write(weights, payload)
+    _atomic_write(folder / f"{card.name}.json",
+                  (json.dumps(card.to_json(), indent=2) + "\n").encode())
+    return weights
+
+
+def load_card(name: str, folder: Path = SHIPPED_DIR) -> Card:
+    path = folder / f"{name}.json"
+    if not path.exists():
+        available = ", ".join(shipped_names(folder)) or "none"
+        raise ModelError(f"unknown model {name!r}; available: {available}")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: card is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{path}: card is not a JSON object")
+    return Card.from_json(raw, str(path))
+
+
+def load(name: str, folder: Path = SHIPPED_DIR) -> tuple[MLP, Card]:
+    """Load network ``name`` from ``folder``, checking SHA-256, shapes and finiteness."""
+    card = load_card(name, folder)
+    path = folder / f"{name}.safetensors"
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read weights ({exc.strerror})") from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != card.weights_sha256:
+        raise ModelError(f"{path}: SHA-256 {digest[:16]}... does not match its card "
+                         f"({card.weights_sha256[:16]}...)")
+    try:
+        tensors = load_safetensors_bytes(payload)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+    net = MLP(card.widths)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        raise ModelError(f"{path}: tensors {found} do not match the card's widths "
+                         f"{card.widths}")
+    for key, value in tensors.items():
+        if not torch.isfinite(value).all():
+            raise ModelError(f"{path}: tensor {key} has NaN or infinite entries")
+    net.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+    net.eval()
+    return net, card
+
+
+def weights_summary(net: MLP) -> str:
+    """Short stable hash of the weights' values (for caching per weights)."""
+    h = hashlib.sha256()
+    for key, value in net.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().to(torch.float64).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

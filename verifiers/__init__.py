@@ -1,0 +1,1 @@
+"""Built-in verifier plugins: each module holds one, named after it."""
