@@ -88,12 +88,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unused:
         raise UsageError(f"--set names {', '.join(sorted(unused))}, which this run does not use")
     methods = [Method(info, info.create(options.get(info.name))) for info in infos]
-    models = args.models or shipped_names()
+    models = args.models or (shipped_names(args.model_dir) if args.model_dir else shipped_names())
     if not models:
         raise UsageError("no shipped models found; train one with `python -m bench train nt-nn`")
     spec = RunSpec(models=models, methods=methods, eps=args.eps or DEFAULT_EPS, n=args.n,
                    out=args.out, seed=args.seed, batch_size=args.batch_size,
-                   progress=not args.quiet)
+                   model_dir=args.model_dir, progress=not args.quiet)
     result = Runner(spec).run()
     show = result.leaderboard[["model", "eps", "method", "kind", "error", "ci_low", "ci_high",
                                "mean_bound", "seconds_per_sample", "status"]]
@@ -132,6 +132,8 @@ def build_parser() -> Parser:
     run.add_argument("--eps", type=_eps, nargs="+", help="l-inf radii (default: 0.1)")
     run.add_argument("--n", type=_positive, default=DEFAULT_N,
                      help=f"first N test images (default: {DEFAULT_N})")
+    run.add_argument("--model-dir", type=Path, help="folder of NAME.safetensors + NAME.json "
+                     "networks (default: the shipped ones)")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--batch-size", type=_positive, default=250)

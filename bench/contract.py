@@ -84,7 +84,7 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def pair_difference_norms(last_weight: torch.Tensor) -> torch.Tensor:
     """``||V_j - V_i||_2`` for every class pair: ``V (K, m)`` -> ``(K, K)`` symmetric."""
-    return torch.cdist(last_weight, last_weight)
+    return torch.cdist(last_weight, last_weight, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

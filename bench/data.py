@@ -100,6 +100,7 @@ _ALLOWED_GLOBALS = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles; pure
 }
 
 
@@ -198,7 +199,7 @@ def parse_idx(payload: bytes) -> np.ndarray:
     shape = tuple(int.from_bytes(payload[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     if len(payload) != header + int(np.prod(shape)):
         raise DataError(f"IDX file of shape {shape} has {len(payload) - header} data bytes")
-    return np.frombuffer(payload, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(payload, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 def _read_maybe_gz(folder: Path, stem: str) -> bytes:

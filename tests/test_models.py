@@ -1,0 +1,84 @@
+"""Networks: safetensors + card round trip, verification on load, the shipped NT-NN."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import models
+from bench import data
+from bench.training import error_rate
+from models import MLP, Card, ModelError
+from tests.conftest import random_mlp
+
+
+def test_round_trip(tmp_path):
+    net = random_mlp([6, 5, 4, 3], seed=0)
+    models.save(net, Card(name="deep", widths=net.widths, objective="none"), tmp_path)
+    loaded, card = models.load("deep", tmp_path)
+    assert card.widths == [6, 5, 4, 3] and loaded.hidden_layers == 2
+    x = torch.rand(4, 6)
+    assert torch.equal(loaded(x), net(x))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    net = random_mlp([6, 5, 3], seed=1)
+    models.save(net, Card(name="m", widths=net.widths, objective="none"), tmp_path)
+    return tmp_path
+
+
+def _rewrite_card(folder, **changes):
+    path = folder / "m.json"
+    card = json.loads(path.read_text())
+    card.update(changes)
+    path.write_text(json.dumps(card))
+
+
+def test_sha_mismatch_is_refused(saved):
+    _rewrite_card(saved, weights_sha256="0" * 64)
+    with pytest.raises(ModelError, match="does not match its card"):
+        models.load("m", saved)
+
+
+def test_truncated_weights_are_refused(saved):
+    path = saved / "m.safetensors"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelError, match="SHA-256"):
+        models.load("m", saved)
+
+
+def test_wrong_shapes_for_the_card_are_refused(saved):
+    _rewrite_card(saved, architecture={"type": "mlp", "widths": [6, 4, 3]})
+    with pytest.raises(ModelError, match="do not match the card's widths"):
+        models.load("m", saved)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    net = random_mlp([6, 5, 3], seed=2)
+    with torch.no_grad():
+        net.linears[0].weight[0, 0] = float("nan")
+    models.save(net, Card(name="m", widths=net.widths, objective="none"), tmp_path)
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        models.load("m", tmp_path)
+
+
+def test_unknown_model_lists_the_available_ones(saved):
+    with pytest.raises(ModelError, match="unknown model 'x'; available: m"):
+        models.load("x", saved)
+
+
+def test_mlp_rejects_degenerate_widths():
+    with pytest.raises(ValueError):
+        MLP([784])
+
+
+def test_shipped_nt_nn_matches_its_card():
+    net, card = models.load("nt-nn")
+    assert net.widths == [784, 500, 10] and card.objective == "cross-entropy"
+    images, labels = data.mnist_test()
+    measured = error_rate(net, data.to_tensor(images), torch.from_numpy(labels))
+    assert measured == pytest.approx(card.clean_test_error, abs=1e-12)
+    assert measured <= 0.03

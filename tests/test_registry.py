@@ -1,0 +1,100 @@
+"""Plugin discovery: entry points, a real third-party package, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from bench import registry
+from bench.registry import RegistryError, discover, parse_option, select
+
+PLUGIN_SOURCE = Path(__file__).with_name("plugin_package")
+
+
+def run_cli(*args: str, env_path: Path | None = None, cwd: Path | None = None):
+    import os
+    env = dict(os.environ)
+    if env_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(env_path), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example plugin package installed into a private folder (not the environment)."""
+    root = tmp_path_factory.mktemp("plugin")
+    source = root / "src"
+    shutil.copytree(PLUGIN_SOURCE, source)
+    target = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--disable-pip-version-check", "--target",
+                    str(target), str(source)], check=True, capture_output=True)
+    return target
+
+
+def test_builtins_are_discovered_with_their_origin():
+    verifiers, attacks = discover("verifier"), discover("attack")
+    assert {"frobenius", "spectral"} <= set(verifiers)
+    assert {"fgsm", "pgd", "cw"} <= set(attacks)
+    assert verifiers["spectral"].distribution == "certbench"
+
+
+def test_third_party_plugin_is_listed_and_usable(plugin_site, model_dir, tmp_path):
+    listed = run_cli("list", env_path=plugin_site)
+    assert listed.returncode == 0, listed.stderr
+    assert "interval" in listed.stdout and "certbench-example-plugin 0.0.1" in listed.stdout
+    assert "corner-noise" in listed.stdout
+    out = tmp_path / "out"
+    done = run_cli("run", "--verifiers", "interval,spectral", "--attacks", "corner-noise,fgsm",
+                   "--model-dir", str(model_dir), "--models", "tiny-a", "--n", "12", "--out",
+                   str(out), "--quiet", "--set", "corner-noise.tries=2", env_path=plugin_site)
+    assert done.returncode == 0, done.stderr
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(board["method"]) == {"interval", "spectral", "corner-noise", "fgsm"}
+    row = board.set_index("method").loc["interval"]
+    assert row["status"] == "ok" and row["version"] == "certbench-example-plugin 0.0.1"
+    assert board.set_index("method").loc["corner-noise", "config"] == "CornerNoise(tries=2)"
+
+
+def test_unknown_name_lists_the_available_ones():
+    with pytest.raises(RegistryError, match="available: .*frobenius.*spectral"):
+        select("verifier", ["spectral", "nope"])
+
+
+def test_duplicate_names_name_both_providers(monkeypatch):
+    def fake(name, value, dist):
+        return SimpleNamespace(name=name, value=value, dist=SimpleNamespace(name=dist, version="1"))
+    monkeypatch.setattr(registry, "entry_points", lambda group: [
+        fake("twin", "pkg_a:V", "pkg-a"), fake("twin", "pkg_b:V", "pkg-b")])
+    with pytest.raises(RegistryError, match="pkg-a 1.*pkg-b 1"):
+        discover("verifier")
+
+
+def test_default_selection_leaves_out_opt_in(monkeypatch):
+    class OptIn:
+        name, opt_in = "slow", True
+
+    class Plain:
+        name = "plain"
+
+    def fake(name, cls):
+        return SimpleNamespace(name=name, value=f"x:{name}", load=lambda: cls,
+                               dist=SimpleNamespace(name="d", version="1"))
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [fake("slow", OptIn), fake("plain", Plain)])
+    assert [info.name for info in select("verifier", None)] == ["plain"]
+    assert [info.name for info in select("verifier", ["slow"])] == ["slow"]
+
+
+def test_parse_option():
+    assert parse_option("pgd.restarts=10") == ("pgd", "restarts", 10)
+    assert parse_option("sdp.backend=cvxpy") == ("sdp", "backend", "cvxpy")
+    with pytest.raises(RegistryError):
+        parse_option("pgd=10")
