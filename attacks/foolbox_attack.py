@@ -45,8 +45,10 @@ class FoolboxAttack(Configurable):
             todo = torch.arange(len(x)) if restart == 0 else torch.nonzero(best_margin < 0).view(-1)
             if len(todo) == 0:
                 break
-            candidate = attack.run(fmodel, x[todo], foolbox.criteria.Misclassification(y[todo]),
-                                   epsilon=float(eps))
+            with torch.enable_grad():
+                candidate = attack.run(fmodel, x[todo],
+                                       foolbox.criteria.Misclassification(y[todo]),
+                                       epsilon=float(eps))
             candidate = project(candidate.detach(), x[todo], eps)
             with torch.no_grad():
                 margin = margins(net(candidate), y[todo]).amax(dim=1)

@@ -101,6 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(result.gaps.drop(columns=["unsound_verifiers"]).to_string(
         index=False, float_format=lambda v: f"{v:.4f}"))
+    stats = result.solver_stats
+    if stats is not None:
+        chosen = stats[stats["model"].isin(models)
+                       & stats["method"].isin([m.name for m in methods])]
+        if len(chosen):
+            print("\nper-pair solves (certified >= SDP value >= primal):")
+            print(chosen.drop(columns=["weights"], errors="ignore").to_string(
+                index=False, float_format=lambda v: f"{v:.6g}"))
     print(f"\nwrote {args.out / 'leaderboard.csv'} and {args.out / 'gaps.csv'}")
     if len(result.violations):
         print(f"\nUNSOUND: {len(result.violations)} (verifier, attack, sample) triples have an "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +36,7 @@ from .registry import PluginInfo
 LEADERBOARD_NAME = "leaderboard.csv"
 GAPS_NAME = "gaps.csv"
 VIOLATIONS_NAME = "violations.csv"
+SOLVER_STATS_NAME = "solver_stats.csv"
 
 
 @dataclass
@@ -73,7 +74,7 @@ class RunResult:
     gaps: pd.DataFrame
     violations: pd.DataFrame
     computed_batches: int = 0
-    log: list[str] = field(default_factory=list)
+    solver_stats: pd.DataFrame | None = None
 
 
 def batch_seed(seed: int, model: str, method: str, eps: float, start: int) -> int:
@@ -116,6 +117,7 @@ class Runner:
     def __init__(self, spec: RunSpec, echo: Callable[[str], None] | None = None) -> None:
         self.spec = spec
         self.echo = echo or (lambda line: print(line, file=sys.stderr))
+        self._seen: dict[int, int] = {}
 
     def run(self) -> RunResult:
         spec = self.spec
@@ -131,6 +133,7 @@ class Runner:
             bar = tqdm(total=sum(stop - start for *_, start, stop in todo), unit="sample",
                        disable=not spec.progress, file=sys.stderr, dynamic_ncols=True)
             nets64 = {name: net.float64_copy() for name, (net, _) in networks.items()}
+            stats: list[dict[str, Any]] = []
             for model, method, eps, start, stop in todo:
                 net, card = networks[model]
                 bar.set_description(f"{model} {method.name} eps={eps:g}")
@@ -140,14 +143,48 @@ class Runner:
                 existing.update((key_of(r), r) for r in records)
                 computed += 1
                 bar.update(stop - start)
+                stats += self._new_statistics(model, method)
             bar.close()
+            solver_stats = self._write_statistics(stats)
         wanted = [existing[(model, m.name, float(eps), i)] for model in spec.models
                   for eps in spec.eps for m in spec.methods for i in range(spec.n)]
         board, gap_table, unsound = tabulate(wanted)
         write_csv(board, spec.out / LEADERBOARD_NAME)
         write_csv(gap_table, spec.out / GAPS_NAME)
         write_csv(unsound, spec.out / VIOLATIONS_NAME)
-        return RunResult(board, gap_table, unsound, computed)
+        return RunResult(board, gap_table, unsound, computed, solver_stats)
+
+    def _new_statistics(self, model: str, method: Method) -> list[dict[str, Any]]:
+        """Per-solve statistics a plugin gathered since the last call (``statistics()``)."""
+        report = getattr(method.plugin, "statistics", None)
+        if not callable(report):
+            return []
+        seen = self._seen.get(id(method.plugin), 0)
+        rows = list(report())[seen:]
+        self._seen[id(method.plugin)] = seen + len(rows)
+        if rows:
+            frame = pd.DataFrame(rows)
+            gaps = pd.to_numeric(frame.get("rel_gap"), errors="coerce").dropna()
+            failed = int(frame.get("status", pd.Series(dtype=str)).astype(str)
+                         .str.startswith("fallback").sum())
+            worst = f"max relative gap {gaps.max():.2e}, " if len(gaps) else ""
+            self.echo(f"{method.name} on {model}: {len(rows)} solves, {worst}"
+                      f"{frame['seconds'].sum():.1f} s in all, {failed} fallbacks")
+        return [{"model": model, "method": method.name, **row} for row in rows]
+
+    def _write_statistics(self, rows: list[dict[str, Any]]) -> pd.DataFrame | None:
+        """Merge new solve statistics into ``OUT/solver_stats.csv`` (newest per solve wins)."""
+        path = self.spec.out / SOLVER_STATS_NAME
+        new = pd.DataFrame(rows)
+        if path.exists():
+            old = pd.read_csv(path)
+            new = pd.concat([old, new], ignore_index=True) if len(new) else old
+        if len(new) == 0:
+            return None
+        keys = [c for c in ("model", "method", "weights", "pair") if c in new.columns]
+        new = new.drop_duplicates(subset=keys, keep="last")
+        write_csv(new, path)
+        return new
 
     def _load(self, name: str) -> tuple[MLP, Card]:
         if self.spec.model_dir is None:

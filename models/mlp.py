@@ -21,6 +21,9 @@ class MLP(nn.Module):
         self.widths = [int(w) for w in widths]
         self.linears = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(self.widths[:-1], self.widths[1:]))
+        # tensors that travel with the weights, e.g. trained SDP dual vectors
+        # (``sdp_dual.I.J``); not parameters, never used by ``forward``
+        self.certificates: dict[str, torch.Tensor] = {}
 
     @property
     def hidden_layers(self) -> int:
@@ -46,6 +49,7 @@ class MLP(nn.Module):
         """An independent copy in float64, in eval mode (for exact margins and bounds)."""
         copy = MLP(self.widths)
         copy.load_state_dict(self.state_dict())
+        copy.certificates = dict(self.certificates)
         return copy.double().eval()
 
     def one_hidden_layer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

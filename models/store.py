@@ -24,6 +24,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from .mlp import MLP
 
 SHIPPED_DIR = Path(__file__).resolve().parent
+CERTIFICATE_PREFIX = "certificates."
 
 
 class ModelError(RuntimeError):
@@ -89,6 +90,8 @@ def _atomic_write(path: Path, payload: bytes) -> None:
 def save(net: MLP, card: Card, folder: Path = SHIPPED_DIR) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json`` (the card gets the weights' SHA-256)."""
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
+    tensors.update({CERTIFICATE_PREFIX + k: v.detach().to(torch.float64).contiguous()
+                    for k, v in net.certificates.items()})
     payload = save_safetensors_bytes(tensors, metadata={"name": card.name})
     card.widths = list(net.widths)
     card.weights_sha256 = hashlib.sha256(payload).hexdigest()
@@ -131,22 +134,25 @@ def load(name: str, folder: Path = SHIPPED_DIR) -> tuple[MLP, Card]:
         raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
     net = MLP(card.widths)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()
+             if not k.startswith(CERTIFICATE_PREFIX)}
     if expected != found:
         raise ModelError(f"{path}: tensors {found} do not match the card's widths "
                          f"{card.widths}")
     for key, value in tensors.items():
         if not torch.isfinite(value).all():
             raise ModelError(f"{path}: tensor {key} has NaN or infinite entries")
-    net.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+    net.load_state_dict({k: tensors[k].to(torch.float32) for k in expected})
+    net.certificates = {k[len(CERTIFICATE_PREFIX):]: v for k, v in tensors.items()
+                        if k.startswith(CERTIFICATE_PREFIX)}
     net.eval()
     return net, card
 
 
 def weights_summary(net: MLP) -> str:
-    """Short stable hash of the weights' values (for caching per weights)."""
+    """Short stable hash of the weights' and certificates' values (for caching per weights)."""
     h = hashlib.sha256()
-    for key, value in net.state_dict().items():
+    for key, value in [*net.state_dict().items(), *sorted(net.certificates.items())]:
         h.update(key.encode())
         h.update(value.detach().to(torch.float64).cpu().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -1,0 +1,72 @@
+"""SDP solve speed: all 45 class pairs of the shipped 784-500-10 network with our solver,
+and one pair of a 100-50-10 network (D = 151) with both backends at comparable gaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import models
+from tests.conftest import random_mlp
+from verifiers.sdp import SDP
+from verifiers.sdp_core import pair_block, solve_mixing
+from verifiers.sdp_cvxpy import solve_cvxpy
+
+RESULTS: dict[str, object] = {}
+
+
+def test_all_pairs_of_nt_nn(benchmark, report):
+    net, _ = models.load("nt-nn")
+
+    def solve_all():
+        verifier = SDP(target_gap=1e-5)
+        verifier.pair_values(net)
+        return verifier.statistics()
+
+    benchmark.group = "sdp-784-500-10"
+    stats = benchmark.pedantic(solve_all, rounds=1, iterations=1)
+    gaps = [row["rel_gap"] for row in stats]
+    assert len(stats) == 45 and all(row["status"] == "optimal" for row in stats)
+    assert max(gaps) <= 1e-4
+    if benchmark.stats is not None:
+        seconds = benchmark.stats.stats.mean
+        benchmark.extra_info.update(pairs=45, max_rel_gap=max(gaps), seconds=seconds)
+        report(f"SDP, 45 pairs of nt-nn (D = 1285): {seconds:.1f} s, max relative gap "
+               f"{max(gaps):.1e}, median {float(np.median(gaps)):.1e}")
+
+
+@pytest.fixture(scope="module")
+def small_block():
+    net = random_mlp([100, 50, 10], seed=0)
+    w = net.linears[0].weight.detach().double().numpy()
+    v = net.linears[1].weight.detach().double().numpy()
+    return pair_block(w, v[1] - v[0])
+
+
+def test_small_pair_scs(benchmark, small_block):
+    benchmark.group = "sdp-100-50-10"
+    solution = benchmark.pedantic(lambda: solve_cvxpy(small_block, solver="SCS", eps=1e-6),
+                                  rounds=1, iterations=1)
+    RESULTS["scs"] = solution
+    if benchmark.stats is not None:
+        RESULTS["scs_seconds"] = benchmark.stats.stats.mean
+        benchmark.extra_info.update(rel_gap=solution.rel_gap)
+
+
+def test_small_pair_mixing(benchmark, small_block, report):
+    benchmark.group = "sdp-100-50-10"
+    scs = RESULTS.get("scs")
+    target = min(1e-6, scs.rel_gap) if scs is not None else 1e-6
+    solution = benchmark.pedantic(lambda: solve_mixing(small_block, target_gap=target),
+                                  rounds=5, iterations=1)
+    assert solution.rel_gap <= target
+    if scs is not None:
+        assert solution.rel_gap <= scs.rel_gap             # equal or better certified gap
+        assert abs(solution.certified - scs.certified) <= 1e-3 * scs.certified
+    if benchmark.stats is not None and "scs_seconds" in RESULTS:
+        ours = benchmark.stats.stats.mean
+        ratio = RESULTS["scs_seconds"] / ours
+        benchmark.extra_info.update(rel_gap=solution.rel_gap, speedup_vs_scs=ratio)
+        report(f"SDP, one pair, D = 151: mixing {ours * 1e3:.1f} ms at gap "
+               f"{solution.rel_gap:.1e}; SCS {RESULTS['scs_seconds']:.1f} s at gap "
+               f"{scs.rel_gap:.1e}; speed-up {ratio:,.0f}x")

@@ -1,0 +1,181 @@
+"""The SDP verifiers: brute force, cvxpy cross-check, certificates, soundness, symmetry."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.pgd import PGD
+from bench.contract import margins, project
+from tests.conftest import random_inputs, random_mlp, sample_ball
+from verifiers.sdp import SDP
+from verifiers.sdp_core import (certified_value, dense_matrix, fallback, gershgorin_dual,
+                                pair_block, solve_mixing)
+from verifiers.sdp_cvxpy import SolverUnavailable, check_solver, solve_cvxpy
+from verifiers.sdp_dual import TRAINED_KEY, SDPDual
+
+
+def weights(net):
+    w = net.linears[0].weight.detach().double().numpy()
+    v = net.linears[1].weight.detach().double().numpy()
+    return w, v
+
+
+def brute_force_qp(a: np.ndarray) -> float:
+    """``max_{t in {-1,1}^d, s in {0,1}^m} t^T A s`` (eq. 6), by enumeration."""
+    d, m = a.shape
+    t = np.array(list(itertools.product([-1.0, 1.0], repeat=d)))
+    s = np.array(list(itertools.product([0.0, 1.0], repeat=m)))
+    return float((t @ a @ s.T).max())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sdp_is_above_the_enumerated_qp_and_close_to_clarabel(seed):
+    net = random_mlp([5, 6, 3], seed=seed, scale=2.0)
+    w, v = weights(net)
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        block = pair_block(w, v[j] - v[i])
+        qp = brute_force_qp(w.T * (v[j] - v[i])[None, :])
+        # the quadratic form over {-1,1}^D agrees with eq. 6 (the relaxation is exact there)
+        full = dense_matrix(block)
+        ys = np.array(list(itertools.product([-1.0, 1.0], repeat=full.shape[0] - 1)))
+        ys = np.hstack([np.ones((len(ys), 1)), ys])
+        assert np.einsum("ni,ij,nj->n", ys, full, ys).max() / 4 == pytest.approx(qp, rel=1e-12)
+        ours = solve_mixing(block, target_gap=1e-8)
+        assert ours.primal <= ours.certified
+        assert ours.certified / 4 >= qp - 1e-9
+        reference = solve_cvxpy(block, solver="CLARABEL")
+        assert ours.certified == pytest.approx(reference.certified, rel=1e-6)
+
+
+def test_the_printed_eq_8_coupling_can_fall_below_the_true_qp():
+    """Why sdp_core puts ``A 1`` in the 1-t block: the printed 1-s form is not an upper bound."""
+    rng = np.random.default_rng(1)
+    found = False
+    for _ in range(200):
+        a = rng.standard_normal((3, 6))
+        u = np.array(list(itertools.product([0.0, 1.0], repeat=3)))
+        s = np.array(list(itertools.product([-1.0, 1.0], repeat=6)))
+        printed = float((u @ a @ s.T).max())          # (1 + t)^T A s / 2 over the cube
+        found |= printed < brute_force_qp(a) - 1e-6
+    assert found
+
+
+def test_matches_scs_on_a_small_network():
+    net = random_mlp([20, 10, 3], seed=5)
+    w, v = weights(net)
+    block = pair_block(w, v[2] - v[0])
+    ours = solve_mixing(block, target_gap=1e-7)
+    scs = solve_cvxpy(block, solver="SCS", eps=1e-7)
+    assert scs.primal <= ours.certified + 1e-9 and ours.primal <= scs.certified + 1e-9
+    assert ours.certified == pytest.approx(scs.certified, rel=1e-4)
+
+
+def test_symmetry_in_the_sign_of_v():
+    net = random_mlp([30, 20, 2], seed=6)
+    w, v = weights(net)
+    plus = solve_mixing(pair_block(w, v[1] - v[0]), target_gap=1e-7)
+    minus = solve_mixing(pair_block(w, v[0] - v[1]), target_gap=1e-7)
+    assert plus.certified == pytest.approx(minus.certified, rel=2e-7)
+    # the sign flip of t maps one problem onto the other, so a dual vector transfers
+    c_minus, _ = certified_value(pair_block(w, v[0] - v[1]), plus.dual)
+    assert c_minus == pytest.approx(plus.certified, rel=1e-12)
+
+
+def test_any_dual_vector_is_an_upper_bound_and_gershgorin_is_looser():
+    net = random_mlp([15, 10, 2], seed=7)
+    w, v = weights(net)
+    block = pair_block(w, v[1] - v[0])
+    optimum = solve_mixing(block, target_gap=1e-8)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c = rng.standard_normal(optimum.dual.shape) * 3
+        assert certified_value(block, c)[0] >= optimum.primal - 1e-9
+    loose = fallback(block, "test")
+    assert loose.certified >= optimum.certified and loose.status == "fallback: test"
+    assert np.array_equal(loose.dual, gershgorin_dual(block))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    net = random_mlp([16, 12, 4], seed=8, scale=2.0)
+    x, y = random_inputs(30, 16, 4, seed=9)
+    return net, x, y
+
+
+@pytest.mark.parametrize("verifier", [SDP(), SDPDual()], ids=lambda v: v.name)
+def test_sound_against_sampling_and_pgd(verifier, tiny):
+    net, x, y = tiny
+    eps = 0.1
+    upper = verifier.bound(net, x.double(), y, eps)
+    net64 = net.float64_copy()
+    with torch.no_grad():
+        seen = torch.stack([margins(net64(p), y) for p in sample_ball(x.double(), eps, 400, 0)])
+        torch.manual_seed(0)
+        attacked = margins(net64(project(PGD(steps=40, restarts=3).perturb(net, x, y, eps)
+                                         .double(), x.double(), eps)), y)
+    assert (seen.amax(dim=0) <= upper + 1e-9).all()
+    assert (attacked <= upper + 1e-9).all()
+
+
+def test_sdp_dual_with_the_optimal_vectors_matches_sdp(tiny):
+    net, x, y = tiny
+    exact = SDP(target_gap=1e-8)
+    table = exact.pair_values(net)
+    w, v = weights(net)
+    with_duals = random_mlp([16, 12, 4], seed=8, scale=2.0)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            c = solve_mixing(pair_block(w, v[j] - v[i]), target_gap=1e-8).dual
+            with_duals.certificates[TRAINED_KEY.format(i=i, j=j)] = torch.from_numpy(c)
+    dual = SDPDual()
+    assert np.allclose(dual.pair_values(with_duals), table, rtol=1e-6)
+    assert {row["status"] for row in dual.statistics()} == {"trained"}
+    quick = SDPDual(steps=3, use_trained=False).pair_values(net)
+    assert (quick >= table - 1e-9).all()                # any c only loosens the bound
+    assert np.allclose(dual.bound(with_duals, x.double(), y, 0.1),
+                       exact.bound(net, x.double(), y, 0.1), rtol=1e-6)
+
+
+def test_sdp_is_tighter_than_the_norm_bounds(tiny):
+    from verifiers.frobenius import Frobenius
+    from verifiers.spectral import Spectral
+    net, x, y = tiny
+    sdp = SDP().bound(net, x.double(), y, 0.1)
+    spectral = Spectral().bound(net, x.double(), y, 0.1)
+    frobenius = Frobenius().bound(net, x.double(), y, 0.1)
+    finite = torch.isfinite(sdp)
+    assert (sdp[finite] <= spectral[finite]).all() and (sdp[finite] <= frobenius[finite]).all()
+
+
+def test_pair_values_are_cached_per_weights(tiny):
+    net, _, _ = tiny
+    verifier = SDP()
+    first = verifier.pair_values(net)
+    assert verifier.pair_values(net) is first
+    assert len(verifier.statistics()) == 6
+    other = random_mlp([16, 12, 4], seed=99)
+    assert verifier.pair_values(other) is not first
+    assert len(verifier.statistics()) == 12
+
+
+def test_unavailable_solver_is_one_clear_error():
+    import cvxpy as cp
+    if "MOSEK" in cp.installed_solvers():
+        pytest.skip("MOSEK is installed here")
+    with pytest.raises(SolverUnavailable, match="'MOSEK' is not installed; SDP solvers available"):
+        check_solver("MOSEK")
+    with pytest.raises(SolverUnavailable):
+        SDP(backend="cvxpy", solver="MOSEK")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SDP(backend="magic")
+
+
+def test_cvxpy_backend_through_the_plugin(tiny):
+    net, x, y = tiny
+    via_cvxpy = SDP(backend="cvxpy", solver="CLARABEL").pair_values(net)
+    native = SDP(target_gap=1e-8).pair_values(net)
+    assert np.allclose(via_cvxpy, native, rtol=1e-5)
