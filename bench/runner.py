@@ -84,7 +84,8 @@ def batch_seed(seed: int, model: str, method: str, eps: float, start: int) -> in
 def _evaluate_verifier(method: Method, net: MLP, x64: torch.Tensor, y: torch.Tensor,
                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample ``(max_j U, certified)``; raises ``ValueError`` on a malformed output."""
-    upper = method.plugin.bound(net, x64, y, eps)
+    with torch.no_grad():
+        upper = method.plugin.bound(net, x64, y, eps)
     if not isinstance(upper, torch.Tensor) or tuple(upper.shape) != (len(y), net.num_classes):
         raise ValueError(f"bound returned shape {tuple(getattr(upper, 'shape', ()))}, "
                          f"expected {(len(y), net.num_classes)}")

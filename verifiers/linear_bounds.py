@@ -1,0 +1,153 @@
+"""Bound propagation through ReLU MLPs of any depth: intervals and linear relaxations.
+
+The input set is the box ``[lo, hi] = B_eps(x) ∩ [0, 1]^d`` (or the bare ball with
+``clip=False``). Layers are ``z_{-1} = x``, ``zhat_k = W_k z_{k-1} + b_k`` and
+``z_k = relu(zhat_k)`` for hidden layers ``k = 0 .. L-1``; the output is
+``W_L z_{L-1} + b_L``.
+
+:func:`backward_upper` bounds ``max c^T f(x')`` for rows ``c`` of a specification by
+one backward pass (the dual network of Wong & Kolter 2017; CROWN of Zhang et al.
+2018). Given pre-activation bounds ``l <= zhat <= u``, a crossing unit (``l < 0 < u``)
+is relaxed by ``alpha * zhat <= relu(zhat) <= s * (zhat - l)`` with ``s = u / (u - l)``;
+an upper bound takes the upper line where its coefficient is positive and the lower
+line where it is negative. ``alpha = s`` is Wong-Kolter's dual network (``lp``);
+``alpha = 1[u > -l]`` is CROWN's adaptive choice (``crown``). Any ``alpha`` in
+``[0, 1]`` gives a sound upper bound. Every function is differentiable in the
+weights (for training) and works in the dtype of ``x``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from models import MLP
+
+Bounds = list[tuple[torch.Tensor, torch.Tensor]]           # per hidden layer: (l, u), (N, m_k)
+SlopeRule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def input_box(x: torch.Tensor, eps: float, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` of shape ``(N, d)``: the ball, intersected with ``[0, 1]^d`` if ``clip``."""
+    lo, hi = x - eps, x + eps
+    return (lo.clamp(0, 1), hi.clamp(0, 1)) if clip else (lo, hi)
+
+
+def layer_params(net: MLP, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[(W_k (m_k, m_{k-1}), b_k (m_k,))]`` in ``dtype``, keeping the autograd graph."""
+    return [(layer.weight.to(dtype), layer.bias.to(dtype)) for layer in net.linears]
+
+
+def interval_bounds(params, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+    """Interval arithmetic: pre-activation bounds of every layer, hidden and output."""
+    out: Bounds = []
+    z_lo, z_hi = lo, hi
+    for k, (w, b) in enumerate(params):
+        mid, rad = (z_hi + z_lo) / 2, (z_hi - z_lo) / 2
+        centre, spread = mid @ w.T + b, rad @ w.abs().T
+        out.append((centre - spread, centre + spread))
+        z_lo, z_hi = out[-1][0].clamp(min=0), out[-1][1].clamp(min=0)
+    return out
+
+
+def wong_kolter_slope(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """``alpha = u / (u - l)``, the dual network's choice (same slope as the upper line)."""
+    return upper / (upper - lower)
+
+
+def crown_slope(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """``alpha = 1`` if ``u > -l`` else ``0``: the smaller-area lower line (CROWN)."""
+    return (upper > -lower).to(upper.dtype)
+
+
+def relaxation(lower: torch.Tensor, upper: torch.Tensor, rule: SlopeRule
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(upper_slope, upper_offset, lower_slope)`` per unit, each ``(N, m)``.
+
+    Stable active units are the identity, stable inactive units zero, crossing units
+    get ``relu <= s * zhat - s * l`` and ``relu >= alpha * zhat``.
+    """
+    active = lower >= 0
+    crossing = (lower < 0) & (upper > 0)
+    safe_gap = torch.where(crossing, upper - lower, torch.ones_like(upper))
+    s = torch.where(crossing, upper / safe_gap, active.to(upper.dtype))
+    offset = torch.where(crossing, -s * lower, torch.zeros_like(upper))
+    alpha = torch.where(crossing, rule(torch.where(crossing, lower, -torch.ones_like(lower)),
+                                       torch.where(crossing, upper, torch.ones_like(upper))),
+                        active.to(upper.dtype))
+    return s, offset, alpha
+
+
+def backward_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
+                   hi: torch.Tensor, rule: SlopeRule) -> torch.Tensor:
+    """Upper bound on ``spec[n] @ g(x')`` over the box, for ``g`` the first ``len(params)``
+    layers (the last one affine, no ReLU after it).
+
+    ``params``: ``[(W_k, b_k)]``; ``bounds``: pre-activation bounds of the hidden layers
+    ``0 .. len(params) - 2``; ``spec``: ``(N, S, out)``. Returns ``(N, S)``.
+    """
+    w_last, b_last = params[-1]
+    const = spec @ b_last                                    # (N, S)
+    coef = spec @ w_last                                     # (N, S, m_{L-1})
+    for k in range(len(params) - 2, -1, -1):
+        s, offset, alpha = relaxation(*bounds[k], rule)
+        positive, negative = coef.clamp(min=0), coef.clamp(max=0)
+        const = const + (positive * offset.unsqueeze(1)).sum(-1)
+        coef = positive * s.unsqueeze(1) + negative * alpha.unsqueeze(1)
+        w, b = params[k]
+        const = const + coef @ b
+        coef = coef @ w
+    mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
+    return const + (coef @ mid).squeeze(-1) + (coef.abs() @ rad).squeeze(-1)
+
+
+def linear_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, rule: SlopeRule,
+                        tighten_with: Bounds | None = None) -> Bounds:
+    """Pre-activation bounds of every hidden layer by backward passes, layer by layer.
+
+    Layer ``k >= 1``'s bounds use ``+I`` and ``-I`` specifications on the sub-network up
+    to it, relaxed with the bounds of the layers before; layer 0 is affine in the input
+    box, so its interval bounds are exact. ``tighten_with`` (e.g. the
+    interval bounds) is intersected in, which keeps every bound sound and only tighter.
+    """
+    bounds: Bounds = []
+    n = lo.shape[0]
+    for k in range(len(params) - 1):
+        if k == 0:   # an affine map of a box: the interval is exact, and ±I would cost O(m d)
+            bounds.append(interval_bounds(params[:1], lo, hi)[0])
+            continue
+        width = params[k][0].shape[0]
+        eye = torch.eye(width, dtype=lo.dtype).expand(n, width, width)
+        both = backward_upper(params[:k + 1], bounds, torch.cat([eye, -eye], dim=1), lo, hi,
+                              rule)
+        lower, upper = -both[:, width:], both[:, :width]
+        if tighten_with is not None:
+            lower = torch.maximum(lower, tighten_with[k][0])
+            upper = torch.minimum(upper, tighten_with[k][1])
+        bounds.append((lower, upper))
+    return bounds
+
+
+def margin_spec(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``C (N, K, K)`` with ``C[n, j] = e_j - e_{y_n}`` (the row ``j = y_n`` is zero)."""
+    eye = torch.eye(num_classes, dtype=dtype)
+    return eye.unsqueeze(0) - eye[y].unsqueeze(1)
+
+
+def finish_margins(upper: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Put ``-inf`` in each sample's label column of ``U (N, K)``."""
+    return upper.scatter(1, y.view(-1, 1), float("-inf"))
+
+
+def margin_upper_bounds(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
+                        rule: SlopeRule, clip: bool = True) -> torch.Tensor:
+    """``U (N, K)`` for ``f_j - f_y`` by linear relaxation with ``rule``; label column ``-inf``.
+
+    In the dtype of ``x`` and differentiable in the weights.
+    """
+    params = layer_params(net, x.dtype)
+    lo, hi = input_box(x, eps, clip)
+    bounds = linear_layer_bounds(params, lo, hi, rule)
+    spec = margin_spec(y, net.num_classes, x.dtype)
+    return finish_margins(backward_upper(params, bounds, spec, lo, hi, rule), y)
