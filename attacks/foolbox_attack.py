@@ -31,9 +31,9 @@ class FoolboxAttack(Configurable):
 
     def perturb(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)`` in ``[0, 1]``, ``y (N,)`` -> ``x_adv (N, d)`` float32 in the ball."""
-        if next(net.parameters()).dtype != torch.float32:
-            net = copy.deepcopy(net).float()
-        net.eval()
+        # a private float32 copy whose weights need no gradient: autograd then only
+        # differentiates with respect to the input
+        net = copy.deepcopy(net).float().eval().requires_grad_(False)
         x = x.detach().to(torch.float32)
         y = y.to(torch.int64)
         fmodel = foolbox.PyTorchModel(net, bounds=(0.0, 1.0), device="cpu")

@@ -38,13 +38,24 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _eps(text: str) -> float:
+def _non_negative(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"eps must be a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"eps must be a finite number >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _eps(text: str) -> float:
+    return _non_negative(text, "eps")
+
+
+def _seconds(text: str) -> float:
+    value = _non_negative(text, "--time-limit")
+    if value == 0:
+        raise argparse.ArgumentTypeError("--time-limit must be positive")
     return value
 
 
@@ -93,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("no shipped models found; train one with `python -m bench train nt-nn`")
     spec = RunSpec(models=models, methods=methods, eps=args.eps or DEFAULT_EPS, n=args.n,
                    out=args.out, seed=args.seed, batch_size=args.batch_size,
-                   model_dir=args.model_dir, progress=not args.quiet)
+                   model_dir=args.model_dir, progress=not args.quiet,
+                   time_limit=args.time_limit)
     result = Runner(spec).run()
     show = result.leaderboard[["model", "eps", "method", "kind", "error", "ci_low", "ci_high",
                                "mean_bound", "seconds_per_sample", "status"]]
@@ -147,6 +159,9 @@ def build_parser() -> Parser:
     run.add_argument("--batch-size", type=_positive, default=250)
     run.add_argument("--set", action="append", default=[], metavar="NAME.KEY=VALUE",
                      help="plugin option, e.g. --set pgd.restarts=10 (repeatable)")
+    run.add_argument("--time-limit", type=_seconds, metavar="SECONDS",
+                     help="per-sample time limit of a plugin call (each batch gets "
+                     "SECONDS x its size); past it the batch is recorded as timeout")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

@@ -8,7 +8,8 @@ Leaderboard, one row per (model, eps, method):
     ``ci_low``, ``ci_high``  Wilson 95% interval of ``error``; ``mean_bound`` mean of
     the per-sample bound over ok samples; ``seconds_per_sample``; ``status``: ok,
     unsound (some attack margin exceeds this verifier's bound), error (some samples
-    failed), n/a (the verifier does not support the network).
+    failed), timeout (some ran past the time limit), n/a (the verifier does not
+    support the network).
 
 Gap table, one row per (model, eps): the best certified error among sound
 verifiers, the best attack error, their gap, and the per-sample combination
@@ -92,8 +93,10 @@ def leaderboard(frame: pd.DataFrame, unsound: pd.DataFrame) -> pd.DataFrame:
             counted = n - successes if kind == "verifier" else successes
             error = counted / n
             lo, hi = wilson_interval(counted, n)
+            statuses = set(group["status"])
             status = ("unsound" if (model, eps, method) in bad
-                      else "ok" if ok.all() else "error")
+                      else "error" if "error" in statuses
+                      else "timeout" if "timeout" in statuses else "ok")
         rows.append({"model": model, "eps": eps, "method": method, "kind": kind, "n": n,
                      "n_ok": int(ok.sum()), "error": error, "ci_low": lo, "ci_high": hi,
                      "mean_bound": group.loc[ok, "bound"].mean() if ok.any() else math.nan,
@@ -109,7 +112,7 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
         entries = board[(board["model"] == model) & (board["eps"] == eps)]
         unsound = sorted(entries.loc[entries["status"] == "unsound", "method"])
         verifiers = entries[(entries["kind"] == "verifier")
-                            & entries["status"].isin(["ok", "error"])]
+                            & entries["status"].isin(["ok", "error", "timeout"])]
         attacks = entries[(entries["kind"] == "attack") & (entries["status"] != "n/a")]
         row: dict[str, Any] = {"model": model, "eps": eps, "n": int(group["sample"].nunique()),
                                "unsound_verifiers": ",".join(unsound)}

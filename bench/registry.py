@@ -48,7 +48,7 @@ class PluginInfo:
         cls = self.load_class()
         try:
             plugin = cls(**(options or {}))
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise RegistryError(f"bad options for {self.kind} {self.name!r}: {exc}") from None
         if getattr(plugin, "name", None) != self.name:
             raise RegistryError(f"{self.kind} entry point {self.name!r} from {self.origin} "

@@ -30,6 +30,7 @@ from models import load as load_model
 from . import data
 from .contract import margins, project, supports
 from .leaderboard import tabulate, write_csv
+from .limits import PluginTimeout, time_limit
 from .records import RecordStore, key_of
 from .registry import PluginInfo
 
@@ -66,6 +67,7 @@ class RunSpec:
     batch_size: int = 250
     model_dir: Path | None = None
     progress: bool = True
+    time_limit: float | None = None     # seconds per sample, applied to each batch call
 
 
 @dataclass
@@ -223,12 +225,18 @@ class Runner:
         if method.kind == "verifier" and not supports(method.plugin, net):
             status, message = "n/a", f"{method.name} does not support this network"
         else:
+            limit = self.spec.time_limit * len(y) if self.spec.time_limit else None
             try:
-                if method.kind == "verifier":
-                    bound, flags = _evaluate_verifier(method, net, x64, y, eps)
-                else:
-                    bound, flags = _evaluate_attack(method, net, net64, x, x64, y, eps)
+                with time_limit(limit):
+                    if method.kind == "verifier":
+                        bound, flags = _evaluate_verifier(method, net, x64, y, eps)
+                    else:
+                        bound, flags = _evaluate_attack(method, net, net64, x, x64, y, eps)
                 decided = [bool(v) for v in flags]
+            except PluginTimeout as exc:
+                status, message = "timeout", str(exc)
+                self.echo(f"{method.name} on {model} eps={eps:g} samples {start}.."
+                          f"{start + len(y) - 1}: {message}")
             except Exception as exc:  # a failing plugin is recorded, the grid goes on
                 status, message = "error", f"{type(exc).__name__}: {exc}"[:500]
                 self.echo(f"{method.name} on {model} eps={eps:g} samples {start}.."

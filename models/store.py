@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -130,8 +129,11 @@ def load(name: str, folder: Path = SHIPPED_DIR) -> tuple[MLP, Card]:
                          f"({card.weights_sha256[:16]}...)")
     try:
         tensors = load_safetensors_bytes(payload)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # SafetensorError, or a Rust panic (a BaseException)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"{path}: not a valid safetensors file ({reason})") from None
     net = MLP(card.widths)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in tensors.items()

@@ -49,3 +49,67 @@ def model_dir(tmp_path: Path) -> Path:
         net = random_mlp([784, 20, 10], seed, scale=0.5)
         save(net, Card(name=name, widths=net.widths, objective="random", seed=seed), folder)
     return folder
+
+
+def grid_methods(verifiers=("spectral", "frobenius"), attacks=("fgsm", "pgd")):
+    """Built-in plugins by name, PGD shortened so tests stay fast."""
+    from bench.registry import select
+    from bench.runner import Method
+    options = {"pgd": {"steps": 5, "restarts": 2}}
+    infos = select("verifier", list(verifiers)) + select("attack", list(attacks))
+    return [Method(info, info.create(options.get(info.name))) for info in infos]
+
+
+def fake_method(plugin, kind: str = "verifier"):
+    """Wrap a plugin object that is not installed as an entry point."""
+    from bench.registry import PluginInfo
+    from bench.runner import Method
+    return Method(PluginInfo(plugin.name, kind, None, "tests", "0"), plugin)  # type: ignore[arg-type]
+
+
+def run_grid(out, model_dir, methods=None, n=30, eps=(0.05, 0.1), batch_size=8, seed=0,
+             time_limit=None, models=("tiny-a", "tiny-b")):
+    """Run the harness in-process on the tiny models and return its result."""
+    from bench.runner import Runner, RunSpec
+    spec = RunSpec(models=list(models), methods=methods or grid_methods(), eps=list(eps), n=n,
+                   out=out, batch_size=batch_size, model_dir=model_dir, progress=False,
+                   seed=seed, time_limit=time_limit)
+    return Runner(spec, echo=lambda line: None).run()
+
+
+def csv_without_timings(folder):
+    """``(leaderboard, gaps)`` as read back from disk, timing column dropped."""
+    import pandas as pd
+    board = pd.read_csv(folder / "leaderboard.csv").drop(columns=["seconds_per_sample"])
+    return board, pd.read_csv(folder / "gaps.csv")
+
+
+PLUGIN_SOURCE = Path(__file__).with_name("plugin_package")
+
+
+def run_cli(*args: str, env_path: Path | None = None):
+    """``python -m bench ARGS`` in a subprocess, ``env_path`` prepended to PYTHONPATH."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    if env_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(env_path), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,
+                          text=True, env=env)
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example plugin package installed into a private folder (not the environment)."""
+    import shutil
+    import subprocess
+    import sys
+    root = tmp_path_factory.mktemp("plugin")
+    source = root / "src"
+    shutil.copytree(PLUGIN_SOURCE, source)
+    target = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--disable-pip-version-check", "--target",
+                    str(target), str(source)], check=True, capture_output=True)
+    return target

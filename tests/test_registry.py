@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -13,31 +9,7 @@ import pytest
 
 from bench import registry
 from bench.registry import RegistryError, discover, parse_option, select
-
-PLUGIN_SOURCE = Path(__file__).with_name("plugin_package")
-
-
-def run_cli(*args: str, env_path: Path | None = None, cwd: Path | None = None):
-    import os
-    env = dict(os.environ)
-    if env_path is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(env_path), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory) -> Path:
-    """The example plugin package installed into a private folder (not the environment)."""
-    root = tmp_path_factory.mktemp("plugin")
-    source = root / "src"
-    shutil.copytree(PLUGIN_SOURCE, source)
-    target = root / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--disable-pip-version-check", "--target",
-                    str(target), str(source)], check=True, capture_output=True)
-    return target
-
+from tests.conftest import run_cli
 
 def test_builtins_are_discovered_with_their_origin():
     verifiers, attacks = discover("verifier"), discover("attack")

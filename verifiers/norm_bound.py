@@ -14,11 +14,18 @@ import math
 import torch
 
 from bench.contract import Configurable, margins, pair_difference_norms
-from models import MLP
+from models import MLP, weights_summary
 
 
 class NormBoundVerifier(Configurable):
-    """Upper bound ``U (N, K)`` from a norm of the first-layer weights ``W (m, d)``."""
+    """Upper bound ``U (N, K)`` from a norm of the first-layer weights ``W (m, d)``.
+
+    The weight-only factor ``eps``-free slack per class pair is computed once per
+    weights (an SVD for the spectral norm) and cached.
+    """
+
+    def __init__(self) -> None:
+        self._slack: dict[str, torch.Tensor] = {}
 
     def weight_norm(self, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -30,9 +37,16 @@ class NormBoundVerifier(Configurable):
         """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64, ``U[n, y_n] = -inf``."""
         with torch.no_grad():
             net64 = net.float64_copy()
-            weight, _, last, _ = net64.one_hidden_layer()
             clean = margins(net64(x.to(torch.float64)), y)
-            slack = eps * math.sqrt(weight.shape[1]) * self.weight_norm(weight)
-            pair_norms = pair_difference_norms(last)          # (K, K)
-            return clean + slack * pair_norms[y]
+            return clean + eps * self.pair_slack(net64)[y]
+
+    def pair_slack(self, net: MLP) -> torch.Tensor:
+        """``sqrt(d) ||W||_* ||V_j - V_i||_2`` for every class pair: ``(K, K)`` float64."""
+        key = weights_summary(net)
+        if key not in self._slack:
+            weight, _, last, _ = net.one_hidden_layer()
+            weight, last = weight.detach().double(), last.detach().double()
+            self._slack[key] = (math.sqrt(weight.shape[1]) * self.weight_norm(weight)
+                                * pair_difference_norms(last))
+        return self._slack[key]
 

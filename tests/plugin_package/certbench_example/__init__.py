@@ -38,3 +38,18 @@ class CornerNoise:
 
     def perturb(self, net, x, y, eps):
         return x + eps * (torch.randint(0, 2, x.shape).to(x.dtype) * 2 - 1)
+
+
+class CleanMargin:
+    """Deliberately UNSOUND: claims the clean margin is the worst case. The test suite
+    uses it to show that the soundness guard flags a broken verifier."""
+
+    name = "clean-margin"
+
+    def __repr__(self) -> str:
+        return "CleanMargin()"
+
+    def bound(self, net, x, y, eps):
+        logits = net(x.to(net.linears[0].weight.dtype)).double()
+        out = logits - logits.gather(1, y.view(-1, 1))
+        return out.scatter(1, y.view(-1, 1), float("-inf"))

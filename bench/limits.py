@@ -1,0 +1,35 @@
+"""A wall-clock limit on a plugin call, by ``SIGALRM`` (main thread only).
+
+Python code is interrupted at the next bytecode after the limit; a long single C
+call (one huge matrix product, one LP) finishes first, then the call is abandoned.
+Off the main thread, or with no limit, the call runs unlimited.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class PluginTimeout(Exception):
+    """The plugin call ran past its time limit."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise PluginTimeout(f"time limit of {seconds:g} s exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
