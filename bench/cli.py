@@ -118,7 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         chosen = stats[stats["model"].isin(models)
                        & stats["method"].isin([m.name for m in methods])]
         if len(chosen):
-            print("\nper-pair solves (certified >= SDP value >= primal):")
+            print("\nsolver statistics (SDP: per class pair, certified >= value >= primal; "
+                  "MILP: per sample, lower <= worst margin <= upper):")
             print(chosen.drop(columns=["weights"], errors="ignore").to_string(
                 index=False, float_format=lambda v: f"{v:.6g}"))
     print(f"\nwrote {args.out / 'leaderboard.csv'} and {args.out / 'gaps.csv'}")

@@ -16,6 +16,13 @@ verifiers, the best attack error, their gap, and the per-sample combination
 (certified by any sound verifier = min over verifiers; broken by any attack = max
 over attacks) with its own gap. Every fraction is a float in [0, 1].
 
+With an exact method in the run (a plugin with ``exact = True``, e.g. ``milp`` and
+``milp-cex``), the gap table also splits the gap on the samples it decided
+(certified by an exact verifier or broken by an exact attack): ``exact_error`` is
+the fraction of those samples that are truly breakable; ``verifier_looseness`` is
+the combined certified error of the other verifiers minus it, ``attack_weakness`` it
+minus the combined attack error of the other attacks (both >= 0 when all are sound).
+
 Soundness: on every sample, every attack's max margin must be <= every verifier's
 max bound, to ``ATOL + RTOL * |bound|``. Violations are returned, never averaged away.
 """
@@ -40,7 +47,8 @@ LEADERBOARD_COLUMNS = ["model", "eps", "method", "kind", "n", "n_ok", "error", "
                        "version"]
 GAP_COLUMNS = ["model", "eps", "n", "best_certified_error", "best_verifier",
                "best_attack_error", "best_attack", "gap", "combined_certified_error",
-               "combined_attack_error", "combined_gap", "unsound_verifiers"]
+               "combined_attack_error", "combined_gap", "n_decided", "exact_error",
+               "verifier_looseness", "attack_weakness", "unsound_verifiers"]
 VIOLATION_COLUMNS = ["model", "eps", "sample", "verifier", "verifier_bound", "attack",
                      "attack_margin"]
 
@@ -106,7 +114,34 @@ def leaderboard(frame: pd.DataFrame, unsound: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
 
 
-def gaps(frame: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
+def _exact_split(group: pd.DataFrame, verifiers: list[str], attacks: list[str],
+                 exact: set[str]) -> dict[str, Any]:
+    """``n_decided``, ``exact_error``, ``verifier_looseness``, ``attack_weakness``."""
+    def any_success(methods: list[str]) -> pd.Series:
+        chosen = group[group["method"].isin(methods)]
+        samples = pd.Index(sorted(group["sample"].unique()))
+        return chosen["success"].groupby(chosen["sample"]).any().reindex(samples, fill_value=False)
+
+    exact_verifiers = [m for m in verifiers if m in exact]
+    exact_attacks = [m for m in attacks if m in exact]
+    if not exact_verifiers and not exact_attacks:
+        return {}
+    decided = any_success(exact_verifiers) | any_success(exact_attacks)
+    if not decided.any():
+        return {"n_decided": 0}
+    broken = any_success(attacks)[decided]
+    exact_error = float(broken.mean())
+    out: dict[str, Any] = {"n_decided": int(decided.sum()), "exact_error": exact_error}
+    others_v = [m for m in verifiers if m not in exact]
+    others_a = [m for m in attacks if m not in exact]
+    if others_v:
+        out["verifier_looseness"] = float((~any_success(others_v)[decided]).mean()) - exact_error
+    if others_a:
+        out["attack_weakness"] = exact_error - float(any_success(others_a)[decided].mean())
+    return out
+
+
+def gaps(frame: pd.DataFrame, board: pd.DataFrame, exact: set[str] = frozenset()) -> pd.DataFrame:
     rows = []
     for (model, eps), group in frame.groupby(["model", "eps"], sort=True):
         entries = board[(board["model"] == model) & (board["eps"] == eps)]
@@ -129,6 +164,7 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
                 any_success = chosen["success"].groupby(chosen["sample"]).any().mean()
                 row[column] = (1.0 - any_success if column == "combined_certified_error"
                                else float(any_success))
+        row.update(_exact_split(group, list(verifiers["method"]), list(attacks["method"]), exact))
         rows.append(row)
     out = pd.DataFrame(rows, columns=GAP_COLUMNS)
     out["gap"] = out["best_certified_error"] - out["best_attack_error"]
@@ -136,12 +172,14 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def tabulate(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """``(leaderboard, gaps, violations)`` from a list of records."""
+def tabulate(records: list[dict[str, Any]], exact: set[str] = frozenset()
+             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(leaderboard, gaps, violations)`` from a list of records; ``exact`` names the
+    exact methods (see the module docstring)."""
     frame = to_frame(records)
     unsound = violations(frame)
     board = leaderboard(frame, unsound)
-    return board, gaps(frame, board), unsound
+    return board, gaps(frame, board, exact), unsound
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:

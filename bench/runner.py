@@ -114,6 +114,24 @@ def _evaluate_attack(method: Method, net: MLP, net64: MLP, x: torch.Tensor, x64:
     return lower, lower >= 0
 
 
+def _summary(frame: pd.DataFrame) -> str:
+    """One line about a batch of solve statistics (gaps, fallbacks, verdicts, time)."""
+    parts = [f"{len(frame)} solves"]
+    if "rel_gap" in frame:
+        gaps = pd.to_numeric(frame["rel_gap"], errors="coerce").dropna()
+        if len(gaps):
+            parts.append(f"max relative gap {gaps.max():.2e}")
+    if "status" in frame:
+        parts.append(f"{int(frame['status'].astype(str).str.startswith('fallback').sum())} "
+                     "fallbacks")
+    if "verdict" in frame:
+        parts += [f"{count} {verdict}" for verdict, count in
+                  sorted(frame["verdict"].value_counts().items())]
+    if "seconds" in frame:
+        parts.append(f"{frame['seconds'].sum():.1f} s in all")
+    return ", ".join(parts)
+
+
 class Runner:
     """Executes a :class:`RunSpec`; ``echo`` receives one-line progress messages."""
 
@@ -146,19 +164,25 @@ class Runner:
                 existing.update((key_of(r), r) for r in records)
                 computed += 1
                 bar.update(stop - start)
-                stats += self._new_statistics(model, method)
+                stats += self._new_statistics(model, method, eps, start)
             bar.close()
             solver_stats = self._write_statistics(stats)
+        exact = {m.name for m in spec.methods if getattr(m.plugin, "exact", False)}
         wanted = [existing[(model, m.name, float(eps), i)] for model in spec.models
                   for eps in spec.eps for m in spec.methods for i in range(spec.n)]
-        board, gap_table, unsound = tabulate(wanted)
+        board, gap_table, unsound = tabulate(wanted, exact)
         write_csv(board, spec.out / LEADERBOARD_NAME)
         write_csv(gap_table, spec.out / GAPS_NAME)
         write_csv(unsound, spec.out / VIOLATIONS_NAME)
         return RunResult(board, gap_table, unsound, computed, solver_stats)
 
-    def _new_statistics(self, model: str, method: Method) -> list[dict[str, Any]]:
-        """Per-solve statistics a plugin gathered since the last call (``statistics()``)."""
+    def _new_statistics(self, model: str, method: Method, eps: float,
+                        start: int) -> list[dict[str, Any]]:
+        """Per-solve statistics a plugin gathered since the last call (``statistics()``).
+
+        A row with ``row`` (its index within the batch) is per sample: it gets ``eps``
+        and ``sample`` (the test-set index) in its place.
+        """
         report = getattr(method.plugin, "statistics", None)
         if not callable(report):
             return []
@@ -166,14 +190,14 @@ class Runner:
         rows = list(report())[seen:]
         self._seen[id(method.plugin)] = seen + len(rows)
         if rows:
-            frame = pd.DataFrame(rows)
-            gaps = pd.to_numeric(frame.get("rel_gap"), errors="coerce").dropna()
-            failed = int(frame.get("status", pd.Series(dtype=str)).astype(str)
-                         .str.startswith("fallback").sum())
-            worst = f"max relative gap {gaps.max():.2e}, " if len(gaps) else ""
-            self.echo(f"{method.name} on {model}: {len(rows)} solves, {worst}"
-                      f"{frame['seconds'].sum():.1f} s in all, {failed} fallbacks")
-        return [{"model": model, "method": method.name, **row} for row in rows]
+            self.echo(f"{method.name} on {model}: {_summary(pd.DataFrame(rows))}")
+        out = []
+        for row in rows:
+            row = dict(row)
+            if "row" in row:
+                row = {"eps": float(eps), "sample": start + int(row.pop("row")), **row}
+            out.append({"model": model, "method": method.name, **row})
+        return out
 
     def _write_statistics(self, rows: list[dict[str, Any]]) -> pd.DataFrame | None:
         """Merge new solve statistics into ``OUT/solver_stats.csv`` (newest per solve wins)."""
@@ -184,7 +208,8 @@ class Runner:
             new = pd.concat([old, new], ignore_index=True) if len(new) else old
         if len(new) == 0:
             return None
-        keys = [c for c in ("model", "method", "weights", "pair") if c in new.columns]
+        keys = [c for c in ("model", "method", "weights", "pair", "eps", "sample")
+                if c in new.columns]
         new = new.drop_duplicates(subset=keys, keep="last")
         write_csv(new, path)
         return new

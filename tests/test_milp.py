@@ -1,0 +1,159 @@
+"""The exact MILP verifier: brute-force enumeration, soundness, counterexamples, limits."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+
+from attacks.milp_cex import MILPCounterexample
+from attacks.pgd import PGD
+from bench.contract import margins, project
+from tests.conftest import random_inputs, random_mlp, sample_ball
+from verifiers.linear_bounds import input_box, layer_params
+from verifiers.milp import MILP, exact_class_margins, solve_samples
+from verifiers.relu_program import ReluProgram, solve_mip, tightest_bounds
+
+
+def enumerate_patterns(net, x: np.ndarray, label: int, eps: float) -> np.ndarray:
+    """Exact worst margin per class by enumerating every activation pattern (one LP each)."""
+    params = [(l.weight.detach().double().numpy(), l.bias.detach().double().numpy())
+              for l in net.linears]
+    lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    units = [w.shape[0] for w, _ in params[:-1]]
+    k = params[-1][0].shape[0]
+    best = np.full(k, -np.inf)
+    for pattern in itertools.product([0.0, 1.0], repeat=sum(units)):
+        a_ub, b_ub = [], []
+        lin, off = np.eye(len(x)), np.zeros(len(x))        # z_prev = lin @ x + off
+        cursor = 0
+        for (w, b), m in zip(params[:-1], units):
+            pre_lin, pre_off = w @ lin, w @ off + b
+            mask = np.array(pattern[cursor:cursor + m])
+            cursor += m
+            sign = 1 - 2 * mask          # active: -pre <= 0 ; inactive: pre <= 0
+            a_ub.append(sign[:, None] * pre_lin)
+            b_ub.append(-sign * pre_off)
+            lin, off = mask[:, None] * pre_lin, mask * pre_off
+        out_lin, out_off = params[-1][0] @ lin, params[-1][0] @ off + params[-1][1]
+        for j in range(k):
+            if j == label:
+                continue
+            c = out_lin[j] - out_lin[label]
+            res = linprog(-c, A_ub=np.vstack(a_ub), b_ub=np.concatenate(b_ub),
+                          bounds=list(zip(lo, hi)), method="highs")
+            if res.status == 0:
+                best[j] = max(best[j], -res.fun + out_off[j] - out_off[label])
+    return best
+
+
+@pytest.mark.parametrize("widths", [[6, 5, 3], [5, 3, 3, 3]], ids=["depth1", "depth2"])
+def test_milp_equals_brute_force_enumeration(widths):
+    net = random_mlp(widths, seed=len(widths), scale=1.5)
+    x, y = random_inputs(4, widths[0], 3, seed=7)
+    exact = exact_class_margins(net, x.double(), y, 0.15)
+    for n in range(4):
+        brute = enumerate_patterns(net, x[n].double().numpy(), int(y[n]), 0.15)
+        finite = np.isfinite(brute)
+        assert np.array_equal(finite, np.isfinite(exact[n]))
+        assert np.allclose(exact[n][finite], brute[finite], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def decided():
+    net = random_mlp([12, 16, 4], seed=21)
+    x, _ = random_inputs(24, 12, 4, seed=22)
+    with torch.no_grad():
+        y = net(x).argmax(dim=1)                  # correctly classified, so margins matter
+    eps = 0.06
+    return net, x, y, eps, solve_samples(net, x.double(), y, eps, time_limit=30.0, clip=True)
+
+
+def test_every_sample_is_decided_and_the_verdicts_are_consistent(decided):
+    net, x, y, eps, verdicts = decided
+    assert {v.verdict for v in verdicts} <= {"certified", "broken"}
+    # both verdicts occur, and both are reached by branch and bound, not only by the
+    # CROWN pre-check or the gradient seed
+    assert {v.verdict for v in verdicts if v.milps > 0} == {"certified", "broken"}
+    for v in verdicts:
+        assert v.lower <= float(np.max(v.upper)) + 1e-6
+
+
+def test_certified_bounds_are_sound(decided):
+    net, x, y, eps, _ = decided
+    upper = MILP(time_limit=30.0).bound(net, x.double(), y, eps)
+    net64 = net.float64_copy()
+    with torch.no_grad():
+        seen = torch.stack([margins(net64(p), y) for p in sample_ball(x.double(), eps, 400, 1)])
+    torch.manual_seed(0)
+    attacked = project(PGD(steps=40, restarts=3).perturb(net, x, y, eps).double(), x.double(), eps)
+    with torch.no_grad():
+        pgd = margins(net64(attacked), y)
+    assert (seen.amax(0) <= upper + 1e-6).all() and (pgd <= upper + 1e-6).all()
+
+
+def test_counterexamples_misclassify_inside_the_ball_and_box(decided):
+    net, x, y, eps, verdicts = decided
+    x_adv = MILPCounterexample(time_limit=30.0).perturb(net, x, y, eps)
+    assert ((x_adv - x).abs().amax(dim=1) <= eps + 1e-6).all()
+    assert x_adv.min() >= -1e-9 and x_adv.max() <= 1 + 1e-9
+    with torch.no_grad():
+        worst = margins(net.float64_copy()(x_adv.double()), y).amax(dim=1)
+    for n, verdict in enumerate(verdicts):
+        if verdict.verdict == "broken":
+            assert worst[n] >= 0 and abs(float(worst[n]) - verdict.lower) <= 1e-4
+        else:
+            assert worst[n] < 0
+
+
+def test_time_limit_is_honoured():
+    import models
+    from bench import data
+    net, _ = models.load("nt-nn")
+    images, labels = data.mnist_test(1)
+    x = data.to_tensor(images, torch.float64)
+    with torch.no_grad():
+        params = layer_params(net, torch.float64)
+        lo, hi = input_box(x, 0.1)
+        bounds = tightest_bounds(params, lo, hi)
+    np_params = [(w.numpy(), b.numpy()) for w, b in params]
+    program = ReluProgram(np_params, [(l[0].numpy(), u[0].numpy()) for l, u in bounds],
+                          lo[0].numpy(), hi[0].numpy(), binaries=True)
+    c = np.zeros(10)
+    c[3], c[int(labels[0])] = 1.0, -1.0
+    obj, _ = program.objective(*np_params[-1], c)
+    began = time.perf_counter()
+    outcome = solve_mip(program, obj, time_limit=1.0)
+    assert time.perf_counter() - began < 1.0 + 3.0
+    assert outcome.status == "Time limit reached" and outcome.upper > outcome.lower
+
+
+def test_gap_table_splits_the_gap_on_decided_samples():
+    from bench.leaderboard import tabulate
+    base = {"model": "m", "eps": 0.1, "label": 0, "seconds": 0.0, "status": "ok",
+            "config": "", "version": "t"}
+
+    def rec(method, kind, sample, bound):
+        decided = bound < 0 if kind == "verifier" else bound >= 0
+        return dict(base, method=method, kind=kind, sample=sample, bound=bound, decided=decided)
+    exact_upper = [-1.0, 2.0, 3.0, 4.0]       # milp certifies sample 0 only
+    exact_lower = [-2.0, 1.0, 0.5, -1.0]      # milp-cex breaks 1 and 2; 3 stays undecided
+    loose_upper = [1.0, 5.0, 5.0, 5.0]        # a loose verifier certifies nothing
+    weak_lower = [-3.0, 0.2, -0.1, -2.0]      # a weak attack breaks sample 1 only
+    records = [rec("milp", "verifier", n, exact_upper[n]) for n in range(4)] + \
+              [rec("milp-cex", "attack", n, exact_lower[n]) for n in range(4)] + \
+              [rec("loose", "verifier", n, loose_upper[n]) for n in range(4)] + \
+              [rec("weak", "attack", n, weak_lower[n]) for n in range(4)]
+    _, gaps, unsound = tabulate(records, {"milp", "milp-cex"})
+    assert unsound.empty
+    row = gaps.iloc[0]
+    assert row["n_decided"] == 3
+    assert row["exact_error"] == pytest.approx(2 / 3)
+    assert row["verifier_looseness"] == pytest.approx(1 - 2 / 3)
+    assert row["attack_weakness"] == pytest.approx(2 / 3 - 1 / 3)
+    _, plain, _ = tabulate(records, set())
+    assert np.isnan(plain.iloc[0]["exact_error"])
