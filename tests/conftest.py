@@ -41,6 +41,30 @@ def sample_ball(x: torch.Tensor, eps: float, count: int, seed: int) -> torch.Ten
     return (x + eps * torch.cat([signs, inside])).clamp(0, 1)
 
 
+def margins_seen(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0,
+                 count: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max over sampled points, PGD)`` margins ``(N, K)`` in float64: what a sound
+    upper bound must lie above (points in ``B_eps(x) ∩ [0,1]^d``)."""
+    from attacks.pgd import PGD
+    from bench.contract import margins, project
+    net64 = net.float64_copy()
+    with torch.no_grad():
+        seen = torch.stack([margins(net64(p), y) for p in sample_ball(x.double(), eps, count,
+                                                                       seed)]).amax(dim=0)
+    torch.manual_seed(seed)
+    x_adv = project(PGD(steps=40, restarts=3).perturb(net, x, y, eps).double(), x.double(), eps)
+    with torch.no_grad():
+        return seen, margins(net64(x_adv), y)
+
+
+def assert_sound(upper: torch.Tensor, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
+                 seed: int = 0, atol: float = 1e-8) -> None:
+    """``upper (N, K)`` is above every sampled margin and every PGD margin."""
+    sampled, attacked = margins_seen(net, x, y, eps, seed)
+    assert (sampled <= upper + atol).all(), "a sampled point exceeds the bound"
+    assert (attacked <= upper + atol).all(), "PGD exceeds the bound"
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """A folder with two tiny one-hidden-layer networks saved with cards."""

@@ -7,22 +7,11 @@ intermediate layers as well as the output. Sound for any slope in ``[0, 1]``.
 
 from __future__ import annotations
 
-import torch
-
-from bench.contract import Configurable
-from models import MLP
-
-from .linear_bounds import crown_slope, margin_upper_bounds
+from .linear_bounds import LinearRelaxationVerifier, crown_slope
 
 
-class Crown(Configurable):
+class Crown(LinearRelaxationVerifier):
     """CROWN upper bound ``U (N, K)`` for ReLU MLPs of any depth."""
 
     name = "crown"
-
-    def __init__(self, *, clip: bool = True) -> None:
-        self.clip = clip
-
-    def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` in ``x``'s dtype, ``U[n, y_n] = -inf``."""
-        return margin_upper_bounds(net, x, y, eps, crown_slope, self.clip)
+    slope_rule = staticmethod(crown_slope)

@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from bench.contract import Configurable
 from models import MLP
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]           # per hidden layer: (l, u), (N, m_k)
@@ -151,3 +152,16 @@ def margin_upper_bounds(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
     bounds = linear_layer_bounds(params, lo, hi, rule)
     spec = margin_spec(y, net.num_classes, x.dtype)
     return finish_margins(backward_upper(params, bounds, spec, lo, hi, rule), y)
+
+
+class LinearRelaxationVerifier(Configurable):
+    """Base of ``lp`` and ``crown``: :func:`margin_upper_bounds` with ``slope_rule``."""
+
+    slope_rule: SlopeRule
+
+    def __init__(self, *, clip: bool = True) -> None:
+        self.clip = clip
+
+    def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+        """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` in ``x``'s dtype, ``U[n, y_n] = -inf``."""
+        return margin_upper_bounds(net, x, y, eps, type(self).slope_rule, self.clip)

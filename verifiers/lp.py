@@ -10,22 +10,11 @@ optimum and on the true worst case. Differentiable in the weights (used for trai
 
 from __future__ import annotations
 
-import torch
-
-from bench.contract import Configurable
-from models import MLP
-
-from .linear_bounds import margin_upper_bounds, wong_kolter_slope
+from .linear_bounds import LinearRelaxationVerifier, wong_kolter_slope
 
 
-class LP(Configurable):
+class LP(LinearRelaxationVerifier):
     """Wong-Kolter dual bound ``U (N, K)`` for ReLU MLPs of any depth (upper bound)."""
 
     name = "lp"
-
-    def __init__(self, *, clip: bool = True) -> None:
-        self.clip = clip
-
-    def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` in ``x``'s dtype, ``U[n, y_n] = -inf``."""
-        return margin_upper_bounds(net, x, y, eps, wong_kolter_slope, self.clip)
+    slope_rule = staticmethod(wong_kolter_slope)
