@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from models import MLP, Card, save
 
 from . import data
 from .contract import margins
+from .objectives import OBJECTIVES
 
 VALIDATION_SIZE = 10_000
+QUICK_HIDDEN = 64
+QUICK_IMAGES = 2000
 
 
 @dataclass(frozen=True)
@@ -45,17 +48,13 @@ class Recipe:
                 **self.extra}
 
 
-def cross_entropy(net: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``net`` on ``x (B, d)``, ``y (B,)``."""
-    return F.cross_entropy(net(x), y)
-
-
-OBJECTIVES: dict[str, Callable[[MLP, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "cross-entropy": cross_entropy,
-}
-
 RECIPES: dict[str, Recipe] = {
     "nt-nn": Recipe("nt-nn", "cross-entropy"),
+    "fro-nn": Recipe("fro-nn", "hinge+frobenius", extra={"lam": 0.08}),
+    "spe-nn": Recipe("spe-nn", "hinge+spectral", extra={"lam": 0.09}),
+    "at-nn": Recipe("at-nn", "adversarial",
+                    extra={"lam": 0.5, "eps": 0.3, "step": 0.1, "steps": 40}),
+    "lp-nn": Recipe("lp-nn", "lp-robust", epochs=20, batch_size=50, extra={"eps": 0.1}),
 }
 
 
@@ -74,15 +73,23 @@ def error_rate(net: MLP, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) ->
 
 
 def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
-          out_dir: Path | None = None, log: Callable[[str], None] | None = None) -> Card:
+          out_dir: Path | None = None, log: Callable[[str], None] | None = None,
+          recipe: Recipe | None = None) -> Card:
     """Train network ``name``, save weights and card in ``out_dir``; return the card.
 
-    ``quick`` trains on 2,000 images for one epoch: seconds, for tests and smoke runs.
+    ``quick`` trains a 784-64-10 version on 2,000 images for one epoch (attacks capped
+    at 10 steps): seconds, for tests and smoke runs.
+    ``recipe`` overrides the named recipe (tests train variants, e.g. without regulariser).
     """
     log = log or (lambda line: print(line, file=sys.stderr))
-    if name not in RECIPES:
+    if recipe is None and name not in RECIPES:
         raise TrainingError(f"unknown network {name!r}; trainable: {', '.join(sorted(RECIPES))}")
-    recipe = RECIPES[name]
+    recipe = recipe or RECIPES[name]
+    if quick:   # a small version: 64 hidden units, one epoch, at most 10 attack steps
+        extra = {**recipe.extra, **({"steps": min(10, recipe.extra["steps"])}
+                                    if "steps" in recipe.extra else {})}
+        recipe = replace(recipe, widths=(recipe.widths[0], QUICK_HIDDEN, recipe.widths[-1]),
+                         epochs=1, extra=extra)
     images, labels = data.mnist_train(data_dir)
     if len(labels) <= VALIDATION_SIZE and not quick:
         raise TrainingError(f"training set has {len(labels)} images; need more than "
@@ -93,11 +100,11 @@ def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
     x_val, y_val = x_all[-held_out:], y_all[-held_out:]
     epochs = recipe.epochs
     if quick:
-        x_train, y_train, epochs = x_train[:2000], y_train[:2000], 1
+        x_train, y_train = x_train[:QUICK_IMAGES], y_train[:QUICK_IMAGES]
 
     torch.manual_seed(recipe.seed)
     net = MLP(recipe.widths)
-    objective = OBJECTIVES[recipe.objective]
+    objective = partial(OBJECTIVES[recipe.objective], **recipe.extra)
     optimizer = torch.optim.Adam(net.parameters(), lr=recipe.learning_rate)
     generator = torch.Generator().manual_seed(recipe.seed)
     began = time.perf_counter()
@@ -107,7 +114,7 @@ def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
         total = 0.0
         for start in range(0, len(order), recipe.batch_size):
             idx = order[start:start + recipe.batch_size]
-            loss = objective(net, x_train[idx], y_train[idx])
+            loss, _ = objective(net, x_train[idx], y_train[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
