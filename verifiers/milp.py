@@ -31,8 +31,8 @@ import torch
 from bench.contract import Configurable, margins
 from models import MLP, weights_summary
 
-from .linear_bounds import input_box, layer_params, margin_spec
-from .linear_bounds import backward_upper, crown_slope, finish_margins
+from .linear_bounds import (backward_upper, crown_slope, finish_margins, input_box,
+                            layer_params, margin_spec)
 from .relu_program import ReluProgram, solve_mip, tightest_bounds
 
 CACHE_SIZE = 4096

@@ -18,7 +18,7 @@ import torch
 from bench.contract import Configurable, margins
 from models import MLP, weights_summary
 
-from .sdp_core import Solution
+from .sdp_core import Solution, pair_block
 
 
 class PairwiseSDPBound(Configurable):
@@ -36,8 +36,6 @@ class PairwiseSDPBound(Configurable):
 
     def pair_values(self, net: MLP) -> np.ndarray:
         """``(K, K)`` symmetric table of certified SDP values (diagonal 0)."""
-        from .sdp_core import pair_block
-
         key = weights_summary(net)
         if key not in self._tables:
             weight, _, last, _ = net.one_hidden_layer()
