@@ -19,8 +19,8 @@ from bench.cli import main
 from models import Card
 from tests.conftest import random_mlp
 
-KNOWN = {"spectral", "frobenius", "sdp", "sdp-dual", "lp", "lp-exact", "ibp", "crown", "fgsm",
-         "pgd", "cw", "nt-nn"}
+KNOWN = {"spectral", "frobenius", "sdp", "sdp-dual", "lp", "lp-exact", "ibp", "crown", "milp",
+         "fgsm", "pgd", "cw", "milp-cex", *models.shipped_names()}
 
 
 def invoke(argv: list[str]) -> tuple[int, str, str]:
@@ -40,7 +40,8 @@ def assert_one_line_error(code: int, err: str, expected: str = "") -> None:
 @pytest.mark.parametrize("args, message", [
     (["run", "--verifiers", "nope"], "unknown verifier 'nope'; available:"),
     (["run", "--attacks", "pgd,zap"], "unknown attack 'zap'; available:"),
-    (["run", "--models", "nope"], "unknown model 'nope'; available: nt-nn"),
+    (["run", "--models", "nope"],
+     f"unknown model 'nope'; available: {', '.join(models.shipped_names())}"),
     (["run", "--eps", "-0.1"], "eps must be a finite number >= 0"),
     (["run", "--eps", "nan"], "eps must be a finite number >= 0"),
     (["run", "--eps", "abc"], "eps must be a number"),

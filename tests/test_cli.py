@@ -15,7 +15,8 @@ def cli(*args: str, cwd=None):
 
 def test_run_end_to_end_on_the_shipped_network(tmp_path):
     done = cli("run", "--verifiers", "spectral,frobenius", "--attacks", "fgsm,pgd,cw",
-               "--n", "20", "--out", str(tmp_path), "--quiet", "--set", "pgd.restarts=2")
+               "--models", "nt-nn", "--n", "20", "--out", str(tmp_path), "--quiet",
+               "--set", "pgd.restarts=2")
     assert done.returncode == 0, done.stderr
     board = pd.read_csv(tmp_path / "leaderboard.csv")
     assert list(board["method"]) == ["cw", "fgsm", "frobenius", "pgd", "spectral"]

@@ -113,7 +113,8 @@ def test_atomic_csv_write_leaves_the_old_file_on_failure(tmp_path):
     assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["table.csv"]
 
 
-CLI_RUN = ["run", "--verifiers", "spectral,frobenius", "--attacks", "fgsm,pgd", "--n", "120",
+CLI_RUN = ["run", "--verifiers", "spectral,frobenius", "--attacks", "fgsm,pgd", "--models",
+           "nt-nn", "--n", "120",
            "--batch-size", "10", "--eps", "0.05", "0.1", "--set", "pgd.restarts=2", "--quiet"]
 
 
