@@ -114,30 +114,33 @@ def leaderboard(frame: pd.DataFrame, unsound: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
 
 
+def _any_success(group: pd.DataFrame, methods: list[str]) -> pd.Series:
+    """Per sample of ``group``: did any of ``methods`` succeed (certify / break) on it."""
+    chosen = group[group["method"].isin(methods)]
+    samples = pd.Index(sorted(group["sample"].unique()))
+    return chosen["success"].groupby(chosen["sample"]).any().reindex(samples, fill_value=False)
+
+
 def _exact_split(group: pd.DataFrame, verifiers: list[str], attacks: list[str],
                  exact: set[str]) -> dict[str, Any]:
     """``n_decided``, ``exact_error``, ``verifier_looseness``, ``attack_weakness``."""
-    def any_success(methods: list[str]) -> pd.Series:
-        chosen = group[group["method"].isin(methods)]
-        samples = pd.Index(sorted(group["sample"].unique()))
-        return chosen["success"].groupby(chosen["sample"]).any().reindex(samples, fill_value=False)
-
     exact_verifiers = [m for m in verifiers if m in exact]
     exact_attacks = [m for m in attacks if m in exact]
     if not exact_verifiers and not exact_attacks:
         return {}
-    decided = any_success(exact_verifiers) | any_success(exact_attacks)
+    decided = _any_success(group, exact_verifiers) | _any_success(group, exact_attacks)
     if not decided.any():
         return {"n_decided": 0}
-    broken = any_success(attacks)[decided]
+    broken = _any_success(group, attacks)[decided]
     exact_error = float(broken.mean())
     out: dict[str, Any] = {"n_decided": int(decided.sum()), "exact_error": exact_error}
     others_v = [m for m in verifiers if m not in exact]
     others_a = [m for m in attacks if m not in exact]
     if others_v:
-        out["verifier_looseness"] = float((~any_success(others_v)[decided]).mean()) - exact_error
+        certified = _any_success(group, others_v)[decided]
+        out["verifier_looseness"] = float((~certified).mean()) - exact_error
     if others_a:
-        out["attack_weakness"] = exact_error - float(any_success(others_a)[decided].mean())
+        out["attack_weakness"] = exact_error - float(_any_success(group, others_a)[decided].mean())
     return out
 
 
@@ -157,13 +160,12 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame, exact: set[str] = frozenset()
         if len(attacks):
             best = attacks.sort_values(["error", "method"], ascending=[False, True]).iloc[0]
             row["best_attack_error"], row["best_attack"] = best["error"], best["method"]
-        for methods, column in ((verifiers["method"], "combined_certified_error"),
-                                (attacks["method"], "combined_attack_error")):
-            chosen = group[group["method"].isin(list(methods))]
-            if len(chosen):
-                any_success = chosen["success"].groupby(chosen["sample"]).any().mean()
-                row[column] = (1.0 - any_success if column == "combined_certified_error"
-                               else float(any_success))
+        if len(verifiers):
+            row["combined_certified_error"] = \
+                1.0 - float(_any_success(group, list(verifiers["method"])).mean())
+        if len(attacks):
+            broken = _any_success(group, list(attacks["method"]))
+            row["combined_attack_error"] = float(broken.mean())
         row.update(_exact_split(group, list(verifiers["method"]), list(attacks["method"]), exact))
         rows.append(row)
     out = pd.DataFrame(rows, columns=GAP_COLUMNS)
