@@ -11,10 +11,11 @@ from bench.contract import margins
 from tests.conftest import assert_sound, random_inputs, random_mlp
 from verifiers.crown import Crown
 from verifiers.ibp import IBP
-from verifiers.linear_bounds import (input_box, layer_params, margin_upper_bounds,
+from verifiers.linear_bounds import (input_box, margin_upper_bounds,
                                      wong_kolter_slope)
 from verifiers.lp import LP
-from verifiers.lp_exact import LPExact, tightest_bounds
+from verifiers.lp_exact import LPExact
+from verifiers.relu_program import sample_batch
 
 VERIFIERS = [LP(), LPExact(), IBP(), Crown()]
 DEPTHS = {1: [10, 8, 3], 2: [10, 8, 6, 3], 3: [10, 6, 6, 5, 3]}
@@ -74,10 +75,8 @@ def test_exact_lp_agrees_with_cvxpy(depth):
     x, y = random_inputs(4, 10, 3, seed=depth + 40)
     with torch.no_grad():
         exact = LPExact().bound(net, x.double(), y, 0.1)
-        params = layer_params(net, torch.float64)
-        lo, hi = input_box(x.double(), 0.1)
-        bounds = tightest_bounds(params, lo, hi)
-    np_params = [(w.numpy(), b.numpy()) for w, b in params]
+    batch = sample_batch(net, x, 0.1, clip=True)      # the same intermediate bounds
+    np_params, bounds, lo, hi = batch.np_params, batch.bounds, batch.lo, batch.hi
     for n in range(4):
         for j in range(3):
             if j == int(y[n]):

@@ -13,9 +13,8 @@ from scipy.optimize import linprog
 from attacks.milp_cex import MILPCounterexample
 from bench.contract import margins
 from tests.conftest import assert_sound, random_inputs, random_mlp
-from verifiers.linear_bounds import input_box, layer_params
 from verifiers.milp import MILP, exact_class_margins, solve_samples
-from verifiers.relu_program import ReluProgram, solve_mip, tightest_bounds
+from verifiers.relu_program import sample_batch, solve_mip
 
 
 def enumerate_patterns(net, x: np.ndarray, label: int, eps: float) -> np.ndarray:
@@ -108,16 +107,8 @@ def test_time_limit_is_honoured():
     net, _ = models.load("nt-nn")
     images, labels = data.mnist_test(1)
     x = data.to_tensor(images, torch.float64)
-    with torch.no_grad():
-        params = layer_params(net, torch.float64)
-        lo, hi = input_box(x, 0.1)
-        bounds = tightest_bounds(params, lo, hi)
-    np_params = [(w.numpy(), b.numpy()) for w, b in params]
-    program = ReluProgram(np_params, [(l[0].numpy(), u[0].numpy()) for l, u in bounds],
-                          lo[0].numpy(), hi[0].numpy(), binaries=True)
-    c = np.zeros(10)
-    c[3], c[int(labels[0])] = 1.0, -1.0
-    obj, _ = program.objective(*np_params[-1], c)
+    program = sample_batch(net, x, 0.1, clip=True).program(0, binaries=True)
+    obj, _ = program.margin_objective(3, int(labels[0]))
     began = time.perf_counter()
     outcome = solve_mip(program, obj, time_limit=1.0)
     assert time.perf_counter() - began < 1.0 + 3.0

@@ -22,8 +22,7 @@ import torch
 from bench.contract import Configurable
 from models import MLP
 
-from .linear_bounds import input_box, layer_params
-from .relu_program import ReluProgram, tightest_bounds
+from .relu_program import sample_batch
 
 
 class LPExact(Configurable):
@@ -37,22 +36,13 @@ class LPExact(Configurable):
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64, ``U[n, y_n] = -inf``."""
-        with torch.no_grad():
-            params = layer_params(net, torch.float64)
-            lo, hi = input_box(x.to(torch.float64), eps, self.clip)
-            bounds = tightest_bounds(params, lo, hi)
-        np_params = [(w.numpy(), b.numpy()) for w, b in params]
-        w_last, b_last = np_params[-1]
-        k = net.num_classes
-        out = np.full((len(y), k), -np.inf)
+        batch = sample_batch(net, x, eps, self.clip)
+        out = np.full((len(y), net.num_classes), -np.inf)
         for n in range(len(y)):
-            problem = ReluProgram(np_params, [(l[n].numpy(), u[n].numpy()) for l, u in bounds],
-                                 lo[n].numpy(), hi[n].numpy())
-            for j in range(k):
+            problem = batch.program(n)
+            for j in range(net.num_classes):
                 if j == int(y[n]):
                     continue
-                c = np.zeros(k)
-                c[j], c[int(y[n])] = 1.0, -1.0
-                obj, const = problem.objective(w_last, b_last, c)
+                obj, const = problem.margin_objective(j, int(y[n]))
                 out[n, j] = problem.solve_max(obj)[0] + const
         return torch.from_numpy(out)

@@ -23,7 +23,8 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,9 +32,8 @@ import torch
 from bench.contract import Configurable, margins
 from models import MLP, weights_summary
 
-from .linear_bounds import (backward_upper, crown_slope, finish_margins, input_box,
-                            layer_params, margin_spec)
-from .relu_program import ReluProgram, solve_mip, tightest_bounds
+from .linear_bounds import backward_upper, crown_slope, finish_margins, input_box, margin_spec
+from .relu_program import ReluProgram, sample_batch, solve_mip
 
 CACHE_SIZE = 4096
 
@@ -92,21 +92,17 @@ def solve_samples(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
     keys = [_key(net_key, eps, config, x[n], int(y[n])) for n in range(len(y))]
     missing = [n for n, key in enumerate(keys) if key not in _CACHE]
     if missing:
+        batch = sample_batch(net, x[missing], eps, clip)
         with torch.no_grad():
-            params = layer_params(net, torch.float64)
-            x64 = x[missing].to(torch.float64)
-            lo, hi = input_box(x64, eps, clip)
-            bounds = tightest_bounds(params, lo, hi)
             spec = margin_spec(y[missing], net.num_classes, torch.float64)
-            quick = finish_margins(backward_upper(params, bounds, spec, lo, hi, crown_slope),
-                                   y[missing])
+            quick = finish_margins(backward_upper(batch.params, batch.bounds, spec, batch.lo,
+                                                  batch.hi, crown_slope), y[missing])
         seeds = seed_points(net, x[missing], y[missing], eps, clip)
-        np_params = [(w.numpy(), b.numpy()) for w, b in params]
+        np_params = batch.np_params
         for row, n in enumerate(missing):
-            _CACHE[keys[n]] = _solve_one(np_params, [(l[row].numpy(), u[row].numpy())
-                                                     for l, u in bounds],
-                                         lo[row].numpy(), hi[row].numpy(), int(y[n]),
-                                         quick[row].numpy(), seeds[row].numpy(), time_limit)
+            _CACHE[keys[n]] = _solve_one(np_params, partial(batch.program, row, binaries=True),
+                                         int(y[n]), quick[row].numpy(), seeds[row].numpy(),
+                                         time_limit)
             while len(_CACHE) > CACHE_SIZE:
                 _CACHE.popitem(last=False)
     return [_CACHE[key] for key in keys]
@@ -119,8 +115,10 @@ def _forward(params, x: np.ndarray) -> np.ndarray:
     return params[-1][0] @ z + params[-1][1]
 
 
-def _solve_one(params, bounds, lo: np.ndarray, hi: np.ndarray, label: int,
+def _solve_one(params, make_program: Callable[[], ReluProgram], label: int,
                quick: np.ndarray, seed: np.ndarray, time_limit: float) -> SampleVerdict:
+    """One sample: the seed point first, then MILPs per class from the loosest bound down
+    (``make_program`` builds the sample's MILP only if one is needed)."""
     began = time.perf_counter()
     upper = quick.copy()                      # sound per-class bounds to start from
     logits = _forward(params, seed)
@@ -129,7 +127,6 @@ def _solve_one(params, bounds, lo: np.ndarray, hi: np.ndarray, label: int,
     lower, witness = float(seed_margins.max()), seed
     nodes, milps = 0, 0
     program = start = None
-    w_last, b_last = params[-1]
     for j in np.argsort(-quick):
         if lower >= 0:
             break
@@ -139,11 +136,9 @@ def _solve_one(params, bounds, lo: np.ndarray, hi: np.ndarray, label: int,
         if remaining <= 0:
             break
         if program is None:
-            program = ReluProgram(params, bounds, lo, hi, binaries=True)
+            program = make_program()
             start = program.point(params, seed)
-        c = np.zeros(len(quick))
-        c[j], c[label] = 1.0, -1.0
-        obj, const = program.objective(w_last, b_last, c)
+        obj, const = program.margin_objective(int(j), label)
         outcome = solve_mip(program, obj, time_limit=remaining, stop_above=-const,
                             stop_below=-const, start=start)
         milps += 1
@@ -189,21 +184,14 @@ def exact_class_margins(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, 
 
     For tests and small networks: one MILP per sample and class, solved to optimality.
     """
-    with torch.no_grad():
-        params = layer_params(net, torch.float64)
-        lo, hi = input_box(x.to(torch.float64), eps, clip)
-        bounds = tightest_bounds(params, lo, hi)
-    np_params = [(w.numpy(), b.numpy()) for w, b in params]
+    batch = sample_batch(net, x, eps, clip)
     out = np.full((len(y), net.num_classes), -np.inf)
     for n in range(len(y)):
-        program = ReluProgram(np_params, [(l[n].numpy(), u[n].numpy()) for l, u in bounds],
-                              lo[n].numpy(), hi[n].numpy(), binaries=True)
+        program = batch.program(n, binaries=True)
         for j in range(net.num_classes):
             if j == int(y[n]):
                 continue
-            c = np.zeros(net.num_classes)
-            c[j], c[int(y[n])] = 1.0, -1.0
-            obj, const = program.objective(*np_params[-1], c)
+            obj, const = program.margin_objective(j, int(y[n]))
             outcome = solve_mip(program, obj, time_limit=time_limit)
             out[n, j] = outcome.lower + const
     return out

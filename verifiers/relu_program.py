@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .linear_bounds import (crown_slope, interval_bounds, linear_layer_bounds,
-                            wong_kolter_slope)
+from .linear_bounds import (crown_slope, input_box, interval_bounds, layer_params,
+                            linear_layer_bounds, wong_kolter_slope)
 
 
 def tightest_bounds(params, lo: torch.Tensor, hi: torch.Tensor):
@@ -124,6 +124,7 @@ class ReluProgram:
         self.row_lo = np.concatenate(row_lo) if row_lo else np.zeros(0)
         self.row_hi = np.concatenate(row_hi) if row_hi else np.zeros(0)
         self.col_lo, self.col_hi = np.concatenate(col_lo), np.concatenate(col_hi)
+        self._output = params[-1]
         self._highs = None
 
     def point(self, params: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
@@ -139,12 +140,12 @@ class ReluProgram:
             parts += actives
         return np.concatenate(parts)
 
-    def objective(self, w_last: np.ndarray, b_last: np.ndarray, c: np.ndarray
-                  ) -> tuple[np.ndarray, float]:
-        """Cost vector of ``c^T (W_L z_{L-1} + b_L)`` and its constant ``c^T b_L``."""
+    def margin_objective(self, j: int, label: int) -> tuple[np.ndarray, float]:
+        """Cost vector and constant of the margin ``f_j - f_label`` (``W_L z_{L-1} + b_L``)."""
+        w_last, b_last = self._output
         obj = np.zeros(self.columns)
-        obj[self.last] = c @ w_last
-        return obj, float(c @ b_last)
+        obj[self.last] = w_last[j] - w_last[label]
+        return obj, float(b_last[j] - b_last[label])
 
     def certified_max(self, obj: np.ndarray, duals: np.ndarray) -> float:
         """Weak-duality upper bound on ``max obj^T v`` from any row multipliers ``duals``.
@@ -201,6 +202,34 @@ class ReluProgram:
         # HiGHS's sign convention for multipliers differs by objective sense; both signs
         # give valid bounds, so the smaller is kept
         return min(self.certified_max(obj, duals), self.certified_max(obj, -duals)), primal, status
+
+
+@dataclass
+class SampleBatch:
+    """What every per-sample program of a batch shares: float64 weights, input boxes
+    ``lo, hi (N, d)`` and the tightest pre-activation bounds of each hidden layer."""
+
+    params: list[tuple[torch.Tensor, torch.Tensor]]
+    lo: torch.Tensor
+    hi: torch.Tensor
+    bounds: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def np_params(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(w.numpy(), b.numpy()) for w, b in self.params]
+
+    def program(self, n: int, binaries: bool = False) -> ReluProgram:
+        """The LP (or MILP) of sample ``n``."""
+        return ReluProgram(self.np_params, [(l[n].numpy(), u[n].numpy()) for l, u in self.bounds],
+                           self.lo[n].numpy(), self.hi[n].numpy(), binaries=binaries)
+
+
+def sample_batch(net, x: torch.Tensor, eps: float, clip: bool) -> SampleBatch:
+    """Set up the programs of ``x (N, d)``: box ``B_eps(x)`` (``∩ [0,1]^d`` if ``clip``)."""
+    with torch.no_grad():
+        params = layer_params(net, torch.float64)
+        lo, hi = input_box(x.to(torch.float64), eps, clip)
+        return SampleBatch(params, lo, hi, tightest_bounds(params, lo, hi))
 
 
 @dataclass
