@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {list,run,train}``.
+"""Command line: ``python -m bench {list,run,report,train}``.
 
 A user error is one line on stderr and exit code 1, never a traceback.
 """
@@ -131,6 +131,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    written, violations = report(out=args.out, n=args.n, models=args.models,
+                                 model_dir=args.model_dir, batch_size=args.batch_size,
+                                 progress=not args.quiet)
+    print((args.out / "table1.md").read_text())
+    print("wrote " + ", ".join(str(path) for path in written.values()))
+    if violations:
+        print(f"UNSOUND: {violations} violations; see {args.out / 'violations.csv'} and "
+              f"{args.out / 'sweep' / 'violations.csv'}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
@@ -165,6 +180,16 @@ def build_parser() -> Parser:
                      "SECONDS x its size); past it the batch is recorded as timeout")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="the paper's figures and Table 1 (full test set)")
+    rep.add_argument("--models", type=_names, help="comma-separated (default: every shipped one)")
+    rep.add_argument("--n", type=_positive, default=10_000,
+                     help="first N test images (default: all 10000)")
+    rep.add_argument("--model-dir", type=Path, help="folder of networks (default: shipped)")
+    rep.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    rep.add_argument("--batch-size", type=_positive, default=250)
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(func=cmd_report)
 
     train = sub.add_parser("train", help="train a shipped network from its recipe")
     train.add_argument("name")

@@ -7,11 +7,18 @@ regulariser (the term that makes the network robust or certifiable), both scalar
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from models import MLP
 from verifiers.linear_bounds import margin_upper_bounds, wong_kolter_slope
+from verifiers.sdp_core import first_order_dual, pair_block
+from verifiers.sdp_dual import SDPDual
+
+from .contract import margins
+from .sdp_regulariser import (dual_objective, mixing_dual, mixing_rounds, pair_index,
+                              primal_objective, structured_operator, top_eigenpairs)
 
 Objective = tuple[torch.Tensor, torch.Tensor]
 
@@ -72,6 +79,144 @@ def lp_robust(net: MLP, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> Obje
     return robust, robust.detach()
 
 
+class HingeSDP:
+    """SDP-NN (eq. 15, sec. 6.3): hinge + ``lam * sum_j w_ij R_ij`` over the pairs of one class.
+
+    Each step draws one class ``i_t`` and regularises its nine pairs ``(i_t, j)``.
+    ``R_ij`` bounds ``SDP(M_ij)``, computed one of two ways (``regulariser``):
+
+    * ``"dual"``, eq. 15 as printed: ``R = D lambda_max^+(M - diag c) + 1^T max(c, 0)``
+      with dual vectors ``c (45, D)`` trained with the weights; the top eigenvector of
+      each pair is tracked by ``iterations`` warm-started LOBPCG iterations (block
+      ``block``);
+    * ``"primal"``: ``R = <M, P>`` with ``P`` the mixing method's rank-``rank`` factors,
+      tracked by ``iterations`` warm-started rounds per step. At the SDP's maximiser
+      this is ``SDP(M)`` and its gradient is the gradient of eq. 15 at the optimal
+      ``c`` (Danskin), rather than one vertex of a subdifferential. ``c`` is then the
+      mixing dual of the tracked factors.
+
+    Either way the saved ``c`` certifies through eq. 16 (any ``c`` does).
+    Weights ``w_ij`` (weighted scheme): ``45 x`` the fraction of training points whose
+    maximising term in eq. 12 is the pair ``{i, j}``, so the unweighted scheme is
+    ``w = 1`` and the total weight is unchanged; refreshed every ``refresh_every`` epochs.
+    """
+
+    def __init__(self, net: MLP, *, lam: float, eps: float, refresh_every: int = 20,
+                 regulariser: str = "dual", block: int = 4, rank: int = 16,
+                 iterations: int = 3, seed: int = 0) -> None:
+        if regulariser not in ("dual", "primal"):
+            raise ValueError(f"regulariser must be 'dual' or 'primal', got {regulariser!r}")
+        weight, _, last, _ = net.one_hidden_layer()
+        self.net = net
+        self.lam, self.eps, self.refresh_every = lam, eps, refresh_every
+        self.regulariser, self.iterations = regulariser, iterations
+        self.pairs = pair_index(last.shape[0])
+        self.lookup = {pair: p for p, pair in enumerate(self.pairs)}
+        self.pair_weights = torch.ones(len(self.pairs))
+        self.generator = torch.Generator().manual_seed(seed)
+        everything = list(range(len(self.pairs)))
+        (m, d), count = weight.shape, len(self.pairs)
+        if regulariser == "primal":
+            self.side_t = torch.randn(count, rank, d, generator=self.generator)
+            self.side_s = torch.randn(count, rank, m + 1, generator=self.generator)
+            self.side_s /= self.side_s.norm(dim=1, keepdim=True)
+            self.dual = torch.zeros(count, 1 + d + m)
+            self.track(everything, 30)
+            return
+        w = weight.detach().double().numpy()
+        v = last.detach().double().numpy()
+        self.dual = torch.nn.Parameter(torch.tensor(np.stack(
+            [first_order_dual(pair_block(w, v[j] - v[i]), seed=seed) for i, j in self.pairs]),
+            dtype=torch.float32))
+        self.blocks = torch.randn(count, 1 + d + m, block, generator=self.generator)
+        self.track(everything, 30)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.dual] if self.regulariser == "dual" else []
+
+    def pair_vectors(self, indices: list[int]) -> torch.Tensor:
+        """``v_p = V_j - V_i`` for the pairs ``indices``: ``(P, m)``, differentiable."""
+        last = self.net.one_hidden_layer()[2]
+        first = torch.tensor([self.pairs[p][0] for p in indices])
+        second = torch.tensor([self.pairs[p][1] for p in indices])
+        return last[second] - last[first]
+
+    def track(self, indices, iterations: int) -> None:
+        """Advance the warm-started eigenvectors (dual) or factors (primal) of ``indices``."""
+        indices = list(indices)
+        weight = self.net.one_hidden_layer()[0].detach()
+        with torch.no_grad():
+            v = self.pair_vectors(indices)
+            if self.regulariser == "primal":
+                self.side_t[indices], self.side_s[indices] = mixing_rounds(
+                    weight, v, self.side_t[indices], self.side_s[indices], iterations)
+            else:
+                operator = structured_operator(weight, v, self.dual[indices])
+                self.blocks[indices] = top_eigenpairs(operator, self.blocks[indices],
+                                                      iterations)[1]
+
+    def values(self, indices: list[int]) -> torch.Tensor:
+        """``R_p`` at the tracked vectors, ``(P,)``, differentiable in the weights (and ``c``)."""
+        weight = self.net.one_hidden_layer()[0]
+        v = self.pair_vectors(indices)
+        if self.regulariser == "primal":
+            return primal_objective(weight, v, self.side_t[indices], self.side_s[indices])
+        return dual_objective(weight, v, self.dual[indices], self.blocks[indices][:, :, 0])
+
+    def begin_epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> str:
+        """Refresh the pair weights every ``refresh_every`` epochs (not at epoch 0)."""
+        if epoch == 0 or epoch % self.refresh_every:
+            return ""
+        everything = list(range(len(self.pairs)))
+        self.track(everything, 10)
+        with torch.no_grad():
+            values = self.values(everything)
+        table = torch.zeros(self.net.num_classes, self.net.num_classes)
+        for (i, j), value in zip(self.pairs, values):
+            table[i, j] = table[j, i] = value
+        with torch.no_grad():
+            upper = margins(self.net(x), y) + self.eps / 4 * table[y]
+        worst = upper.argmax(dim=1)
+        counts = torch.zeros(len(self.pairs))
+        for i, j in zip(worst.tolist(), y.tolist()):
+            counts[self.lookup[(min(i, j), max(i, j))]] += 1
+        self.pair_weights = len(self.pairs) * counts / counts.sum()
+        return "pair weights " + " ".join(f"{w:.2f}" for w in self.pair_weights.tolist())
+
+    def __call__(self, net: MLP, x: torch.Tensor, y: torch.Tensor) -> Objective:
+        chosen = int(torch.randint(net.num_classes, (1,), generator=self.generator))
+        indices = [self.lookup[(min(chosen, j), max(chosen, j))]
+                   for j in range(net.num_classes) if j != chosen]
+        self.track(indices, self.iterations)
+        reg = (self.pair_weights[indices] * self.values(indices)).sum()
+        return hinge(net(x), y) + self.lam * reg, reg.detach()
+
+    def validate(self, net: MLP, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Dual-certified error (eq. 16, exact float64 eigenvalues) and mean ``R`` on ``x``."""
+        copy = net.float64_copy()
+        self.finish(copy)
+        verifier = SDPDual()
+        upper = verifier.bound(copy, x, y, self.eps)
+        values = verifier.pair_values(copy)
+        return {"dual_certified_error": float((upper.amax(dim=1) >= 0).double().mean()),
+                "mean_dual_sdp": float(values.sum() / (values.shape[0] * (values.shape[0] - 1)))}
+
+    def finish(self, net: MLP, polish: int = 100) -> None:
+        """Store the dual vectors as ``sdp_dual.I.J`` (read by the sdp-dual verifier).
+
+        In primal mode they are the mixing duals of the factors after ``polish``
+        more rounds for every pair.
+        """
+        if self.regulariser == "primal":
+            everything = list(range(len(self.pairs)))
+            self.track(everything, polish)
+            weight = self.net.one_hidden_layer()[0].detach()
+            self.dual = mixing_dual(weight, self.pair_vectors(everything).detach(),
+                                    self.side_t, self.side_s)
+        net.certificates.update({f"sdp_dual.{i}.{j}": self.dual[p].detach().double().clone()
+                                 for p, (i, j) in enumerate(self.pairs)})
+
+
 OBJECTIVES = {"cross-entropy": cross_entropy, "hinge+frobenius": hinge_frobenius,
               "hinge+spectral": hinge_spectral, "adversarial": adversarial,
-              "lp-robust": lp_robust}
+              "lp-robust": lp_robust, "hinge+sdp": HingeSDP}

@@ -88,3 +88,16 @@ def test_shipped_networks_match_their_cards(name):
 def test_nt_nn_is_accurate():
     _, card = models.load("nt-nn")
     assert card.objective == "cross-entropy" and card.clean_test_error <= 0.03
+
+
+@pytest.mark.parametrize("name", models.shipped_names())
+def test_shipped_networks_follow_their_recipes_within_an_hour(name):
+    """What ships is what ``python -m bench train NAME`` trains (same objective and
+    hyper-parameters), and it trained within the 60-minute budget."""
+    from bench.training import RECIPES
+    card = models.load_card(name)
+    recipe = RECIPES[name]
+    assert card.objective == recipe.objective
+    expected = recipe.hyperparameters()
+    assert {k: card.hyperparameters.get(k) for k in expected} == expected
+    assert 0 < card.training_seconds <= 3600

@@ -10,9 +10,10 @@ import torch
 
 import models
 from bench import data
-from bench.objectives import OBJECTIVES
+from bench.objectives import OBJECTIVES, HingeSDP
 from bench.training import RECIPES, TrainingError, train
 from tests.test_data import write_idx
+from verifiers.sdp import SDP
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def test_quick_training_writes_a_loadable_better_than_chance_network(name, idx_d
 
 
 @pytest.mark.parametrize("name, baseline", [("fro-nn", {"lam": 0.0}), ("spe-nn", {"lam": 0.0}),
-                                            ("at-nn", {"lam": 0.0}), ("lp-nn", None)])
+                                            ("at-nn", {"lam": 0.0}), ("lp-nn", None),
+                                            ("sdp-nn", {"lam": 0.0})])
 def test_the_regulariser_is_smaller_than_without_it(name, baseline, idx_dir, tmp_path, held_out):
     recipe = RECIPES[name]
     plain = replace(recipe, extra={**recipe.extra, **baseline}) if baseline else \
@@ -54,6 +56,8 @@ def test_the_regulariser_is_smaller_than_without_it(name, baseline, idx_dir, tmp
     x, y = held_out
 
     def regulariser(net):
+        if objective is HingeSDP:       # the regularised quantity: the SDP values themselves
+            return float(SDP().pair_values(net).sum())
         torch.manual_seed(0)
         return float(objective(net, x, y, **recipe.extra)[1])
     assert regulariser(regularised) < regulariser(unregularised)
@@ -66,5 +70,5 @@ def test_quick_training_is_reproducible(idx_dir, tmp_path):
 
 
 def test_unknown_recipe():
-    with pytest.raises(TrainingError, match="trainable: at-nn, fro-nn, lp-nn, nt-nn, spe-nn"):
+    with pytest.raises(TrainingError, match="trainable: at-nn, fro-nn, lp-nn, nt-nn, sdp-nn, spe-nn"):
         train("nope")

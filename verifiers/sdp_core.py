@@ -111,6 +111,16 @@ def mixing_iterations(block: np.ndarray, side_s: np.ndarray, iterations: int
     return side_t, side_s, c_t, c_s
 
 
+def first_order_dual(block: np.ndarray, *, steps: int = 30, rank: int = 8,
+                     seed: int = 0) -> np.ndarray:
+    """A dual vector ``c (D,)`` from ``steps`` mixing rounds at rank ``rank`` (cheap, loose)."""
+    rng = np.random.default_rng(seed)
+    side_s = rng.standard_normal((rank, block.shape[1]))
+    side_s /= np.linalg.norm(side_s, axis=0)
+    _, side_s, _, c_s = mixing_iterations(block, side_s, max(1, steps))
+    return dual_vector(np.linalg.norm(side_s @ block.T, axis=0), c_s)
+
+
 def primal_value(block: np.ndarray, side_t: np.ndarray, side_s: np.ndarray) -> float:
     """``<M, P>`` for ``P = [S|T]^T [S|T]`` of unit columns (a feasible primal point)."""
     return float(2.0 * np.sum(block * (side_t.T @ side_s)))

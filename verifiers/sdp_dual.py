@@ -16,7 +16,7 @@ import numpy as np
 from models import MLP
 
 from .pairwise_sdp import PairwiseSDPBound
-from .sdp_core import Solution, certified_value, dual_vector, mixing_iterations
+from .sdp_core import Solution, certified_value, first_order_dual
 
 TRAINED_KEY = "sdp_dual.{i}.{j}"
 
@@ -39,11 +39,8 @@ class SDPDual(PairwiseSDPBound):
         trained = net.certificates.get(TRAINED_KEY.format(i=i, j=j)) if self.use_trained else None
         if trained is not None and tuple(trained.shape) == (size,):
             return trained.detach().double().cpu().numpy(), "trained"
-        rng = np.random.default_rng(self.seed)
-        side_s = rng.standard_normal((self.rank, block.shape[1]))
-        side_s /= np.linalg.norm(side_s, axis=0)
-        _, side_s, _, c_s = mixing_iterations(block, side_s, max(1, self.steps))
-        return dual_vector(np.linalg.norm(side_s @ block.T, axis=0), c_s), "first-order"
+        return (first_order_dual(block, steps=self.steps, rank=self.rank, seed=self.seed),
+                "first-order")
 
     def solve_pair(self, net: MLP, block: np.ndarray, i: int, j: int) -> Solution:
         began = time.perf_counter()

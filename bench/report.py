@@ -1,0 +1,201 @@
+"""``python -m bench report``: the paper's figures and Table 1 from runs on the shipped networks.
+
+Two runs, both resumable (records are reused exactly as ``bench run`` reuses them):
+
+* the **main grid**: every shipped network, every default verifier and attack,
+  eps = 0.1, the first ``n`` test images (all 10,000 by default), into ``OUT``
+  (``leaderboard.csv``, ``gaps.csv``, ``violations.csv``, ``solver_stats.csv``);
+* the **eps sweep** of Figure 3b: SDP-NN under PGD, CW and FGSM and its SDP bound,
+  eps from 0 to 0.2, into ``OUT/sweep``.
+
+From them it draws (PNG, in ``OUT``):
+
+* ``fig2_bounds.png``: per network, certified error of the SDP, LP, spectral and
+  Frobenius bounds beside the PGD error (paper Figure 2, LP added);
+* ``fig3a_sdp_vs_pgd.png``: per network, SDP upper and PGD lower bound (Figure 3a);
+* ``fig3b_sdp_nn_attacks.png``: SDP-NN error against eps for each attack and the
+  SDP bound (Figure 3b);
+
+and writes ``table1.csv`` / ``table1.md``: SDP-NN and LP-NN under PGD, SDP and LP,
+ours (with a 95% Wilson interval) beside the paper's number.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from models import shipped_names
+
+from .files import atomic_write
+from .registry import select
+from .runner import Method, Runner, RunSpec
+
+MAIN_EPS = 0.1
+SWEEP_EPS = [0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2]
+SWEEP_MODEL = "sdp-nn"
+SWEEP_ATTACKS = ["pgd", "cw", "fgsm"]
+SWEEP_VERIFIER = "sdp"
+FIGURE2_VERIFIERS = ["sdp", "lp", "spectral", "frobenius"]
+PAPER_ORDER = ["nt-nn", "fro-nn", "spe-nn", "at-nn", "sdp-nn", "lp-nn"]
+
+# Raghunathan, Steinhardt & Liang (2018), Table 1 (eps = 0.1, MNIST test set)
+PAPER_TABLE1 = {("sdp-nn", "pgd"): 0.15, ("sdp-nn", "sdp"): 0.35, ("sdp-nn", "lp"): 0.99,
+                ("lp-nn", "pgd"): 0.22, ("lp-nn", "sdp"): 0.93, ("lp-nn", "lp"): 0.26}
+
+
+def _methods(verifiers: list[str] | None, attacks: list[str] | None) -> list[Method]:
+    infos = select("verifier", verifiers) + select("attack", attacks)
+    return [Method(info, info.create()) for info in infos]
+
+
+def _ordered(models: list[str]) -> list[str]:
+    known = [m for m in PAPER_ORDER if m in models]
+    return known + sorted(m for m in models if m not in PAPER_ORDER)
+
+
+def _save_figure(figure, path: Path) -> None:
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120,
+                                                     metadata={"Software": None}))
+
+
+def _errors(board: pd.DataFrame, eps: float) -> pd.DataFrame:
+    """``error`` by model (rows) and method (columns) at ``eps``."""
+    chosen = board[(board["eps"] - eps).abs() < 1e-12]
+    return chosen.pivot(index="model", columns="method", values="error")
+
+
+def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str],
+                  title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = _ordered([m for m in table.index])
+    methods = [m for m in methods if m in table.columns]
+    figure, axis = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(methods), 1)
+    for k, method in enumerate(methods):
+        values = [100 * table.loc[model, method] for model in models]
+        positions = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(models))]
+        axis.bar(positions, values, width, label=labels.get(method, method))
+    axis.set_xticks(range(len(models)), [m.upper() for m in models])
+    axis.set_ylabel(f"error at eps = {MAIN_EPS} (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def figure2(board: pd.DataFrame):
+    labels = {m: f"{m.upper()} bound" for m in FIGURE2_VERIFIERS} | {"pgd": "PGD attack"}
+    return _grouped_bars(_errors(board, MAIN_EPS), [*FIGURE2_VERIFIERS, "pgd"], labels,
+                         "Upper bounds (certified error) and PGD lower bound per network")
+
+
+def figure3a(board: pd.DataFrame):
+    labels = {"sdp": "SDP upper bound", "pgd": "PGD lower bound"}
+    return _grouped_bars(_errors(board, MAIN_EPS), ["sdp", "pgd"], labels,
+                         "SDP upper bound and PGD lower bound per network")
+
+
+def figure3b(sweep: pd.DataFrame):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    styles = {"sdp": ("SDP bound", "k--"), "pgd": ("PGD", "o-"), "cw": ("CW", "s-"),
+              "fgsm": ("FGSM", "^-")}
+    for method, (label, style) in styles.items():
+        rows = sweep[sweep["method"] == method].sort_values("eps")
+        if len(rows):
+            axis.plot(rows["eps"], 100 * rows["error"], style, label=label, markersize=4)
+    axis.set_xlabel("eps (l-inf)")
+    axis.set_ylabel("error (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title(f"{SWEEP_MODEL.upper()} against attacks, with its SDP bound")
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def table1(board: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: ours beside the paper's for SDP-NN and LP-NN under PGD, SDP and LP."""
+    rows = []
+    at_eps = board[(board["eps"] - MAIN_EPS).abs() < 1e-12]
+    for (model, method), paper in PAPER_TABLE1.items():
+        hit = at_eps[(at_eps["model"] == model) & (at_eps["method"] == method)]
+        if len(hit) == 0:
+            continue
+        row = hit.iloc[0]
+        rows.append({"network": model, "measure": method, "kind": row["kind"],
+                     "n": int(row["n"]), "ours": row["error"], "ci_low": row["ci_low"],
+                     "ci_high": row["ci_high"], "paper": paper,
+                     "difference": row["error"] - paper})
+    return pd.DataFrame(rows, columns=["network", "measure", "kind", "n", "ours", "ci_low",
+                                       "ci_high", "paper", "difference"])
+
+
+def table1_markdown(table: pd.DataFrame) -> str:
+    names = {"pgd": "PGD error", "sdp": "SDP bound", "lp": "LP bound"}
+    lines = ["| network | " + " | ".join(names.values()) + " |",
+             "|---|" + "---|" * len(names)]
+    for network in ["sdp-nn", "lp-nn"]:
+        cells = []
+        for measure in names:
+            hit = table[(table["network"] == network) & (table["measure"] == measure)]
+            if len(hit) == 0:
+                cells.append("-")
+                continue
+            r = hit.iloc[0]
+            cells.append(f"{100 * r['ours']:.1f}% [{100 * r['ci_low']:.1f}, "
+                         f"{100 * r['ci_high']:.1f}] (paper {100 * r['paper']:.0f}%)")
+        lines.append(f"| {network.upper()} | " + " | ".join(cells) + " |")
+    n = int(table["n"].max()) if len(table) else 0
+    lines.append("")
+    lines.append(f"eps = {MAIN_EPS}, first {n} MNIST test images; ours with its Wilson "
+                 "95% interval, the paper's Table 1 in brackets.")
+    return "\n".join(lines) + "\n"
+
+
+def report(*, out: Path, n: int, models: list[str] | None = None,
+           model_dir: Path | None = None, batch_size: int = 250, progress: bool = True,
+           echo: Callable[[str], None] | None = None) -> tuple[dict[str, Path], int]:
+    """Run (or resume) the main grid and the sweep, then write tables and figures.
+
+    Returns the files written and the number of soundness violations in both runs.
+    """
+    echo = echo or (lambda line: print(line, file=sys.stderr))
+    models = models or (shipped_names(model_dir) if model_dir else shipped_names())
+    main = Runner(RunSpec(models=models, methods=_methods(None, None), eps=[MAIN_EPS], n=n,
+                          out=out, batch_size=batch_size, model_dir=model_dir,
+                          progress=progress), echo).run()
+    written = {"leaderboard": out / "leaderboard.csv", "gaps": out / "gaps.csv"}
+    violations = len(main.violations)
+    board = main.leaderboard
+    for name, draw in [("fig2_bounds", figure2), ("fig3a_sdp_vs_pgd", figure3a)]:
+        _save_figure(draw(board), out / f"{name}.png")
+        written[name] = out / f"{name}.png"
+    if SWEEP_MODEL in models:
+        sweep = Runner(RunSpec(models=[SWEEP_MODEL],
+                               methods=_methods([SWEEP_VERIFIER], SWEEP_ATTACKS),
+                               eps=SWEEP_EPS, n=n, out=out / "sweep", batch_size=batch_size,
+                               model_dir=model_dir, progress=progress), echo).run()
+        violations += len(sweep.violations)
+        _save_figure(figure3b(sweep.leaderboard), out / "fig3b_sdp_nn_attacks.png")
+        written["fig3b"] = out / "fig3b_sdp_nn_attacks.png"
+    else:
+        echo(f"{SWEEP_MODEL} is not among the models; Figure 3b skipped")
+    table = table1(board)
+    csv_text = table.to_csv(index=False, float_format="%.4f").encode()
+    atomic_write(out / "table1.csv", lambda handle: handle.write(csv_text))
+    atomic_write(out / "table1.md", lambda handle: handle.write(table1_markdown(table).encode()))
+    written["table1"] = out / "table1.md"
+    import matplotlib.pyplot as plt
+    plt.close("all")
+    return written, violations
