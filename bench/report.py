@@ -76,7 +76,7 @@ def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str
 
     models = _ordered([m for m in table.index])
     methods = [m for m in methods if m in table.columns]
-    figure, axis = plt.subplots(figsize=(8, 4))
+    figure, axis = plt.subplots(figsize=(9.5, 4))
     width = 0.8 / max(len(methods), 1)
     for k, method in enumerate(methods):
         values = [100 * table.loc[model, method] for model in models]
@@ -86,7 +86,7 @@ def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str
     axis.set_ylabel(f"error at eps = {MAIN_EPS} (%)")
     axis.set_ylim(0, 100)
     axis.set_title(title)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     return figure
 
