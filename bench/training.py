@@ -55,7 +55,9 @@ RECIPES: dict[str, Recipe] = {
     "nt-nn": Recipe("nt-nn", "cross-entropy"),
     "fro-nn": Recipe("fro-nn", "hinge+frobenius", extra={"lam": 0.08}),
     "spe-nn": Recipe("spe-nn", "hinge+spectral", extra={"lam": 0.09}),
-    "at-nn": Recipe("at-nn", "adversarial",
+    # 40 epochs with a tenfold decay after 20: validation PGD error 16.0% against 16.8%
+    # for 20 epochs at a constant rate (first 5,000 validation images)
+    "at-nn": Recipe("at-nn", "adversarial", epochs=40, decay_every=20,
                     extra={"lam": 0.5, "eps": 0.3, "step": 0.1, "steps": 40}),
     "lp-nn": Recipe("lp-nn", "lp-robust", epochs=20, batch_size=50, extra={"eps": 0.1}),
     # lam tuned on the validation split (0.05 collapses the network in our normalisation:
