@@ -68,12 +68,17 @@ def _errors(board: pd.DataFrame, eps: float) -> pd.DataFrame:
     return chosen.pivot(index="model", columns="method", values="error")
 
 
-def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str],
-                  title: str):
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str],
+                  title: str):
+    plt = _pyplot()
     models = _ordered([m for m in table.index])
     methods = [m for m in methods if m in table.columns]
     figure, axis = plt.subplots(figsize=(9.5, 4))
@@ -104,10 +109,7 @@ def figure3a(board: pd.DataFrame):
 
 
 def figure3b(sweep: pd.DataFrame):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     styles = {"sdp": ("SDP bound", "k--"), "pgd": ("PGD", "o-"), "cw": ("CW", "s-"),
               "fgsm": ("FGSM", "^-")}
@@ -196,6 +198,5 @@ def report(*, out: Path, n: int, models: list[str] | None = None,
     atomic_write(out / "table1.csv", lambda handle: handle.write(csv_text))
     atomic_write(out / "table1.md", lambda handle: handle.write(table1_markdown(table).encode()))
     written["table1"] = out / "table1.md"
-    import matplotlib.pyplot as plt
-    plt.close("all")
+    _pyplot().close("all")
     return written, violations
