@@ -114,22 +114,28 @@ class HingeSDP:
         self.lookup = {pair: p for p, pair in enumerate(self.pairs)}
         self.pair_weights = torch.ones(len(self.pairs))
         self.generator = torch.Generator().manual_seed(seed)
-        everything = list(range(len(self.pairs)))
         (m, d), count = weight.shape, len(self.pairs)
         if regulariser == "primal":
             self.side_t = torch.randn(count, rank, d, generator=self.generator)
             self.side_s = torch.randn(count, rank, m + 1, generator=self.generator)
             self.side_s /= self.side_s.norm(dim=1, keepdim=True)
             self.dual = torch.zeros(count, 1 + d + m)
-            self.track(everything, 30)
-            return
-        w = weight.detach().double().numpy()
-        v = last.detach().double().numpy()
-        self.dual = torch.nn.Parameter(torch.tensor(np.stack(
-            [first_order_dual(pair_block(w, v[j] - v[i]), seed=seed) for i, j in self.pairs]),
-            dtype=torch.float32))
-        self.blocks = torch.randn(count, 1 + d + m, block, generator=self.generator)
-        self.track(everything, 30)
+        else:
+            w = weight.detach().double().numpy()
+            v = last.detach().double().numpy()
+            self.dual = torch.nn.Parameter(torch.tensor(np.stack(
+                [first_order_dual(pair_block(w, v[j] - v[i]), seed=seed)
+                 for i, j in self.pairs]), dtype=torch.float32))
+            self.blocks = torch.randn(count, 1 + d + m, block, generator=self.generator)
+        self.track(self.all_pairs, 30)
+
+    @property
+    def all_pairs(self) -> list[int]:
+        return list(range(len(self.pairs)))
+
+    def pair_of(self, i: int, j: int) -> int:
+        """Index of the unordered pair ``{i, j}`` in :attr:`pairs`."""
+        return self.lookup[(min(i, j), max(i, j))]
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.dual] if self.regulariser == "dual" else []
@@ -167,26 +173,22 @@ class HingeSDP:
         """Refresh the pair weights every ``refresh_every`` epochs (not at epoch 0)."""
         if epoch == 0 or epoch % self.refresh_every:
             return ""
-        everything = list(range(len(self.pairs)))
-        self.track(everything, 10)
-        with torch.no_grad():
-            values = self.values(everything)
+        self.track(self.all_pairs, 10)
         table = torch.zeros(self.net.num_classes, self.net.num_classes)
-        for (i, j), value in zip(self.pairs, values):
-            table[i, j] = table[j, i] = value
         with torch.no_grad():
+            for (i, j), value in zip(self.pairs, self.values(self.all_pairs)):
+                table[i, j] = table[j, i] = value
             upper = margins(self.net(x), y) + self.eps / 4 * table[y]
         worst = upper.argmax(dim=1)
         counts = torch.zeros(len(self.pairs))
         for i, j in zip(worst.tolist(), y.tolist()):
-            counts[self.lookup[(min(i, j), max(i, j))]] += 1
+            counts[self.pair_of(i, j)] += 1
         self.pair_weights = len(self.pairs) * counts / counts.sum()
         return "pair weights " + " ".join(f"{w:.2f}" for w in self.pair_weights.tolist())
 
     def __call__(self, net: MLP, x: torch.Tensor, y: torch.Tensor) -> Objective:
         chosen = int(torch.randint(net.num_classes, (1,), generator=self.generator))
-        indices = [self.lookup[(min(chosen, j), max(chosen, j))]
-                   for j in range(net.num_classes) if j != chosen]
+        indices = [self.pair_of(chosen, j) for j in range(net.num_classes) if j != chosen]
         self.track(indices, self.iterations)
         reg = (self.pair_weights[indices] * self.values(indices)).sum()
         return hinge(net(x), y) + self.lam * reg, reg.detach()
@@ -208,10 +210,9 @@ class HingeSDP:
         more rounds for every pair.
         """
         if self.regulariser == "primal":
-            everything = list(range(len(self.pairs)))
-            self.track(everything, polish)
+            self.track(self.all_pairs, polish)
             weight = self.net.one_hidden_layer()[0].detach()
-            self.dual = mixing_dual(weight, self.pair_vectors(everything).detach(),
+            self.dual = mixing_dual(weight, self.pair_vectors(self.all_pairs).detach(),
                                     self.side_t, self.side_s)
         net.certificates.update({f"sdp_dual.{i}.{j}": self.dual[p].detach().double().clone()
                                  for p, (i, j) in enumerate(self.pairs)})

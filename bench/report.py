@@ -62,10 +62,14 @@ def _save_figure(figure, path: Path) -> None:
                                                      metadata={"Software": None}))
 
 
+def _at_eps(board: pd.DataFrame, eps: float) -> pd.DataFrame:
+    """The leaderboard rows at radius ``eps``."""
+    return board[(board["eps"] - eps).abs() < 1e-12]
+
+
 def _errors(board: pd.DataFrame, eps: float) -> pd.DataFrame:
     """``error`` by model (rows) and method (columns) at ``eps``."""
-    chosen = board[(board["eps"] - eps).abs() < 1e-12]
-    return chosen.pivot(index="model", columns="method", values="error")
+    return _at_eps(board, eps).pivot(index="model", columns="method", values="error")
 
 
 def _pyplot():
@@ -129,7 +133,7 @@ def figure3b(sweep: pd.DataFrame):
 def table1(board: pd.DataFrame) -> pd.DataFrame:
     """Table 1: ours beside the paper's for SDP-NN and LP-NN under PGD, SDP and LP."""
     rows = []
-    at_eps = board[(board["eps"] - MAIN_EPS).abs() < 1e-12]
+    at_eps = _at_eps(board, MAIN_EPS)
     for (model, method), paper in PAPER_TABLE1.items():
         hit = at_eps[(at_eps["model"] == model) & (at_eps["method"] == method)]
         if len(hit) == 0:
