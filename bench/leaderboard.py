@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import atomic_write
+from models.files import atomic_write
 
 ATOL = 1e-6
 RTOL = 1e-6

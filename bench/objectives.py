@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from models import MLP
 from verifiers.linear_bounds import margin_upper_bounds, wong_kolter_slope
-from verifiers.sdp_core import first_order_dual, pair_block
+from verifiers.sdp_core import (class_pairs, dual_key, first_order_duals, mixing_dual,
+                                mixing_rounds, primal_objective)
 from verifiers.sdp_dual import SDPDual
 
-from .contract import margins
-from .sdp_regulariser import (dual_objective, mixing_dual, mixing_rounds, pair_index,
-                              primal_objective, structured_operator, top_eigenpairs)
+from .contract import input_box, margins, signed_ascent
+from .sdp_regulariser import dual_objective, structured_operator, top_eigenpairs
 
 Objective = tuple[torch.Tensor, torch.Tensor]
 
@@ -51,13 +51,9 @@ def hinge_spectral(net: MLP, x: torch.Tensor, y: torch.Tensor, *, lam: float) ->
 def pgd_points(net: MLP, x: torch.Tensor, y: torch.Tensor, *, eps: float, step: float,
                steps: int) -> torch.Tensor:
     """l-inf PGD on cross-entropy from a random start, projected into the ball and box."""
-    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        grad, = torch.autograd.grad(F.cross_entropy(net(x_adv), y), x_adv)
-        x_adv = x_adv.detach() + step * grad.sign()
-        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
+    start = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    return signed_ascent(lambda points: F.cross_entropy(net(points), y), start,
+                         *input_box(x, eps), step=step, steps=steps)
 
 
 def adversarial(net: MLP, x: torch.Tensor, y: torch.Tensor, *, lam: float, eps: float,
@@ -110,7 +106,7 @@ class HingeSDP:
         self.net = net
         self.lam, self.eps, self.refresh_every = lam, eps, refresh_every
         self.regulariser, self.iterations = regulariser, iterations
-        self.pairs = pair_index(last.shape[0])
+        self.pairs = class_pairs(last.shape[0])
         self.lookup = {pair: p for p, pair in enumerate(self.pairs)}
         self.pair_weights = torch.ones(len(self.pairs))
         self.generator = torch.Generator().manual_seed(seed)
@@ -123,9 +119,9 @@ class HingeSDP:
         else:
             w = weight.detach().double().numpy()
             v = last.detach().double().numpy()
-            self.dual = torch.nn.Parameter(torch.tensor(np.stack(
-                [first_order_dual(pair_block(w, v[j] - v[i]), seed=seed)
-                 for i, j in self.pairs]), dtype=torch.float32))
+            self.dual = torch.nn.Parameter(torch.tensor(first_order_duals(
+                w, np.stack([v[j] - v[i] for i, j in self.pairs]), seed=seed),
+                dtype=torch.float32))
             self.blocks = torch.randn(count, 1 + d + m, block, generator=self.generator)
         self.track(self.all_pairs, 30)
 
@@ -154,8 +150,8 @@ class HingeSDP:
         with torch.no_grad():
             v = self.pair_vectors(indices)
             if self.regulariser == "primal":
-                self.side_t[indices], self.side_s[indices] = mixing_rounds(
-                    weight, v, self.side_t[indices], self.side_s[indices], iterations)
+                self.side_t[indices], self.side_s[indices], _ = mixing_rounds(
+                    weight, v, self.side_s[indices], iterations)
             else:
                 operator = structured_operator(weight, v, self.dual[indices])
                 self.blocks[indices] = top_eigenpairs(operator, self.blocks[indices],
@@ -214,7 +210,7 @@ class HingeSDP:
             weight = self.net.one_hidden_layer()[0].detach()
             self.dual = mixing_dual(weight, self.pair_vectors(self.all_pairs).detach(),
                                     self.side_t, self.side_s)
-        net.certificates.update({f"sdp_dual.{i}.{j}": self.dual[p].detach().double().clone()
+        net.certificates.update({dual_key(i, j): self.dual[p].detach().double().clone()
                                  for p, (i, j) in enumerate(self.pairs)})
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from .contract import is_opt_in
+from .contract import ContractError, check_hooks, is_opt_in
 
 GROUPS = {"verifier": "bench.verifiers", "attack": "bench.attacks"}
 
@@ -50,9 +50,16 @@ class PluginInfo:
             plugin = cls(**(options or {}))
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"bad options for {self.kind} {self.name!r}: {exc}") from None
-        if getattr(plugin, "name", None) != self.name:
+        except Exception as exc:  # a third-party constructor may raise anything
+            raise RegistryError(f"{self.kind} {self.name!r} from {self.origin} failed to "
+                                f"build: {type(exc).__name__}: {exc}") from None
+        try:
+            check_hooks(plugin, self.kind, f"{self.kind} {self.name!r} from {self.origin}")
+        except ContractError as exc:
+            raise RegistryError(str(exc)) from None
+        if plugin.name != self.name:
             raise RegistryError(f"{self.kind} entry point {self.name!r} from {self.origin} "
-                                f"builds a plugin named {getattr(plugin, 'name', None)!r}")
+                                f"builds a plugin named {plugin.name!r}")
         return plugin
 
     @property

@@ -28,7 +28,7 @@ from models import MLP, Card
 from models import load as load_model
 
 from . import data
-from .contract import margins, project, supports
+from .contract import is_exact, margins, project, statistics, supports
 from .leaderboard import tabulate, write_csv
 from .limits import PluginTimeout, time_limit
 from .records import RecordStore, key_of
@@ -167,7 +167,7 @@ class Runner:
                 stats += self._new_statistics(model, method, eps, start)
             bar.close()
             solver_stats = self._write_statistics(stats)
-        exact = {m.name for m in spec.methods if getattr(m.plugin, "exact", False)}
+        exact = {m.name for m in spec.methods if is_exact(m.plugin)}
         wanted = [existing[(model, m.name, float(eps), i)] for model in spec.models
                   for eps in spec.eps for m in spec.methods for i in range(spec.n)]
         board, gap_table, unsound = tabulate(wanted, exact)
@@ -183,11 +183,8 @@ class Runner:
         A row with ``row`` (its index within the batch) is per sample: it gets ``eps``
         and ``sample`` (the test-set index) in its place.
         """
-        report = getattr(method.plugin, "statistics", None)
-        if not callable(report):
-            return []
         seen = self._seen.get(id(method.plugin), 0)
-        rows = list(report())[seen:]
+        rows = statistics(method.plugin)[seen:]
         self._seen[id(method.plugin)] = seen + len(rows)
         if rows:
             self.echo(f"{method.name} on {model}: {_summary(pd.DataFrame(rows))}")

@@ -15,6 +15,10 @@ nine pairs of one step. Its gradient uses the envelope theorem: with the top
 eigenvector ``u`` held fixed, ``lambda_max = u^T (M - diag c) u`` and
 ``u^T M u = 2 (W u_t) . (v * (u_1 + u_s))``, so autograd gives the exact gradient of a
 simple top eigenvalue in ``W``, ``V`` and ``c`` at the cost of one forward product.
+
+The primal regulariser's mixing rounds, dual vector and ``<M, P>`` are those of
+:mod:`verifiers.sdp_core` (one implementation of the SDP maths for training and
+verification).
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+from verifiers.sdp_core import mixing_dual, mixing_rounds, primal_objective
+
+__all__ = ["structured_operator", "rayleigh_ritz", "top_eigenpairs",
+           "top_eigenvalue_of_fixed_vector", "dual_objective", "mixing_dual",
+           "mixing_rounds", "primal_objective"]
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -93,53 +103,3 @@ def dual_objective(weight: torch.Tensor, v: torch.Tensor, c: torch.Tensor,
     size = c.shape[1]
     lam = top_eigenvalue_of_fixed_vector(weight, v, c, u)
     return size * torch.relu(lam) + torch.relu(c).sum(dim=1)
-
-
-def pair_index(num_classes: int) -> list[tuple[int, int]]:
-    """Unordered class pairs ``(i, j)``, ``i < j``, in the verifiers' order."""
-    return [(i, j) for i in range(num_classes) for j in range(i + 1, num_classes)]
-
-
-def mixing_rounds(weight: torch.Tensor, v: torch.Tensor, side_t: torch.Tensor,
-                  side_s: torch.Tensor, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Warm-started mixing-method rounds on the primal factors, batched over pairs.
-
-    ``side_t (P, k, d)`` and ``side_s (P, k, m+1)`` hold unit columns (one per
-    coordinate of ``[t]`` and ``[1, s]``); ``P = [S|T]^T [S|T]`` is feasible for
-    ``SDP(M)``. Each round updates a whole side exactly (the graph of ``M`` is
-    bipartite, see :mod:`verifiers.sdp_core`), so ``<M, P>`` never decreases.
-    No gradient is tracked.
-    """
-    with torch.no_grad():
-        for _ in range(rounds):
-            mixed = (side_s[:, :, :1] + side_s[:, :, 1:]) * v[:, None, :]     # (P, k, m)
-            grad_t = mixed @ weight                                           # S B^T
-            side_t = grad_t / grad_t.norm(dim=1, keepdim=True).clamp(min=1e-30)
-            ta = (side_t @ weight.T) * v[:, None, :]                         # T A, (P, k, m)
-            grad_s = torch.cat([ta.sum(dim=2, keepdim=True), ta], dim=2)      # T B
-            side_s = grad_s / grad_s.norm(dim=1, keepdim=True).clamp(min=1e-30)
-    return side_t, side_s
-
-
-def primal_objective(weight: torch.Tensor, v: torch.Tensor, side_t: torch.Tensor,
-                     side_s: torch.Tensor) -> torch.Tensor:
-    """``<M(W, v_p), P_p>`` for the fixed factors: ``(P,)``, differentiable in ``W`` and ``v``.
-
-    ``<M, P> = 2 sum_r (W t_r) . (v * (s_r0 + s_r))``. With factors at the SDP's
-    maximiser this is ``SDP(M)`` and, by Danskin's theorem, its gradient is the
-    gradient of ``SDP(M)`` (the gradient of eq. 15 at the optimal ``c``).
-    """
-    wt = side_t.detach() @ weight.T                                           # (P, k, m)
-    s = side_s.detach()
-    return 2 * (wt * v[:, None, :] * (s[:, :, :1] + s[:, :, 1:])).sum(dim=(1, 2))
-
-
-def mixing_dual(weight: torch.Tensor, v: torch.Tensor, side_t: torch.Tensor,
-                side_s: torch.Tensor) -> torch.Tensor:
-    """The mixing method's dual vector ``c (P, D)``, order ``[1, t, s]``: row norms of ``M [S|T]``."""
-    with torch.no_grad():
-        mixed = (side_s[:, :, :1] + side_s[:, :, 1:]) * v[:, None, :]
-        c_t = (mixed @ weight).norm(dim=1)
-        ta = (side_t @ weight.T) * v[:, None, :]
-        c_s = torch.cat([ta.sum(dim=2, keepdim=True), ta], dim=2).norm(dim=1)
-    return torch.cat([c_s[:, :1], c_t, c_s[:, 1:]], dim=1)

@@ -21,7 +21,7 @@ import torch
 from models import MLP, Card, save
 
 from . import data
-from .contract import margins
+from .contract import check_hooks, hook, margins
 from .objectives import OBJECTIVES
 
 VALIDATION_SIZE = 10_000
@@ -119,7 +119,10 @@ def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
     factory = OBJECTIVES[recipe.objective]
     objective = (factory(net, **recipe.extra, seed=recipe.seed) if isinstance(factory, type)
                  else partial(factory, **recipe.extra))
-    extra_parameters = objective.parameters() if hasattr(objective, "parameters") else []
+    check_hooks(objective, "objective", f"objective {recipe.objective!r}")
+    parameters, begin_epoch = hook(objective, "parameters"), hook(objective, "begin_epoch")
+    validate, finish = hook(objective, "validate"), hook(objective, "finish")
+    extra_parameters = parameters() if parameters is not None else []
     optimizer = torch.optim.Adam([*net.parameters(), *extra_parameters],
                                  lr=recipe.learning_rate)
     schedule = (torch.optim.lr_scheduler.StepLR(optimizer, recipe.decay_every, gamma=0.1)
@@ -127,8 +130,8 @@ def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
     generator = torch.Generator().manual_seed(recipe.seed)
     checks: dict[str, float] = {}     # the objective's own validation figures, last check
     for epoch in range(epochs):
-        if hasattr(objective, "begin_epoch"):
-            note = objective.begin_epoch(epoch, x_train, y_train)
+        if begin_epoch is not None:
+            note = begin_epoch(epoch, x_train, y_train)
             if note:
                 log(f"{name} epoch {epoch + 1}: {note}")
         net.train()
@@ -145,14 +148,14 @@ def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
             schedule.step()
         net.eval()
         due = (epoch + 1) % 10 == 0 or epoch + 1 == epochs
-        if due and hasattr(objective, "validate"):
-            checks = objective.validate(net, x_val, y_val)
+        if due and validate is not None:
+            checks = validate(net, x_val, y_val)
         line = ", ".join(f"{k} {v:.4f}" for k, v in checks.items()) if due else ""
         log(f"{name} epoch {epoch + 1}/{epochs} ({time.perf_counter() - began:.0f} s): "
             f"loss {total / len(y_train):.4f}, validation error "
             f"{error_rate(net, x_val, y_val):.4f}" + (f"; {line}" if line else ""))
-    if hasattr(objective, "finish"):
-        objective.finish(net)
+    if finish is not None:
+        finish(net)
     seconds = time.perf_counter() - began
 
     test_images, test_labels = data.mnist_test()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from .files import atomic_write
 from .mlp import MLP
 
 SHIPPED_DIR = Path(__file__).resolve().parent
@@ -78,14 +77,6 @@ def shipped_names(folder: Path = SHIPPED_DIR) -> list[str]:
                   if p.with_suffix(".safetensors").exists())
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-        tmp.write(payload)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
-
-
 def save(net: MLP, card: Card, folder: Path = SHIPPED_DIR) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json`` (the card gets the weights' SHA-256)."""
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
@@ -95,9 +86,9 @@ def save(net: MLP, card: Card, folder: Path = SHIPPED_DIR) -> Path:
     card.widths = list(net.widths)
     card.weights_sha256 = hashlib.sha256(payload).hexdigest()
     weights = folder / f"{card.name}.safetensors"
-    _atomic_write(weights, payload)
-    _atomic_write(folder / f"{card.name}.json",
-                  (json.dumps(card.to_json(), indent=2) + "\n").encode())
+    atomic_write(weights, lambda handle: handle.write(payload))
+    text = (json.dumps(card.to_json(), indent=2) + "\n").encode()
+    atomic_write(folder / f"{card.name}.json", lambda handle: handle.write(text))
     return weights
 
 

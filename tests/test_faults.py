@@ -101,7 +101,7 @@ def test_corrupt_or_foreign_records_are_refused(tmp_path):
 
 
 def test_atomic_csv_write_leaves_the_old_file_on_failure(tmp_path):
-    from bench.files import atomic_write
+    from models.files import atomic_write
     target = tmp_path / "table.csv"
     target.write_text("old\n")
 

@@ -13,7 +13,7 @@ import torch
 import models
 from bench import data
 from bench.registry import select
-from verifiers.sdp_core import certified_value, pair_block, solve_mixing
+from verifiers.sdp_core import certified_value, dual_key, pair_block, solve_pair
 
 # max_j U_j for the first four test images
 GOLDEN = {
@@ -50,7 +50,7 @@ def one_hidden_layer(name: str):
 
 def test_sdp_value_of_nt_nn_pair_0_1():
     _, w, v = one_hidden_layer("nt-nn")
-    assert solve_mixing(pair_block(w, v[1] - v[0])).certified == pytest.approx(
+    assert solve_pair(w, v[1] - v[0]).certified == pytest.approx(
         6424.005814328612, rel=2e-5)
 
 
@@ -60,5 +60,5 @@ def test_sdp_nn_trained_dual_certificate(pair, value):
     """The certificate of eq. 16 from SDP-NN's stored dual vector (one eigenvalue)."""
     net, w, v = one_hidden_layer("sdp-nn")
     i, j = pair
-    c = net.certificates[f"sdp_dual.{i}.{j}"].numpy()
+    c = net.certificates[dual_key(i, j)].numpy()
     assert certified_value(pair_block(w, v[j] - v[i]), c)[0] == pytest.approx(value, rel=1e-9)

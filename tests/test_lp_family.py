@@ -139,3 +139,27 @@ def test_lp_gradient_through_the_weights(widths):
         assert p.grad is not None and torch.isfinite(p.grad).all()
     weights = tuple(p.detach().clone().requires_grad_(True) for p in net.parameters())
     assert torch.autograd.gradcheck(lambda *w: _lp_of(x, y, w), weights)
+
+
+def test_relu_relaxation_lines_enclose_relu_and_touch_it_at_the_ends():
+    """``relaxation``: per unit, ``alpha z <= relu(z) <= s z + offset`` on ``[l, u]``; the
+    upper line is the chord (equal at ``l`` and ``u``), stable units are exact."""
+    from verifiers.linear_bounds import crown_slope, relaxation, wong_kolter_slope
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 400, generator=g, dtype=torch.float64)
+    lower, upper = torch.minimum(a, b), torch.maximum(a, b)
+    z = lower + (upper - lower) * torch.rand(50, 400, generator=g, dtype=torch.float64)
+    for rule in (wong_kolter_slope, crown_slope):
+        s, offset, alpha = relaxation(lower[None], upper[None], rule)
+        relu = z.clamp(min=0)
+        assert (alpha * z <= relu + 1e-12).all() and (relu <= s * z + offset + 1e-12).all()
+        assert ((alpha >= 0) & (alpha <= 1)).all()
+        crossing = (lower < 0) & (upper > 0)
+        chord_at = lambda t: (s * t + offset)[0]                            # noqa: E731
+        assert torch.allclose(chord_at(upper)[crossing], upper[crossing])
+        assert torch.allclose(chord_at(lower)[crossing], torch.zeros(int(crossing.sum()),
+                                                                     dtype=torch.float64))
+        active, dead = lower >= 0, upper <= 0
+        assert (s[0][active] == 1).all() and (alpha[0][active] == 1).all()
+        assert (offset[0][active | dead] == 0).all() and (s[0][dead] == 0).all()
+        assert (alpha[0][dead] == 0).all()

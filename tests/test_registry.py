@@ -70,3 +70,44 @@ def test_parse_option():
     assert parse_option("sdp.backend=cvxpy") == ("sdp", "backend", "cvxpy")
     with pytest.raises(RegistryError):
         parse_option("pgd=10")
+
+
+def _plugin_class(**members):
+    def bound(self, net, x, y, eps):
+        return None
+    return type("Probe", (), {"name": "probe", "bound": bound, **members})
+
+
+@pytest.mark.parametrize("members, hook_named", [
+    ({"statistics": lambda self, extra: []}, "statistics"),
+    ({"supports": lambda self: True}, "supports"),
+    ({"exact": "yes"}, "exact"),
+    ({"opt_in": 1}, "opt_in"),
+    ({"bound": None}, "bound"),
+    ({"bound": lambda self, net, x: None}, "bound"),
+], ids=["statistics-arity", "supports-arity", "exact-type", "opt-in-type", "no-bound",
+        "bound-arity"])
+def test_a_malformed_hook_is_one_line_naming_the_plugin_and_the_hook(members, hook_named):
+    cls = _plugin_class(**members)
+    info = registry.PluginInfo("probe", "verifier", SimpleNamespace(load=lambda: cls,
+                                                                     value="x:Probe"), "pkg", "1")
+    with pytest.raises(RegistryError) as caught:
+        info.create()
+    message = str(caught.value)
+    assert "'probe' from pkg 1" in message and repr(hook_named) in message
+    assert "\n" not in message
+
+
+def test_every_hook_the_harness_reads_is_declared():
+    """No hook is looked up by a name the contract does not declare."""
+    import re
+    from pathlib import Path
+
+    from bench.contract import HOOKS
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("bench", "verifiers", "attacks"):
+        for path in (root / folder).glob("*.py"):
+            text = path.read_text()
+            assert not re.search(r"\bhasattr\(", text), f"{path.name} uses hasattr"
+            for name in re.findall(r"\bhook\([^,]+,\s*\"(\w+)\"\)", text):
+                assert name in HOOKS, f"{path.name} reads undeclared hook {name!r}"

@@ -40,21 +40,55 @@ def test_every_file_is_written_and_sound(reported):
     for path in out.glob("*.png"):
         image = matplotlib.image.imread(path)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
-        assert image[..., :3].std() > 0.05                  # not a blank canvas
+
+
+def _bars_by_label(figure) -> dict[str, list[float]]:
+    axis = figure.axes[0]
+    handles, labels = axis.get_legend_handles_labels()
+    return {label: [patch.get_height() for patch in handle.patches]
+            for handle, label in zip(handles, labels)}
+
+
+def test_the_figures_plot_the_leaderboard(reported):
+    """Every bar of Figures 2 and 3a, and every point of 3b, is the leaderboard's error."""
+    from bench.report import PAPER_ORDER, figure2, figure3a, figure3b
+    _, out, _, _ = reported
+    board = pd.read_csv(out / "leaderboard.csv")
+    at = board[(board["eps"] - 0.1).abs() < 1e-12].set_index(["model", "method"])["error"]
+    models = [m for m in PAPER_ORDER if m in set(board["model"])]
+    for make, methods in ((figure2, ["sdp", "lp", "spectral", "frobenius", "pgd"]),
+                          (figure3a, ["sdp", "pgd"])):
+        bars = _bars_by_label(make(board))
+        assert len(bars) == len(methods)
+        for heights, method in zip(bars.values(), methods):
+            assert heights == pytest.approx([100 * at[(m, method)] for m in models])
+    sweep = pd.read_csv(out / "sweep" / "leaderboard.csv")
+    lines = {line.get_label(): line for line in figure3b(sweep).axes[0].get_lines()}
+    for method, label in (("sdp", "SDP bound"), ("pgd", "PGD"), ("cw", "CW"), ("fgsm", "FGSM")):
+        rows = sweep[sweep["method"] == method].sort_values("eps")
+        assert list(lines[label].get_xdata()) == pytest.approx(list(rows["eps"]))
+        assert list(lines[label].get_ydata()) == pytest.approx(list(100 * rows["error"]))
 
 
 def test_table1_puts_our_leaderboard_beside_the_paper(reported):
     _, out, _, _ = reported
     table = pd.read_csv(out / "table1.csv")
     board = pd.read_csv(out / "leaderboard.csv")
-    assert len(table) == len(PAPER_TABLE1)
+    unclipped = pd.read_csv(out / "lp-unclipped" / "leaderboard.csv")
+    assert len(table) == len(PAPER_TABLE1) + 2
     for row in table.itertuples():
-        assert row.paper == PAPER_TABLE1[(row.network, row.measure)]
-        ours = board[(board["model"] == row.network) & (board["method"] == row.measure)]
+        source, measure = ((unclipped, "lp") if row.measure == "lp-unclipped"
+                           else (board, row.measure))
+        assert row.paper == PAPER_TABLE1[(row.network, measure)]
+        ours = source[(source["model"] == row.network) & (source["method"] == measure)]
         assert row.ours == pytest.approx(float(ours["error"].iloc[0]), abs=1e-4)
         assert row.ci_low <= row.ours <= row.ci_high and row.n == N
     text = (out / "table1.md").read_text()
-    assert "(paper 35%)" in text and "(paper 26%)" in text
+    assert "(paper 35%)" in text and "(paper 26%)" in text and "ball only" in text
+    # the ball alone is a superset of the clipped box: never a smaller certified error
+    both = table[table["measure"].isin(["lp", "lp-unclipped"])].pivot(
+        index="network", columns="measure", values="ours")
+    assert (both["lp-unclipped"] >= both["lp"] - 1e-12).all()
 
 
 def test_sweep_starts_at_the_clean_error_and_the_bound_grows_with_eps(reported):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from models import Card, save
 from tests.conftest import csv_without_timings, random_mlp, run_grid
@@ -56,3 +57,17 @@ def test_unsupported_verifier_is_na(tmp_path):
     statuses = result.leaderboard.set_index("method")["status"]
     assert set(statuses.loc[["spectral", "frobenius"]]) == {"n/a"}
     assert set(statuses.loc[["fgsm", "pgd"]]) == {"ok"}
+
+
+def test_wilson_interval_matches_reference_values():
+    """Newcombe (1998), Table I, 81/263: 0.2553 to 0.3662; and scipy's own Wilson interval."""
+    from scipy.stats import binomtest
+
+    from bench.leaderboard import wilson_interval
+    low, high = wilson_interval(81, 263)
+    assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
+    for successes, n in [(0, 10), (10, 10), (3, 7), (500, 1000), (1, 10000)]:
+        reference = binomtest(successes, n).proportion_ci(confidence_level=0.95,
+                                                          method="wilson")
+        assert wilson_interval(successes, n) == pytest.approx(
+            (reference.low, reference.high), abs=1e-6)

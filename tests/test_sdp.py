@@ -10,10 +10,12 @@ import torch
 
 from tests.conftest import assert_sound, random_inputs, random_mlp
 from verifiers.sdp import SDP
-from verifiers.sdp_core import (certified_value, dense_matrix, fallback, gershgorin_dual,
-                                pair_block, solve_mixing)
+from verifiers.sdp_core import (certified_value, dense_matrix, dual_key, fallback,
+                                gershgorin_dual, mixing_dual, mixing_rounds, pair_block,
+                                primal_objective, printed_eq8_block, scaled_certificate,
+                                solve_pair, unit_columns)
 from verifiers.sdp_cvxpy import SolverUnavailable, check_solver, solve_cvxpy
-from verifiers.sdp_dual import TRAINED_KEY, SDPDual
+from verifiers.sdp_dual import SDPDual
 
 
 def weights(net):
@@ -42,7 +44,7 @@ def test_sdp_is_above_the_enumerated_qp_and_close_to_clarabel(seed):
         ys = np.array(list(itertools.product([-1.0, 1.0], repeat=full.shape[0] - 1)))
         ys = np.hstack([np.ones((len(ys), 1)), ys])
         assert np.einsum("ni,ij,nj->n", ys, full, ys).max() / 4 == pytest.approx(qp, rel=1e-12)
-        ours = solve_mixing(block, target_gap=1e-8)
+        ours = solve_pair(w, v[j] - v[i], target_gap=1e-8)
         assert ours.primal <= ours.certified
         assert ours.certified / 4 >= qp - 1e-9
         reference = solve_cvxpy(block, solver="CLARABEL")
@@ -50,23 +52,31 @@ def test_sdp_is_above_the_enumerated_qp_and_close_to_clarabel(seed):
 
 
 def test_the_printed_eq_8_coupling_can_fall_below_the_true_qp():
-    """Why sdp_core puts ``A 1`` in the 1-t block: the printed 1-s form is not an upper bound."""
+    """Why sdp_core puts ``A 1`` in the 1-t block: the printed 1-s form is not an upper bound.
+
+    For random one-hidden-layer pairs, the quadratic form of eq. 8 as printed, maximised
+    over ``{-1, 1}^D`` (which is what the relaxation relaxes), falls below eq. 6's true
+    QP on some instances, while ours equals it on every instance.
+    """
     rng = np.random.default_rng(1)
-    found = False
-    for _ in range(200):
-        a = rng.standard_normal((3, 6))
-        u = np.array(list(itertools.product([0.0, 1.0], repeat=3)))
-        s = np.array(list(itertools.product([-1.0, 1.0], repeat=6)))
-        printed = float((u @ a @ s.T).max())          # (1 + t)^T A s / 2 over the cube
-        found |= printed < brute_force_qp(a) - 1e-6
-    assert found
+    below = 0
+    for _ in range(40):
+        w, v = rng.standard_normal((4, 3)), rng.standard_normal(4)
+        qp = brute_force_qp(w.T * v[None, :])
+        ys = np.array(list(itertools.product([-1.0, 1.0], repeat=3 + 4)))
+        ys = np.hstack([np.ones((len(ys), 1)), ys])
+        printed = np.einsum("ni,ij,nj->n", ys, printed_eq8_block(w, v), ys).max() / 4
+        ours = np.einsum("ni,ij,nj->n", ys, dense_matrix(pair_block(w, v)), ys).max() / 4
+        assert ours == pytest.approx(qp, rel=1e-12)
+        below += printed < qp - 1e-6
+    assert below >= 1
 
 
 def test_matches_scs_on_a_small_network():
     net = random_mlp([20, 10, 3], seed=5)
     w, v = weights(net)
     block = pair_block(w, v[2] - v[0])
-    ours = solve_mixing(block, target_gap=1e-7)
+    ours = solve_pair(w, v[2] - v[0], target_gap=1e-7)
     scs = solve_cvxpy(block, solver="SCS", eps=1e-7)
     assert scs.primal <= ours.certified + 1e-9 and ours.primal <= scs.certified + 1e-9
     assert ours.certified == pytest.approx(scs.certified, rel=1e-4)
@@ -75,8 +85,8 @@ def test_matches_scs_on_a_small_network():
 def test_symmetry_in_the_sign_of_v():
     net = random_mlp([30, 20, 2], seed=6)
     w, v = weights(net)
-    plus = solve_mixing(pair_block(w, v[1] - v[0]), target_gap=1e-7)
-    minus = solve_mixing(pair_block(w, v[0] - v[1]), target_gap=1e-7)
+    plus = solve_pair(w, v[1] - v[0], target_gap=1e-7)
+    minus = solve_pair(w, v[0] - v[1], target_gap=1e-7)
     assert plus.certified == pytest.approx(minus.certified, rel=2e-7)
     # the sign flip of t maps one problem onto the other, so a dual vector transfers
     c_minus, _ = certified_value(pair_block(w, v[0] - v[1]), plus.dual)
@@ -87,7 +97,7 @@ def test_any_dual_vector_is_an_upper_bound_and_gershgorin_is_looser():
     net = random_mlp([15, 10, 2], seed=7)
     w, v = weights(net)
     block = pair_block(w, v[1] - v[0])
-    optimum = solve_mixing(block, target_gap=1e-8)
+    optimum = solve_pair(w, v[1] - v[0], target_gap=1e-8)
     rng = np.random.default_rng(0)
     for _ in range(20):
         c = rng.standard_normal(optimum.dual.shape) * 3
@@ -118,8 +128,8 @@ def test_sdp_dual_with_the_optimal_vectors_matches_sdp(tiny):
     with_duals = random_mlp([16, 12, 4], seed=8, scale=2.0)
     for i in range(4):
         for j in range(i + 1, 4):
-            c = solve_mixing(pair_block(w, v[j] - v[i]), target_gap=1e-8).dual
-            with_duals.certificates[TRAINED_KEY.format(i=i, j=j)] = torch.from_numpy(c)
+            c = solve_pair(w, v[j] - v[i], target_gap=1e-8).dual
+            with_duals.certificates[dual_key(i, j)] = torch.from_numpy(c)
     dual = SDPDual()
     assert np.allclose(dual.pair_values(with_duals), table, rtol=1e-6)
     assert {row["status"] for row in dual.statistics()} == {"trained"}
@@ -155,7 +165,8 @@ def test_unavailable_solver_is_one_clear_error():
     import cvxpy as cp
     if "MOSEK" in cp.installed_solvers():
         pytest.skip("MOSEK is installed here")
-    with pytest.raises(SolverUnavailable, match="'MOSEK' is not installed; SDP solvers available"):
+    with pytest.raises(SolverUnavailable, match=r"'MOSEK' is not installed \(pip install "
+                       r"'certbench\[mosek\]'.*; SDP solvers available"):
         check_solver("MOSEK")
     with pytest.raises(SolverUnavailable):
         SDP(backend="cvxpy", solver="MOSEK")
@@ -168,3 +179,39 @@ def test_cvxpy_backend_through_the_plugin(tiny):
     via_cvxpy = SDP(backend="cvxpy", solver="CLARABEL").pair_values(net)
     native = SDP(target_gap=1e-8).pair_values(net)
     assert np.allclose(via_cvxpy, native, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_solver_certificate_is_eq_14_with_a_negative_semidefinite_remainder(seed):
+    """The reported value is ``sum(c')`` for the returned ``c'``; the dense eq. 14 of
+    that same vector agrees: ``M - diag(c')`` has no eigenvalue above rounding."""
+    net = random_mlp([40, 25, 3], seed=seed)
+    w, v = weights(net)
+    solution = solve_pair(w, v[2] - v[1], target_gap=1e-6)
+    block = pair_block(w, v[2] - v[1])
+    dense, top = certified_value(block, solution.dual)
+    assert top <= 1e-9 * solution.certified
+    assert dense == pytest.approx(solution.certified, rel=1e-9)
+    assert solution.primal <= solution.certified and solution.rel_gap <= 1e-6
+
+
+def test_bad_factors_still_give_a_valid_looser_certificate():
+    """A deliberately poor primal (random factors, a few rounds) gives a larger but valid
+    bound: never below the optimum, whatever the factors."""
+    net = random_mlp([30, 20, 2], seed=3)
+    w64, v64 = (torch.from_numpy(a) for a in weights(net))
+    v = (v64[1] - v64[0])[None]
+    block = pair_block(w64.numpy(), v[0].numpy())
+    optimum = solve_pair(w64, v[0], target_gap=1e-8)
+    generator = torch.Generator().manual_seed(0)
+    for rounds in (0, 1, 3):
+        side_s = unit_columns(1, 4, 21, generator)
+        side_t = unit_columns(1, 4, 30, generator)
+        if rounds:
+            side_t, side_s, _ = mixing_rounds(w64, v, side_s, rounds)
+        c = mixing_dual(w64, v, side_t, side_s)[0].numpy()
+        bound, _ = scaled_certificate(block, c[1:31], np.concatenate([c[:1], c[31:]]),
+                                      hint=(side_t[0].numpy(), side_s[0].numpy()))
+        assert bound >= optimum.certified * (1 - 1e-9)
+        assert bound > optimum.certified * (1 + 1e-4) or rounds == 3
+        assert float(primal_objective(w64, v, side_t, side_s)[0]) <= optimum.certified + 1e-9

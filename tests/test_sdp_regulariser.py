@@ -9,12 +9,12 @@ import scipy.linalg
 import torch
 
 from bench.objectives import HingeSDP
-from bench.sdp_regulariser import (dual_objective, mixing_dual, mixing_rounds,
-                                   primal_objective, structured_operator, top_eigenpairs,
+from bench.sdp_regulariser import (dual_objective, structured_operator, top_eigenpairs,
                                    top_eigenvalue_of_fixed_vector)
 from tests.conftest import random_inputs, random_mlp
 from verifiers.sdp import SDP
-from verifiers.sdp_core import certified_value, dense_matrix, pair_block, solve_mixing
+from verifiers.sdp_core import (certified_value, dense_matrix, dual_key, mixing_dual, mixing_rounds,
+                                pair_block, primal_objective, solve_pair)
 from verifiers.sdp_dual import SDPDual
 
 
@@ -101,14 +101,14 @@ def test_mixing_rounds_climb_to_the_sdp_value_and_certify_it():
     side_t, side_s = random_factors(2, 8, 14, 8, seed=0)
     values = []
     for _ in range(60):
-        side_t, side_s = mixing_rounds(weight, v, side_t, side_s, 5)
+        side_t, side_s, _ = mixing_rounds(weight, v, side_s, 5)
         values.append(primal_objective(weight, v, side_t, side_s))
     values = torch.stack(values)
     assert (values.diff(dim=0) >= -1e-9).all()                       # monotone ascent
     c = mixing_dual(weight, v, side_t, side_s)
     for p in range(2):
         block = pair_block(weight.numpy(), v[p].numpy())
-        exact = solve_mixing(block, target_gap=1e-9, max_iters=20000).certified
+        exact = solve_pair(weight, v[p], target_gap=1e-9, max_iters=20000).certified
         assert float(values[-1, p]) <= exact * (1 + 1e-9)             # a feasible primal
         assert float(values[-1, p]) == pytest.approx(exact, rel=1e-6)
         assert certified_value(block, c[p].numpy())[0] == pytest.approx(exact, rel=1e-4)
@@ -117,13 +117,13 @@ def test_mixing_rounds_climb_to_the_sdp_value_and_certify_it():
 def test_primal_gradient_is_the_derivative_of_the_sdp_value():
     """Danskin: at the maximiser, d<M(W), P*>/dW = dSDP(M(W))/dW (central differences)."""
     weight, v, _ = instance(11, d=6, m=4, pairs=1)
-    side_t, side_s = mixing_rounds(weight, v, *random_factors(1, 6, 6, 4, seed=1), 4000)
+    side_t, side_s, _ = mixing_rounds(weight, v, random_factors(1, 6, 6, 4, seed=1)[1], 4000)
     w = weight.clone().requires_grad_(True)
     grad, = torch.autograd.grad(primal_objective(w, v, side_t, side_s).sum(), w)
 
     def sdp(matrix: torch.Tensor) -> float:
-        return solve_mixing(pair_block(matrix.numpy(), v[0].numpy()), target_gap=1e-11,
-                            max_iters=100000, rank=6).certified
+        return solve_pair(matrix, v[0], target_gap=1e-11, max_iters=100000, rank=6,
+                          dtype=torch.float64).certified
     g = torch.Generator().manual_seed(2)
     for _ in range(3):
         direction = torch.randn(weight.shape, generator=g, dtype=torch.float64)
@@ -167,7 +167,7 @@ def test_saved_dual_vectors_certify(trained):
     """Every saved ``c`` gives an upper bound on SDP(M) (eq. 16); the primal mode's mixing
     duals are close to the optimum (paper Figure 4b), the dual mode's within a few x."""
     regulariser, net, _ = trained
-    assert {f"sdp_dual.{i}.{j}" for i in range(3) for j in range(i + 1, 3)} <= \
+    assert {dual_key(i, j) for i in range(3) for j in range(i + 1, 3)} <= \
         set(net.certificates)
     exact, dual = SDP().pair_values(net), SDPDual().pair_values(net)
     upper = np.triu_indices(3, 1)

@@ -25,7 +25,8 @@ class IBP(Configurable):
         self.clip = clip
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` in ``x``'s dtype, ``U[n, y_n] = -inf``."""
+        """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64, ``U[n, y_n] = -inf``."""
+        x = x.to(torch.float64)
         params = layer_params(net, x.dtype)
         lo, hi = input_box(x, eps, self.clip)
         if len(params) > 1:

@@ -22,17 +22,11 @@ from typing import Callable
 
 import torch
 
-from bench.contract import Configurable
+from bench.contract import Configurable, input_box
 from models import MLP
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]           # per hidden layer: (l, u), (N, m_k)
 SlopeRule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def input_box(x: torch.Tensor, eps: float, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lo, hi)`` of shape ``(N, d)``: the ball, intersected with ``[0, 1]^d`` if ``clip``."""
-    lo, hi = x - eps, x + eps
-    return (lo.clamp(0, 1), hi.clamp(0, 1)) if clip else (lo, hi)
 
 
 def layer_params(net: MLP, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -163,5 +157,7 @@ class LinearRelaxationVerifier(Configurable):
         self.clip = clip
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` in ``x``'s dtype, ``U[n, y_n] = -inf``."""
-        return margin_upper_bounds(net, x, y, eps, type(self).slope_rule, self.clip)
+        """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64 (whatever ``x``'s dtype),
+        ``U[n, y_n] = -inf``."""
+        return margin_upper_bounds(net, x.to(torch.float64), y, eps, type(self).slope_rule,
+                                   self.clip)

@@ -13,8 +13,8 @@ leaves the rest ``unknown`` with an interval.
 The verifier returns per class the upper bound (the MILP dual bound, or the LP-family
 bound where no MILP ran). The points it finds are the attack ``milp-cex``
 (:mod:`attacks.milp_cex`), evaluated by the harness like any attack; both share one
-solve per sample through a cache. ``statistics()`` gives per sample the verdict,
-the interval, nodes and seconds.
+solve per sample through :data:`SHARED_VERDICTS`. ``statistics()`` gives per sample
+the verdict, the interval, nodes and seconds.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench.contract import Configurable, margins
+from bench.contract import Configurable, input_box, margins, signed_ascent
 from models import MLP, weights_summary
 
-from .linear_bounds import backward_upper, crown_slope, finish_margins, input_box, margin_spec
+from .linear_bounds import backward_upper, crown_slope, finish_margins, margin_spec
 from .relu_program import ReluProgram, sample_batch, solve_mip
 
 CACHE_SIZE = 4096
@@ -43,7 +43,7 @@ class SampleVerdict:
     """The MILP outcome for one sample: ``lower <= worst <= upper``."""
 
     upper: np.ndarray            # (K,) per-class upper bounds, -inf at the label
-    lower: float                 # best margin found (-inf if none)
+    lower: float                 # worst margin of ``witness`` (float64 forward pass)
     witness: np.ndarray | None   # (d,) the point that reaches ``lower``
     verdict: str                 # "certified", "broken" or "unknown"
     nodes: int
@@ -51,14 +51,53 @@ class SampleVerdict:
     milps: int
 
 
-_CACHE: "OrderedDict[tuple, SampleVerdict]" = OrderedDict()
+class VerdictCache:
+    """MILP verdicts per (weights, eps, options, input, label), least recently used out.
+
+    Keys hold the input's float64 bytes, so two inputs that differ anywhere never share
+    a verdict. The ``milp-cex`` attack receives the float32 copy of an image that the
+    ``milp`` verifier received in float64 (``k / 255``); :meth:`for_attack` finds the
+    verdict whose float64 input rounds to it. An attack's point is re-checked by the
+    harness, so that lookup can never make a result wrong, only save a solve.
+    """
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._verdicts: "OrderedDict[tuple, SampleVerdict]" = OrderedDict()
+        self._rounded: dict[tuple, tuple] = {}
+
+    @staticmethod
+    def key(net_key: str, eps: float, config: tuple, x: torch.Tensor, label: int) -> tuple:
+        digest = hashlib.sha256(x.detach().to(torch.float64).cpu().numpy().tobytes()).hexdigest()
+        return (net_key, float(eps), config, digest, label)
+
+    @staticmethod
+    def _rounded_key(key: tuple, x: torch.Tensor) -> tuple:
+        digest = hashlib.sha256(x.detach().to(torch.float32).cpu().numpy().tobytes()).hexdigest()
+        return key[:3] + (digest, key[4])
+
+    def get(self, key: tuple) -> SampleVerdict | None:
+        return self._verdicts.get(key)
+
+    def put(self, key: tuple, x: torch.Tensor, verdict: SampleVerdict) -> None:
+        self._verdicts[key] = verdict
+        self._rounded[self._rounded_key(key, x)] = key
+        while len(self._verdicts) > self.size:
+            old, _ = self._verdicts.popitem(last=False)
+            self._rounded = {k: v for k, v in self._rounded.items() if v != old}
+
+    def for_attack(self, key: tuple, x32: torch.Tensor) -> tuple:
+        """The key of a verdict on a float64 input that rounds to ``x32``, else ``key``."""
+        found = self._rounded.get(self._rounded_key(key, x32))
+        return found if found is not None and found in self._verdicts else key
+
+    def clear(self) -> None:
+        self._verdicts.clear()
+        self._rounded.clear()
 
 
-def _key(net_key: str, eps: float, config: tuple, x: torch.Tensor, label: int) -> tuple:
-    """Cache key; ``x`` as float32 bytes so the verifier's float64 and the attack's
-    float32 copy of one image (``k / 255``) meet."""
-    digest = hashlib.sha256(x.detach().to(torch.float32).cpu().numpy().tobytes()).hexdigest()
-    return (net_key, float(eps), config, digest, label)
+SHARED_VERDICTS = VerdictCache()
+"""The verdicts ``milp`` and ``milp-cex`` share within a process (one solve per sample)."""
 
 
 def seed_points(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, clip: bool,
@@ -69,62 +108,77 @@ def seed_points(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, clip: bo
     the point seeds each MILP's incumbent.
     """
     net64 = net.float64_copy().requires_grad_(False)
-    lo, hi = input_box(x.to(torch.float64), eps, clip)
-    point = x.to(torch.float64).clone()
-    best, best_value = point.clone(), torch.full((len(y),), -torch.inf, dtype=torch.float64)
-    for _ in range(steps + 1):
-        point.requires_grad_(True)
-        with torch.enable_grad():
-            worst = margins(net64(point), y).amax(dim=1)
-            grad, = torch.autograd.grad(worst.sum(), point)
-        with torch.no_grad():
-            better = worst > best_value
-            best[better], best_value[better] = point[better], worst[better]
-            point = torch.minimum(torch.maximum(point + eps / 4 * grad.sign(), lo), hi)
-    return best.detach()
+    x64 = x.to(torch.float64)
+    return signed_ascent(lambda points: margins(net64(points), y).amax(dim=1), x64,
+                         *input_box(x64, eps, clip), step=eps / 4, steps=steps, keep_best=True)
 
 
 def solve_samples(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-                  time_limit: float, clip: bool) -> list[SampleVerdict]:
-    """MILP verdicts for ``x (N, d)``, ``y (N,)``, cached per weights, eps, input and label."""
+                  time_limit: float, clip: bool, cache: VerdictCache | None = SHARED_VERDICTS
+                  ) -> list[SampleVerdict]:
+    """MILP verdicts for ``x (N, d)``, ``y (N,)``, cached per weights, eps, input and label.
+
+    ``time_limit`` is per sample and covers its share of the batch's set-up (bounds,
+    seed attack) as well as its MILPs. A float32 ``x`` (an attack's copy) reuses the
+    verdict of the float64 input it rounds from, if one is cached; it is solved as
+    float64 otherwise. ``cache=None`` solves everything afresh.
+    """
+    began = time.perf_counter()
+    store = cache if cache is not None else VerdictCache()
     net_key = weights_summary(net)
     config = (time_limit, clip)
-    keys = [_key(net_key, eps, config, x[n], int(y[n])) for n in range(len(y))]
-    missing = [n for n, key in enumerate(keys) if key not in _CACHE]
+    keys = [VerdictCache.key(net_key, eps, config, x[n], int(y[n])) for n in range(len(y))]
+    if x.dtype != torch.float64:
+        keys = [store.for_attack(key, x[n]) for n, key in enumerate(keys)]
+    missing = [n for n, key in enumerate(keys) if store.get(key) is None]
     if missing:
-        batch = sample_batch(net, x[missing], eps, clip)
+        x64 = x.to(torch.float64)
+        batch = sample_batch(net, x64[missing], eps, clip)
         with torch.no_grad():
             spec = margin_spec(y[missing], net.num_classes, torch.float64)
             quick = finish_margins(backward_upper(batch.params, batch.bounds, spec, batch.lo,
                                                   batch.hi, crown_slope), y[missing])
-        seeds = seed_points(net, x[missing], y[missing], eps, clip)
+        seeds = seed_points(net, x64[missing], y[missing], eps, clip)
+        setup = (time.perf_counter() - began) / len(missing)
         np_params = batch.np_params
         for row, n in enumerate(missing):
-            _CACHE[keys[n]] = _solve_one(np_params, partial(batch.program, row, binaries=True),
-                                         int(y[n]), quick[row].numpy(), seeds[row].numpy(),
-                                         time_limit)
-            while len(_CACHE) > CACHE_SIZE:
-                _CACHE.popitem(last=False)
-    return [_CACHE[key] for key in keys]
+            verdict = _solve_one(np_params, partial(batch.program, row, binaries=True),
+                                 int(y[n]), quick[row].numpy(), seeds[row].numpy(),
+                                 (batch.lo[row].numpy(), batch.hi[row].numpy()),
+                                 time_limit - setup)
+            verdict.seconds += setup
+            store.put(keys[n], x64[n], verdict)
+    return [store.get(key) for key in keys]
 
 
 def _forward(params, x: np.ndarray) -> np.ndarray:
+    """Logits ``(K,)`` of one input ``x (d,)`` in float64."""
     z = x
     for w, b in params[:-1]:
         z = np.maximum(w @ z + b, 0.0)
     return params[-1][0] @ z + params[-1][1]
 
 
+def _worst_margin(params, x: np.ndarray, label: int) -> float:
+    """``max_{j != label} f_j(x) - f_label(x)`` by a float64 forward pass."""
+    logits = _forward(params, x)
+    out = logits - logits[label]
+    out[label] = -np.inf
+    return float(out.max())
+
+
 def _solve_one(params, make_program: Callable[[], ReluProgram], label: int,
-               quick: np.ndarray, seed: np.ndarray, time_limit: float) -> SampleVerdict:
+               quick: np.ndarray, seed: np.ndarray, box: tuple[np.ndarray, np.ndarray],
+               time_limit: float) -> SampleVerdict:
     """One sample: the seed point first, then MILPs per class from the loosest bound down
-    (``make_program`` builds the sample's MILP only if one is needed)."""
+    (``make_program`` builds the sample's MILP only if one is needed).
+
+    A point found by the solver is clipped into ``box`` and judged by a float64 forward
+    pass, never by the solver's objective value (they differ by its tolerances).
+    """
     began = time.perf_counter()
     upper = quick.copy()                      # sound per-class bounds to start from
-    logits = _forward(params, seed)
-    seed_margins = logits - logits[label]
-    seed_margins[label] = -np.inf
-    lower, witness = float(seed_margins.max()), seed
+    lower, witness = _worst_margin(params, seed, label), seed
     nodes, milps = 0, 0
     program = start = None
     for j in np.argsort(-quick):
@@ -144,8 +198,11 @@ def _solve_one(params, make_program: Callable[[], ReluProgram], label: int,
         milps += 1
         nodes += outcome.nodes
         upper[j] = min(upper[j], outcome.upper + const)
-        if outcome.lower + const > lower:
-            lower, witness = outcome.lower + const, outcome.witness
+        if outcome.witness is not None:
+            point = np.clip(outcome.witness, box[0], box[1])
+            found = _worst_margin(params, point, label)
+            if found > lower:
+                lower, witness = found, point
     worst = float(np.max(upper))
     verdict = "broken" if lower >= 0 else "certified" if worst < 0 else "unknown"
     return SampleVerdict(upper, float(lower), witness, verdict, nodes,

@@ -18,11 +18,11 @@ import torch
 from bench.contract import Configurable, margins
 from models import MLP, weights_summary
 
-from .sdp_core import Solution, pair_block
+from .sdp_core import Solution, class_pairs
 
 
 class PairwiseSDPBound(Configurable):
-    """Base class; subclasses implement :meth:`solve_pair`."""
+    """Base class; subclasses implement :meth:`solve_pairs`."""
 
     def __init__(self) -> None:
         self._tables: dict[str, np.ndarray] = {}
@@ -31,7 +31,9 @@ class PairwiseSDPBound(Configurable):
     def supports(self, net: MLP) -> bool:
         return net.hidden_layers == 1
 
-    def solve_pair(self, net: MLP, block: np.ndarray, i: int, j: int) -> Solution:
+    def solve_pairs(self, net: MLP, weight: np.ndarray, v: np.ndarray,
+                    pairs: list[tuple[int, int]]) -> list[Solution]:
+        """Certified solutions for ``v (P, m)`` (``v_p = V_j - V_i`` for ``pairs[p]``)."""
         raise NotImplementedError
 
     def pair_values(self, net: MLP) -> np.ndarray:
@@ -41,22 +43,22 @@ class PairwiseSDPBound(Configurable):
             weight, _, last, _ = net.one_hidden_layer()
             w = weight.detach().to(torch.float64).cpu().numpy()
             v = last.detach().to(torch.float64).cpu().numpy()
-            k = v.shape[0]
-            table = np.zeros((k, k))
-            for i in range(k):
-                for j in range(i + 1, k):
-                    solution = self.solve_pair(net, pair_block(w, v[j] - v[i]), i, j)
-                    table[i, j] = table[j, i] = solution.certified
-                    self._stats.append({"weights": key, "pair": f"{i}-{j}",
-                                        "primal": solution.primal,
-                                        "certified": solution.certified,
-                                        "rel_gap": solution.rel_gap,
-                                        "iterations": solution.iterations,
-                                        "seconds": solution.seconds,
-                                        "status": solution.status})
-                    if solution.status.startswith("fallback"):
-                        print(f"{self.name}: pair {i}-{j} {solution.status}; using the "
-                              "looser Gershgorin certificate", file=sys.stderr)
+            pairs = class_pairs(v.shape[0])
+            solutions = self.solve_pairs(net, w, np.stack([v[j] - v[i] for i, j in pairs]),
+                                         pairs)
+            table = np.zeros((v.shape[0], v.shape[0]))
+            for (i, j), solution in zip(pairs, solutions):
+                table[i, j] = table[j, i] = solution.certified
+                self._stats.append({"weights": key, "pair": f"{i}-{j}",
+                                    "primal": solution.primal,
+                                    "certified": solution.certified,
+                                    "rel_gap": solution.rel_gap,
+                                    "iterations": solution.iterations,
+                                    "seconds": solution.seconds,
+                                    "status": solution.status})
+                if solution.status.startswith("fallback"):
+                    print(f"{self.name}: pair {i}-{j} {solution.status}; using the "
+                          "looser Gershgorin certificate", file=sys.stderr)
             self._tables[key] = table
         return self._tables[key]
 

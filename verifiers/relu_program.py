@@ -263,9 +263,11 @@ def solve_mip(program: ReluProgram, obj: np.ndarray, *, time_limit: float,
         highs.setSolution(program.columns, np.arange(program.columns, dtype=np.int32), start)
 
     def interrupt(event) -> None:
+        # set the flag both ways: HiGHS keeps it across runs of one instance, so a flag
+        # left raised by the previous solve would stop this one at its first callback
         out = event.data_out
-        if out.mip_primal_bound > stop_above or out.mip_dual_bound < stop_below:
-            event.interrupt()
+        event.interrupt(bool(out.mip_primal_bound > stop_above
+                             or out.mip_dual_bound < stop_below))
 
     highs.cbMipInterrupt.subscribe(interrupt)
     try:

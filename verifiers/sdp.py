@@ -1,9 +1,10 @@
 """``sdp``: the exact SDP certificate of the paper (eq. 10-11), solved per class pair.
 
-Backends: ``mixing`` (default; our low-rank solver, seconds for a 784-500-10 network)
-and ``cvxpy`` (``solver`` = SCS by default, MOSEK if licensed, or any installed
-cvxpy SDP solver) to cross-check. Either way the bound is the certificate of a dual
-vector (eq. 14) in float64, an upper bound on the SDP value, hence sound.
+Backends: ``mixing`` (default; our low-rank solver, all pairs of a network batched,
+seconds for a 784-500-10 network) and ``cvxpy`` (``solver`` = SCS by default, MOSEK
+if licensed, or any installed cvxpy SDP solver) to cross-check. Either way the bound
+is the certificate of a dual vector (eq. 14) in float64, an upper bound on the SDP
+value, hence sound.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from models import MLP
 
 from .pairwise_sdp import PairwiseSDPBound
-from .sdp_core import Solution, fallback, solve_mixing
+from .sdp_core import Solution, fallback, pair_block, solve_pairs
 from .sdp_cvxpy import check_solver, solve_cvxpy
 
 BACKENDS = ("mixing", "cvxpy")
@@ -32,6 +33,10 @@ class SDP(PairwiseSDPBound):
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "cvxpy":
             check_solver(solver)
+        if not 0 < target_gap < 1:
+            raise ValueError(f"target_gap must be in (0, 1), got {target_gap!r}")
+        if int(max_iters) < 1 or (rank is not None and int(rank) < 1):
+            raise ValueError("max_iters and rank must be positive")
         self.backend = backend
         self.solver = solver
         self.target_gap = target_gap
@@ -40,14 +45,17 @@ class SDP(PairwiseSDPBound):
         self.solver_eps = solver_eps
         self.seed = seed
 
-    def solve_pair(self, net: MLP, block: np.ndarray, i: int, j: int) -> Solution:
+    def solve_pairs(self, net: MLP, weight: np.ndarray, v: np.ndarray,
+                    pairs: list[tuple[int, int]]) -> list[Solution]:
+        if self.backend == "cvxpy":
+            return [solve_cvxpy(pair_block(weight, row), solver=self.solver,
+                                eps=self.solver_eps) for row in v]
         try:
-            if self.backend == "cvxpy":
-                return solve_cvxpy(block, solver=self.solver, eps=self.solver_eps)
-            solution = solve_mixing(block, rank=self.rank, target_gap=self.target_gap,
+            solutions = solve_pairs(weight, v, rank=self.rank, target_gap=self.target_gap,
                                     max_iters=self.max_iters, seed=self.seed)
-        except (ArithmeticError, np.linalg.LinAlgError) as exc:
-            return fallback(block, f"{type(exc).__name__}: {exc}")
-        if not np.isfinite(solution.certified):
-            return fallback(block, "non-finite certificate")
-        return solution
+        except (ArithmeticError, np.linalg.LinAlgError, RuntimeError) as exc:
+            return [fallback(pair_block(weight, row), f"{type(exc).__name__}: {exc}")
+                    for row in v]
+        return [s if np.isfinite(s.certified) else
+                fallback(pair_block(weight, row), "non-finite certificate")
+                for s, row in zip(solutions, v)]

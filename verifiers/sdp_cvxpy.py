@@ -29,7 +29,9 @@ def check_solver(name: str) -> None:
 
     installed = [s for s in cp.installed_solvers() if s in SDP_SOLVERS]
     if name.upper() not in installed:
-        raise SolverUnavailable(f"cvxpy solver {name!r} is not installed; SDP solvers "
+        hint = " (pip install 'certbench[mosek]', plus a MOSEK licence)" \
+            if name.upper() == "MOSEK" else ""
+        raise SolverUnavailable(f"cvxpy solver {name!r} is not installed{hint}; SDP solvers "
                                 f"available: {', '.join(installed) or 'none'}")
 
 

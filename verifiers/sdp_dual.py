@@ -16,9 +16,7 @@ import numpy as np
 from models import MLP
 
 from .pairwise_sdp import PairwiseSDPBound
-from .sdp_core import Solution, certified_value, first_order_dual
-
-TRAINED_KEY = "sdp_dual.{i}.{j}"
+from .sdp_core import Solution, certified_value, dual_key, first_order_duals, pair_block
 
 
 class SDPDual(PairwiseSDPBound):
@@ -29,22 +27,35 @@ class SDPDual(PairwiseSDPBound):
     def __init__(self, *, steps: int = 30, rank: int = 8, use_trained: bool = True,
                  seed: int = 0) -> None:
         super().__init__()
+        if int(steps) < 1 or int(rank) < 1:
+            raise ValueError("steps and rank must be positive")
         self.steps = steps
         self.rank = rank
         self.use_trained = use_trained
         self.seed = seed
 
-    def dual_for(self, net: MLP, block: np.ndarray, i: int, j: int) -> tuple[np.ndarray, str]:
-        size = 1 + block.shape[0] + block.shape[1] - 1
-        trained = net.certificates.get(TRAINED_KEY.format(i=i, j=j)) if self.use_trained else None
+    def trained_dual(self, net: MLP, size: int, i: int, j: int) -> np.ndarray | None:
+        """The network's stored ``c (D,)`` for pair ``(i, j)``, if it has one of that size."""
+        trained = net.certificates.get(dual_key(i, j)) if self.use_trained else None
         if trained is not None and tuple(trained.shape) == (size,):
-            return trained.detach().double().cpu().numpy(), "trained"
-        return (first_order_dual(block, steps=self.steps, rank=self.rank, seed=self.seed),
-                "first-order")
+            return trained.detach().double().cpu().numpy()
+        return None
 
-    def solve_pair(self, net: MLP, block: np.ndarray, i: int, j: int) -> Solution:
+    def solve_pairs(self, net: MLP, weight: np.ndarray, v: np.ndarray,
+                    pairs: list[tuple[int, int]]) -> list[Solution]:
         began = time.perf_counter()
-        c, source = self.dual_for(net, block, i, j)
-        certified, _ = certified_value(block, c)
-        return Solution(float("nan"), certified, 0 if source == "trained" else self.steps,
-                        time.perf_counter() - began, source, c)
+        size = 1 + weight.shape[1] + weight.shape[0]
+        trained = [self.trained_dual(net, size, i, j) for i, j in pairs]
+        missing = [p for p, c in enumerate(trained) if c is None]
+        if missing:
+            quick = first_order_duals(weight, v[missing], steps=self.steps, rank=self.rank,
+                                      seed=self.seed)
+            for row, p in enumerate(missing):
+                trained[p] = quick[row]
+        out = []
+        for p, c in enumerate(trained):
+            certified, _ = certified_value(pair_block(weight, v[p]), c)
+            source = "first-order" if p in missing else "trained"
+            out.append(Solution(float("nan"), certified, self.steps if p in missing else 0,
+                                time.perf_counter() - began, source, c))
+        return out

@@ -1,4 +1,8 @@
-"""Atomic file output: write to a temp file in the same folder, then rename over the target."""
+"""Atomic file output: write to a temp file in the same folder, then rename over the target.
+
+The one atomic write of the suite (networks, records tables, figures, data caches);
+it lives in the lowest layer, which everything else may import.
+"""
 
 from __future__ import annotations
 
