@@ -14,6 +14,8 @@ import eagerpy as ep
 from foolbox.attacks.gradient_descent_base import LinfBaseGradientDescent
 from foolbox.models import Model
 
+from bench.contract import check_options
+
 from .foolbox_attack import FoolboxAttack
 
 
@@ -42,6 +44,10 @@ class CarliniWagnerLinf(FoolboxAttack):
     def __init__(self, *, steps: int = 100, rel_stepsize: float = 0.05,
                  confidence: float = math.inf, random_start: bool = False,
                  restarts: int = 1) -> None:
+        check_options(steps=(steps, "int>=1"), rel_stepsize=(rel_stepsize, "number>0"),
+                      confidence=(confidence, "number>0") if math.isfinite(confidence)
+                      else (1, "number>0"), random_start=(random_start, "bool"),
+                      restarts=(restarts, "int>=1"))
         self.steps = steps
         self.rel_stepsize = rel_stepsize
         self.confidence = confidence

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from foolbox.attacks import LinfFastGradientAttack
 
+from bench.contract import check_options
+
 from .foolbox_attack import FoolboxAttack
 
 
@@ -13,6 +15,7 @@ class FGSM(FoolboxAttack):
     name = "fgsm"
 
     def __init__(self, *, random_start: bool = False) -> None:
+        check_options(random_start=(random_start, "bool"))
         self.random_start = random_start
         self.restarts = 1
 

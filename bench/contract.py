@@ -22,6 +22,7 @@ a plugin when it is built and a training objective when training starts.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -148,6 +149,28 @@ def statistics(plugin: object) -> list[dict[str, Any]]:
     """The plugin's per-solve statistics so far, or ``[]`` if it keeps none."""
     report = hook(plugin, "statistics")
     return list(report()) if callable(report) else []
+
+
+def check_options(**checks: tuple[Any, str]) -> None:
+    """Validate keyword options when a plugin is built: ``name=(value, rule)`` with rule
+    ``"int>=1"``, ``"int>=0"``, ``"number>0"``, ``"number>=0"`` or ``"bool"``.
+
+    Raises ``ValueError`` naming the option (the registry turns it into one line, exit 1).
+    """
+    for name, (value, rule) in checks.items():
+        if rule == "bool":
+            ok = isinstance(value, bool)
+        elif rule.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool) and \
+                value >= int(rule[-1])
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                math.isfinite(value) and (value > 0 if rule == "number>0" else value >= 0)
+        if not ok:
+            kind = {"bool": "True or False", "int>=1": "an integer >= 1",
+                    "int>=0": "an integer >= 0", "number>0": "a finite number > 0",
+                    "number>=0": "a finite number >= 0"}[rule]
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
 class Configurable:

@@ -44,7 +44,7 @@ Z95 = 1.959963984540054
 
 LEADERBOARD_COLUMNS = ["model", "eps", "method", "kind", "n", "n_ok", "error", "ci_low",
                        "ci_high", "mean_bound", "seconds_per_sample", "status", "config",
-                       "version"]
+                       "version", "model_sha256"]
 GAP_COLUMNS = ["model", "eps", "n", "best_certified_error", "best_verifier",
                "best_attack_error", "best_attack", "gap", "combined_certified_error",
                "combined_attack_error", "combined_gap", "n_decided", "exact_error",
@@ -110,7 +110,9 @@ def leaderboard(frame: pd.DataFrame, unsound: pd.DataFrame) -> pd.DataFrame:
                      "mean_bound": group.loc[ok, "bound"].mean() if ok.any() else math.nan,
                      "seconds_per_sample": group["seconds"].mean(),
                      "status": status, "config": group["config"].iloc[0],
-                     "version": group["version"].iloc[0]})
+                     "version": group["version"].iloc[0],
+                     "model_sha256": (group["model_sha256"].iloc[0]
+                                      if "model_sha256" in group else "")})
     return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
 
 
@@ -149,9 +151,12 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame, exact: set[str] = frozenset()
     for (model, eps), group in frame.groupby(["model", "eps"], sort=True):
         entries = board[(board["model"] == model) & (board["eps"] == eps)]
         unsound = sorted(entries.loc[entries["status"] == "unsound", "method"])
+        usable = set(group.loc[group["status"] == "ok", "method"])   # ran on some sample
         verifiers = entries[(entries["kind"] == "verifier")
-                            & entries["status"].isin(["ok", "error", "timeout"])]
-        attacks = entries[(entries["kind"] == "attack") & (entries["status"] != "n/a")]
+                            & entries["status"].isin(["ok", "error", "timeout"])
+                            & entries["method"].isin(usable)]
+        attacks = entries[(entries["kind"] == "attack") & (entries["status"] != "n/a")
+                          & entries["method"].isin(usable)]
         row: dict[str, Any] = {"model": model, "eps": eps, "n": int(group["sample"].nunique()),
                                "unsound_verifiers": ",".join(unsound)}
         if len(verifiers):

@@ -13,8 +13,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-class PluginTimeout(Exception):
-    """The plugin call ran past its time limit."""
+class PluginTimeout(BaseException):
+    """The plugin call ran past its time limit.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so a plugin's ``except Exception``
+    cannot swallow it and report a late result as ``ok``.
+    """
 
 
 @contextmanager

@@ -9,6 +9,7 @@ points with the same name in one group are an error naming both providers.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -60,6 +61,11 @@ class PluginInfo:
         if plugin.name != self.name:
             raise RegistryError(f"{self.kind} entry point {self.name!r} from {self.origin} "
                                 f"builds a plugin named {plugin.name!r}")
+        if re.search(r" at 0x[0-9a-fA-F]+", repr(plugin)):
+            raise RegistryError(f"{self.kind} {self.name!r} from {self.origin} has no "
+                                "deterministic repr (it shows a memory address), so its "
+                                "records could never be resumed; define __repr__ or subclass "
+                                "bench.contract.Configurable")
         return plugin
 
     @property

@@ -13,6 +13,7 @@ the network, so the attack's lower bound ``L`` is exact for the point it found.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 import zlib
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from models import MLP, Card
+from models import MLP, Card, weights_summary
 from models import load as load_model
 
 from . import data
@@ -132,6 +133,21 @@ def _summary(frame: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def _check_untouched(given: MLP, original: MLP,
+                     tensors: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
+    """Raise ``ValueError`` if a plugin changed the network or the inputs it was given.
+
+    Each plugin call gets its own copies, so the harness and the other plugins never
+    see such a change; the call that made it is recorded as ``error``.
+    """
+    if weights_summary(given) != weights_summary(original):
+        raise ValueError("the plugin modified the network it was given (its weights' hash "
+                         "changed); its results are discarded")
+    if any(not torch.equal(mine, theirs) for mine, theirs in tensors):
+        raise ValueError("the plugin modified its input tensors in place; its results "
+                         "are discarded")
+
+
 class Runner:
     """Executes a :class:`RunSpec`; ``echo`` receives one-line progress messages."""
 
@@ -218,7 +234,9 @@ class Runner:
 
     def _plan(self, networks: dict[str, tuple[MLP, Card]],
               existing: dict) -> list[tuple[str, Method, float, int, int]]:
-        """Batches with at least one sample lacking a current record."""
+        """Batches with at least one sample lacking a current record: none yet, or one of
+        other weights, plugin configuration or version, another seed, or one that failed
+        (``error`` and ``timeout`` are retried, e.g. under a larger ``--time-limit``)."""
         todo = []
         for model, (_, card) in networks.items():
             for eps in self.spec.eps:
@@ -226,11 +244,14 @@ class Runner:
                     config = repr(method.plugin)
                     for start in range(0, self.spec.n, self.spec.batch_size):
                         stop = min(start + self.spec.batch_size, self.spec.n)
+                        seed = batch_seed(self.spec.seed, model, method.name, eps, start)
                         for i in range(start, stop):
                             record = existing.get((model, method.name, float(eps), i))
                             if (record is None or record["config"] != config
                                     or record["model_sha256"] != card.weights_sha256
-                                    or record["version"] != method.info.origin):
+                                    or record["version"] != method.info.origin
+                                    or record["seed"] != seed
+                                    or record["status"] in ("error", "timeout")):
                                 todo.append((model, method, eps, start, stop))
                                 break
         return todo
@@ -248,12 +269,15 @@ class Runner:
             status, message = "n/a", f"{method.name} does not support this network"
         else:
             limit = self.spec.time_limit * len(y) if self.spec.time_limit else None
+            own_net, own_x, own_x64, own_y = copy.deepcopy(net), x.clone(), x64.clone(), y.clone()
             try:
                 with time_limit(limit):
                     if method.kind == "verifier":
-                        bound, flags = _evaluate_verifier(method, net, x64, y, eps)
+                        bound, flags = _evaluate_verifier(method, own_net, own_x64, own_y, eps)
                     else:
-                        bound, flags = _evaluate_attack(method, net, net64, x, x64, y, eps)
+                        bound, flags = _evaluate_attack(method, own_net, net64, own_x, x64,
+                                                        own_y, eps)
+                _check_untouched(own_net, net, ((own_x, x), (own_x64, x64), (own_y, y)))
                 decided = [bool(v) for v in flags]
             except PluginTimeout as exc:
                 status, message = "timeout", str(exc)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from models import MLP, Card, save
+from models.store import SHIPPED_DIR
 
 from . import data
 from .contract import check_hooks, hook, margins
@@ -83,10 +84,11 @@ def error_rate(net: MLP, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) ->
     return wrong / len(y)
 
 
-def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
-          out_dir: Path | None = None, log: Callable[[str], None] | None = None,
-          recipe: Recipe | None = None) -> Card:
+def train(name: str, *, out_dir: Path, quick: bool = False, data_dir: str | Path | None = None,
+          log: Callable[[str], None] | None = None, recipe: Recipe | None = None) -> Card:
     """Train network ``name``, save weights and card in ``out_dir``; return the card.
+
+    ``out_dir`` may not be the shipped networks' folder: what ships is never overwritten.
 
     ``quick`` trains a 784-64-10 version on 2,000 images for one epoch (attacks capped
     at 10 steps): seconds, for tests and smoke runs.
@@ -96,6 +98,9 @@ def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
     if recipe is None and name not in RECIPES:
         raise TrainingError(f"unknown network {name!r}; trainable: {', '.join(sorted(RECIPES))}")
     recipe = recipe or RECIPES[name]
+    if Path(out_dir).resolve() == SHIPPED_DIR:
+        raise TrainingError(f"{out_dir} holds the shipped networks, which training never "
+                            "overwrites; choose another --out-dir")
     if quick:   # a small version: 64 hidden units, one epoch, at most 10 attack steps
         extra = {**recipe.extra, **({"steps": min(10, recipe.extra["steps"])}
                                     if "steps" in recipe.extra else {})}
@@ -168,6 +173,6 @@ def train(name: str, *, quick: bool = False, data_dir: str | Path | None = None,
                 extra={"validation_error": error_rate(net, x_val, y_val),
                        **{f"validation_{k}": v for k, v in checks.items()},
                        "torch_version": torch.__version__})
-    save(net, card, out_dir) if out_dir is not None else save(net, card)
+    save(net, card, out_dir)
     log(f"{name}: clean test error {test_error:.4f} after {seconds:.0f} s")
     return card

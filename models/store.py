@@ -77,7 +77,7 @@ def shipped_names(folder: Path = SHIPPED_DIR) -> list[str]:
                   if p.with_suffix(".safetensors").exists())
 
 
-def save(net: MLP, card: Card, folder: Path = SHIPPED_DIR) -> Path:
+def save(net: MLP, card: Card, folder: Path) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json`` (the card gets the weights' SHA-256)."""
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
     tensors.update({CERTIFICATE_PREFIX + k: v.detach().to(torch.float64).contiguous()

@@ -69,6 +69,6 @@ def test_quick_training_is_reproducible(idx_dir, tmp_path):
     assert a.weights_sha256 == b.weights_sha256
 
 
-def test_unknown_recipe():
+def test_unknown_recipe(tmp_path):
     with pytest.raises(TrainingError, match="trainable: at-nn, fro-nn, lp-nn, nt-nn, sdp-nn, spe-nn"):
-        train("nope")
+        train("nope", out_dir=tmp_path)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from bench.contract import Configurable, input_box
+from bench.contract import Configurable, check_options, input_box
 from models import MLP
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]           # per hidden layer: (l, u), (N, m_k)
@@ -154,6 +154,7 @@ class LinearRelaxationVerifier(Configurable):
     slope_rule: SlopeRule
 
     def __init__(self, *, clip: bool = True) -> None:
+        check_options(clip=(clip, "bool"))
         self.clip = clip
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench.contract import Configurable, input_box, margins, signed_ascent
+from bench.contract import Configurable, check_options, input_box, margins, signed_ascent
 from models import MLP, weights_summary
 
 from .linear_bounds import backward_upper, crown_slope, finish_margins, margin_spec
@@ -217,6 +217,7 @@ class MILP(Configurable):
     exact = True
 
     def __init__(self, *, time_limit: float = 60.0, clip: bool = True) -> None:
+        check_options(time_limit=(time_limit, "number>0"), clip=(clip, "bool"))
         self.time_limit = time_limit
         self.clip = clip
         self._stats: list[dict[str, Any]] = []
