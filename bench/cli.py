@@ -99,7 +99,7 @@ def _options(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import Method, Runner, RunSpec
+    from .runner import Method, Runner, RunSpec, solve_summary
 
     options = _options(args.set)
     infos = select("verifier", args.verifiers) + select("attack", args.attacks)
@@ -133,9 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                        & stats["method"].isin([m.name for m in methods])]
         if len(chosen):
             print("\nsolver statistics (SDP: per class pair, certified >= value >= primal; "
-                  "MILP: per sample, lower <= worst margin <= upper):")
-            print(chosen.drop(columns=["weights"], errors="ignore").to_string(
-                index=False, float_format=lambda v: f"{v:.6g}"))
+                  "MILP: per sample, lower <= worst margin <= upper), per model and method; "
+                  f"every row is in {args.out / 'solver_stats.csv'}:")
+            for (model, method), rows in chosen.groupby(["model", "method"], sort=True):
+                print(f"  {model} {method}: {solve_summary(rows)}")
     print(f"\nwrote {args.out / 'leaderboard.csv'} and {args.out / 'gaps.csv'}")
     if len(result.violations):
         print(f"\nUNSOUND: {len(result.violations)} (verifier, attack, sample) triples have an "

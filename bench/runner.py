@@ -115,7 +115,7 @@ def _evaluate_attack(method: Method, net: MLP, net64: MLP, x: torch.Tensor, x64:
     return lower, lower >= 0
 
 
-def _summary(frame: pd.DataFrame) -> str:
+def solve_summary(frame: pd.DataFrame) -> str:
     """One line about a batch of solve statistics (gaps, fallbacks, verdicts, time)."""
     parts = [f"{len(frame)} solves"]
     if "rel_gap" in frame:
@@ -203,7 +203,7 @@ class Runner:
         rows = statistics(method.plugin)[seen:]
         self._seen[id(method.plugin)] = seen + len(rows)
         if rows:
-            self.echo(f"{method.name} on {model}: {_summary(pd.DataFrame(rows))}")
+            self.echo(f"{method.name} on {model}: {solve_summary(pd.DataFrame(rows))}")
         out = []
         for row in rows:
             row = dict(row)

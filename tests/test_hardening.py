@@ -208,3 +208,14 @@ def test_report_with_a_missing_model_dir_and_a_closed_pipe_are_not_tracebacks(tm
     piped = subprocess.run(f"{sys.executable} -m bench list | head -1", shell=True,
                            capture_output=True, text=True)
     assert piped.stdout.strip() == "verifiers:" and "Traceback" not in piped.stderr
+
+
+def test_the_run_output_summarises_solver_statistics_per_model(tmp_path, model_dir):
+    out = tmp_path / "out"
+    done = run_cli("run", "--verifiers", "sdp", "--attacks", "fgsm", "--model-dir",
+                   str(model_dir), "--n", "4", "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if " sdp: 45 solves" in line]
+    assert len(lines) == 2 and len(done.stdout.splitlines()) < 40
+    stats = pd.read_csv(out / "solver_stats.csv")
+    assert len(stats) == 90

@@ -385,6 +385,9 @@ def _solve_pairs(weight, v, *, rank, target_gap, max_iters, relax, first_check, 
                 history[p], target_gap, chunk))
             still.append(p)
         active = still
+    share = (time.perf_counter() - began) / max(count, 1)
+    for solution in out:          # pairs are solved together: each gets its share of the time
+        solution.seconds = share
     return [s for s in out if s is not None]
 
 
