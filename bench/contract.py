@@ -74,6 +74,9 @@ HOOKS: dict[str, Hook] = {
     "supports": Hook("plugin", "supports(net) -> bool  (False: recorded as n/a)", 1),
     "statistics": Hook("plugin", "statistics() -> list[dict]  (per-solve rows for "
                        "solver_stats.csv; a row with 'row' is per sample of the last batch)", 0),
+    "cache_in": Hook("plugin", "cache_in(folder: Path) -> None  (where it may persist "
+                     "precomputation, e.g. SDP pair solves, so a resumed run reuses it; "
+                     "the harness passes OUT/cache/NAME)", 1),
     "opt_in": Hook("plugin", "opt_in: bool  (class attribute; True keeps it out of the "
                    "default grid)", -1),
     "exact": Hook("plugin", "exact: bool  (True: its verdicts are exact; the gap table "

@@ -49,11 +49,41 @@ def _encode(record: dict[str, Any]) -> str:
     return json.dumps(clean, sort_keys=True, allow_nan=False)
 
 
+def _is_number(value: Any, finite: bool = True) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (not finite or math.isfinite(value)))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+TYPES = {  # field -> (check, what it must be)
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "model_sha256": (lambda v: isinstance(v, str), "a string"),
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "config": (lambda v: isinstance(v, str), "a string"),
+    "version": (lambda v: isinstance(v, str), "a string"),
+    "message": (lambda v: isinstance(v, str), "a string"),
+    "eps": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "sample": (_is_count, "an integer >= 0"),
+    "label": (_is_count, "an integer >= 0"),
+    "seed": (_is_count, "an integer >= 0"),
+    "bound": (lambda v: v is None or _is_number(v), "a finite number or null"),
+    "decided": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "seconds": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+}
+
+
 def _validate(record: Any, where: str) -> dict[str, Any]:
     if not isinstance(record, dict) or set(record) != set(FIELDS):
         raise RecordsError(f"{where}: not a certbench record (fields differ)")
     if record["status"] not in STATUSES or record["kind"] not in ("verifier", "attack"):
         raise RecordsError(f"{where}: unknown status or kind")
+    for name, (check, what) in TYPES.items():
+        if not check(record[name]):
+            raise RecordsError(f"{where}: {name} must be {what}, got {record[name]!r}; "
+                               "move the records file away to start afresh")
     return record
 
 
@@ -66,8 +96,14 @@ class RecordStore:
         self._lock_file: Any = None
 
     def __enter__(self) -> "RecordStore":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.folder / LOCK_NAME, "w")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RecordsError(f"{self.folder} is not a folder; choose another --out")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self.folder / LOCK_NAME, "w")
+        except OSError as exc:
+            raise RecordsError(f"cannot write to {self.folder} ({exc.strerror}); choose "
+                               "another --out") from None
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

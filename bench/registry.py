@@ -9,10 +9,11 @@ points with the same name in one group are an error naming both providers.
 from __future__ import annotations
 
 import ast
+import inspect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, Callable
 
 from .contract import ContractError, check_hooks, is_opt_in
 
@@ -32,12 +33,15 @@ class PluginInfo:
     entry_point: EntryPoint
     distribution: str
     version: str
+    conflict: str = ""        # set when another distribution declares the same name
 
     @property
     def origin(self) -> str:
         return f"{self.distribution} {self.version}"
 
     def load_class(self) -> type:
+        if self.conflict:
+            raise RegistryError(self.conflict)
         try:
             return self.entry_point.load()
         except Exception as exc:  # a broken plugin must not take the suite down
@@ -74,33 +78,64 @@ class PluginInfo:
 
 
 def discover(kind: str) -> dict[str, PluginInfo]:
-    """All installed plugins of ``kind`` by name; duplicate names raise ``RegistryError``."""
+    """All installed plugins of ``kind`` by name, without importing any of them.
+
+    Two distributions declaring one name give an entry whose :attr:`PluginInfo.conflict`
+    names both; it fails only when it is loaded (requested), never the discovery.
+    """
     found: dict[str, PluginInfo] = {}
     for ep in entry_points(group=GROUPS[kind]):
         dist = ep.dist
         info = PluginInfo(ep.name, kind, ep, dist.name if dist else "unknown",
                           dist.version if dist else "?")
         if ep.name in found:
-            if found[ep.name].entry_point.value == ep.value and found[ep.name].origin == info.origin:
+            first = found[ep.name]
+            if first.entry_point.value == ep.value and first.origin == info.origin:
                 continue  # the same distribution seen twice on sys.path
-            raise RegistryError(f"duplicate {kind} name {ep.name!r}: {found[ep.name].origin} "
-                                f"({found[ep.name].entry_point.value}) and {info.origin} "
-                                f"({ep.value})")
+            found[ep.name] = replace(first, conflict=(
+                f"duplicate {kind} name {ep.name!r}: {first.origin} "
+                f"({first.entry_point.value}) and {info.origin} ({ep.value})"))
+            continue
         found[ep.name] = info
     return found
 
 
-def select(kind: str, names: list[str] | None) -> list[PluginInfo]:
-    """The plugins named (in order), or all non-opt-in ones when ``names`` is None."""
+def usable(info: PluginInfo) -> str:
+    """``""`` if the plugin loads, else the one-line reason (broken or duplicated)."""
+    try:
+        info.load_class()
+    except RegistryError as exc:
+        return str(exc)
+    return ""
+
+
+def select(kind: str, names: list[str] | None,
+           warn: Callable[[str], None] | None = None) -> list[PluginInfo]:
+    """The plugins named (in order), or all non-opt-in ones when ``names`` is None.
+
+    A named plugin that is unknown, duplicated or broken is an error. The default
+    selection leaves a broken or duplicated plugin out and tells ``warn`` why.
+    """
     available = discover(kind)
     if names is None:
-        return [info for _, info in sorted(available.items()) if not info.opt_in]
+        chosen = []
+        for _, info in sorted(available.items()):
+            problem = usable(info)
+            if problem:
+                if warn is not None:
+                    warn(f"{problem}; left out of the default grid")
+            elif not info.opt_in:
+                chosen.append(info)
+        return chosen
     unknown = [n for n in names if n not in available]
     if unknown:
         raise RegistryError(f"unknown {kind}{'s' if len(unknown) > 1 else ''} "
                             f"{', '.join(map(repr, unknown))}; available: "
                             f"{', '.join(sorted(available)) or 'none'}")
-    return [available[n] for n in dict.fromkeys(names)]
+    chosen = [available[n] for n in dict.fromkeys(names)]
+    for info in chosen:
+        info.load_class()              # a broken or duplicated plugin fails here, by name
+    return chosen
 
 
 def parse_option(text: str) -> tuple[str, str, Any]:
@@ -114,3 +149,14 @@ def parse_option(text: str) -> tuple[str, str, Any]:
     except (ValueError, SyntaxError):
         value = raw
     return name, key, value
+
+
+def option_lines(cls: type) -> list[str]:
+    """``KEY=DEFAULT`` lines for a plugin class's keyword-only options (``--set`` keys)."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty
+            else f"{p.name} (required)" for p in parameters
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]

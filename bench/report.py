@@ -49,8 +49,9 @@ PAPER_TABLE1 = {("sdp-nn", "pgd"): 0.15, ("sdp-nn", "sdp"): 0.35, ("sdp-nn", "lp
                 ("lp-nn", "pgd"): 0.22, ("lp-nn", "sdp"): 0.93, ("lp-nn", "lp"): 0.26}
 
 
-def _methods(verifiers: list[str] | None, attacks: list[str] | None) -> list[Method]:
-    infos = select("verifier", verifiers) + select("attack", attacks)
+def _methods(verifiers: list[str] | None, attacks: list[str] | None,
+             warn: Callable[[str], None] | None = None) -> list[Method]:
+    infos = select("verifier", verifiers, warn) + select("attack", attacks, warn)
     return [Method(info, info.create()) for info in infos]
 
 
@@ -207,7 +208,7 @@ def report(*, out: Path, n: int, models: list[str] | None = None,
     """
     echo = echo or (lambda line: print(line, file=sys.stderr))
     models = models or (shipped_names(model_dir) if model_dir else shipped_names())
-    main = Runner(RunSpec(models=models, methods=_methods(None, None), eps=[MAIN_EPS], n=n,
+    main = Runner(RunSpec(models=models, methods=_methods(None, None, echo), eps=[MAIN_EPS], n=n,
                           out=out, batch_size=batch_size, model_dir=model_dir,
                           progress=progress), echo).run()
     written = {"leaderboard": out / "leaderboard.csv", "gaps": out / "gaps.csv"}

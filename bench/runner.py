@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from models import MLP, Card, weights_summary
+from models import MLP, Card, ModelError, weights_summary
 from models import load as load_model
 
 from . import data
-from .contract import is_exact, margins, project, statistics, supports
+from .contract import hook, is_exact, margins, project, statistics, supports
 from .leaderboard import tabulate, write_csv
 from .limits import PluginTimeout, time_limit
 from .records import RecordStore, key_of
@@ -39,6 +39,7 @@ LEADERBOARD_NAME = "leaderboard.csv"
 GAPS_NAME = "gaps.csv"
 VIOLATIONS_NAME = "violations.csv"
 SOLVER_STATS_NAME = "solver_stats.csv"
+CACHE_DIR = "cache"
 
 
 @dataclass
@@ -163,8 +164,17 @@ class Runner:
         x64 = data.to_tensor(images, torch.float64)
         y = torch.from_numpy(labels)
         networks = {name: self._load(name) for name in spec.models}
+        for name, (net, _) in networks.items():
+            if net.input_dim != x.shape[1] or net.num_classes != data.NUM_CLASSES:
+                raise ModelError(f"model {name} maps {net.input_dim} inputs to "
+                                 f"{net.num_classes} outputs; the MNIST test set needs "
+                                 f"{x.shape[1]} inputs and {data.NUM_CLASSES} classes")
         computed = 0
         with RecordStore(spec.out) as store:
+            for method in spec.methods:
+                keep = hook(method.plugin, "cache_in")
+                if callable(keep):
+                    keep(spec.out / CACHE_DIR / method.name)
             existing = store.load()
             todo = self._plan(networks, existing)
             bar = tqdm(total=sum(stop - start for *_, start, stop in todo), unit="sample",
@@ -182,7 +192,8 @@ class Runner:
                 bar.update(stop - start)
                 stats += self._new_statistics(model, method, eps, start)
             bar.close()
-            solver_stats = self._write_statistics(stats)
+            solver_stats = self._write_statistics(stats, {
+                name: weights_summary(net) for name, (net, _) in networks.items()})
         exact = {m.name for m in spec.methods if is_exact(m.plugin)}
         wanted = [existing[(model, m.name, float(eps), i)] for model in spec.models
                   for eps in spec.eps for m in spec.methods for i in range(spec.n)]
@@ -212,12 +223,21 @@ class Runner:
             out.append({"model": model, "method": method.name, **row})
         return out
 
-    def _write_statistics(self, rows: list[dict[str, Any]]) -> pd.DataFrame | None:
-        """Merge new solve statistics into ``OUT/solver_stats.csv`` (newest per solve wins)."""
+    def _write_statistics(self, rows: list[dict[str, Any]],
+                          current: dict[str, str]) -> pd.DataFrame | None:
+        """Merge new solve statistics into ``OUT/solver_stats.csv`` (newest per solve wins).
+
+        Rows of a model of this run whose ``weights`` are not its current weights are
+        stale (an older network of that name) and dropped.
+        """
         path = self.spec.out / SOLVER_STATS_NAME
         new = pd.DataFrame(rows)
         if path.exists():
-            old = pd.read_csv(path)
+            old = pd.read_csv(path, dtype={"weights": str})
+            if "weights" in old.columns:
+                stale = old["model"].isin(list(current)) & old["weights"].notna() & \
+                    (old["weights"].astype(str) != old["model"].map(current).astype(str))
+                old = old[~stale]
             new = pd.concat([old, new], ignore_index=True) if len(new) else old
         if len(new) == 0:
             return None

@@ -23,6 +23,7 @@ from .mlp import MLP
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 CERTIFICATE_PREFIX = "certificates."
+MAX_WIDTH = 1_000_000       # a card asking for more is malformed, not a network to allocate
 
 
 class ModelError(RuntimeError):
@@ -59,7 +60,12 @@ class Card:
                 raise ModelError(f"{source}: unsupported architecture {arch.get('type')!r}")
             known = {"name", "architecture", "objective", "hyperparameters", "seed",
                      "clean_test_error", "training_seconds", "weights_sha256"}
-            return cls(name=str(raw["name"]), widths=[int(w) for w in arch["widths"]],
+            widths = arch["widths"]
+            if (not isinstance(widths, list) or len(widths) < 2
+                    or not all(type(w) is int and 1 <= w <= MAX_WIDTH for w in widths)):
+                raise ModelError(f"{source}: widths must be a list of at least two integers "
+                                 f"between 1 and {MAX_WIDTH}, got {widths!r}")
+            return cls(name=str(raw["name"]), widths=list(widths),
                        objective=str(raw["objective"]),
                        hyperparameters=dict(raw.get("hyperparameters", {})),
                        seed=int(raw.get("seed", 0)),
@@ -125,16 +131,21 @@ def load(name: str, folder: Path = SHIPPED_DIR) -> tuple[MLP, Card]:
     except BaseException as exc:  # SafetensorError, or a Rust panic (a BaseException)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{path}: not a valid safetensors file ({reason})") from None
-    net = MLP(card.widths)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    expected = {}      # from the card alone: nothing is allocated before the shapes agree
+    for i, (fan_in, fan_out) in enumerate(zip(card.widths[:-1], card.widths[1:])):
+        expected[f"linears.{i}.weight"] = (fan_out, fan_in)
+        expected[f"linears.{i}.bias"] = (fan_out,)
     found = {k: tuple(v.shape) for k, v in tensors.items()
              if not k.startswith(CERTIFICATE_PREFIX)}
     if expected != found:
         raise ModelError(f"{path}: tensors {found} do not match the card's widths "
                          f"{card.widths}")
     for key, value in tensors.items():
+        if not value.is_floating_point():
+            raise ModelError(f"{path}: tensor {key} is {value.dtype}, not floating point")
         if not torch.isfinite(value).all():
             raise ModelError(f"{path}: tensor {key} has NaN or infinite entries")
+    net = MLP(card.widths)
     net.load_state_dict({k: tensors[k].to(torch.float32) for k in expected})
     net.certificates = {k[len(CERTIFICATE_PREFIX):]: v for k, v in tensors.items()
                         if k.startswith(CERTIFICATE_PREFIX)}

@@ -154,3 +154,90 @@ def test_random_malformed_model_files(kind, blob, cut, reseal, width):
                                "--out", str(out)])
         assert_one_line_error(code, err)
         assert not out.exists()
+
+
+def _run_on(folder: Path, out: Path) -> tuple[int, str, str]:
+    return invoke(["run", "--model-dir", str(folder), "--models", "m", "--n", "2",
+                   "--verifiers", "spectral", "--attacks", "fgsm", "--quiet", "--out", str(out)])
+
+
+WIDTHS = st.one_of(
+    st.lists(st.integers(-10, 0), min_size=1, max_size=3).map(lambda w: [784, *w, 10]),
+    st.just([784]), st.just([]), st.just("784-6-10"),
+    st.floats(1.5, 600.5).filter(lambda v: v != int(v)).map(lambda v: [784, v, 10]),
+    st.integers(2_000_000, 10**12).map(lambda v: [784, v, 10]),
+    st.just([784, True, 10]), st.just([784, "6", 10]))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(widths=WIDTHS)
+def test_malformed_card_widths_are_one_line_and_allocate_nothing(widths):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "models"
+        _, card = _write_model(folder)
+        raw = json.loads(card.read_text())
+        raw["architecture"]["widths"] = widths
+        card.write_text(json.dumps(raw))
+        code, _, err = _run_on(folder, Path(tmp) / "out")
+        assert_one_line_error(code, err)
+        assert not (Path(tmp) / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["int32-weights", "three-outputs"])
+def test_integer_weights_and_a_wrong_output_count_are_one_line(case, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    folder = tmp_path / "models"
+    widths = [784, 6, 3] if case == "three-outputs" else [784, 6, 10]
+    net = random_mlp(widths, seed=0)
+    models.save(net, Card(name="m", widths=net.widths, objective="none"), folder)
+    if case == "int32-weights":
+        weights = folder / "m.safetensors"
+        save_file({k: v.to(torch.int32) for k, v in net.state_dict().items()}, str(weights))
+        _reseal(weights, folder / "m.json")
+    code, _, err = _run_on(folder, tmp_path / "out")
+    assert_one_line_error(code, err, "not floating point" if case == "int32-weights"
+                          else "3 outputs")
+    assert not (tmp_path / "out").exists()
+
+
+FIELD_VALUES = {"eps": ["abc", None, -1, float("inf"), True], "sample": ["x", -3, 1.5, None],
+                "decided": ["no", 1, 0.0], "bound": ["hello", True, [1]],
+                "seconds": ["s", -1.0], "label": ["7", None], "seed": [1.5, "0"],
+                "config": [3, None], "model": [1]}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(sorted(FIELD_VALUES)), data=st.data())
+def test_records_with_wrong_value_types_are_one_line(field, data, ):
+    from bench.records import FIELDS
+    value = data.draw(st.sampled_from(FIELD_VALUES[field]))
+    good = {"model": "nt-nn", "model_sha256": "0" * 64, "method": "spectral",
+            "kind": "verifier", "eps": 0.1, "sample": 0, "label": 7, "bound": 1.5,
+            "decided": False, "seconds": 0.01, "status": "ok", "message": "",
+            "config": "Spectral()", "version": "certbench 0.1.0", "seed": 1}
+    assert set(good) == set(FIELDS)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        out.mkdir()
+        text = json.dumps({**good, field: value}) + "\n"
+        (out / "records.jsonl").write_text(json.dumps(good) + "\n" + text)
+        code, _, err = invoke(["run", "--models", "nt-nn", "--n", "2", "--verifiers",
+                               "spectral", "--attacks", "fgsm", "--quiet", "--out", str(out)])
+        assert_one_line_error(code, err, f"{field} must be")
+
+
+def test_out_naming_a_file_or_a_read_only_folder_is_one_line(tmp_path):
+    import os
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    code, _, err = invoke(["run", "--models", "nt-nn", "--n", "2", "--verifiers", "spectral",
+                           "--attacks", "fgsm", "--quiet", "--out", str(a_file)])
+    assert_one_line_error(code, err, "not a folder")
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, _, err = invoke(["run", "--models", "nt-nn", "--n", "2", "--verifiers", "spectral",
+                           "--attacks", "fgsm", "--quiet", "--out", str(locked / "out")])
+    assert_one_line_error(code, err, "cannot write")

@@ -219,3 +219,37 @@ def test_the_run_output_summarises_solver_statistics_per_model(tmp_path, model_d
     assert len(lines) == 2 and len(done.stdout.splitlines()) < 40
     stats = pd.read_csv(out / "solver_stats.csv")
     assert len(stats) == 90
+
+
+def test_bench_runs_from_a_folder_with_its_own_models_package_and_attacks_module(tmp_path):
+    """A user's ``models/`` and ``attacks.py`` in the current folder do not shadow ours."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("raise ImportError('the user models')\n")
+    (tmp_path / "attacks.py").write_text("raise ImportError('the user attacks')\n")
+    done = subprocess.run([sys.executable, "-m", "bench", "run", "--verifiers", "spectral",
+                           "--attacks", "fgsm", "--models", "nt-nn", "--n", "4", "--quiet",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          cwd=tmp_path, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "leaderboard.csv").exists()
+
+
+def test_stale_solver_statistics_are_dropped_and_pair_solves_are_kept(tmp_path, model_dir):
+    from models import load, weights_summary
+    methods = grid_methods(verifiers=("sdp",), attacks=())
+    run_grid(tmp_path, model_dir, methods=methods, n=4, eps=(0.1,), models=("tiny-a",))
+    stats = pd.read_csv(tmp_path / "solver_stats.csv", dtype={"weights": str})
+    old = stats.assign(weights="0123456789abcdef")       # rows of an older tiny-a
+    foreign = stats.assign(model="elsewhere")             # a model this run does not use
+    pd.concat([stats, old, foreign]).to_csv(tmp_path / "solver_stats.csv", index=False)
+    assert list((tmp_path / "cache" / "sdp").glob("*.json"))
+    again = run_grid(tmp_path, model_dir, methods=grid_methods(verifiers=("sdp",), attacks=()),
+                     n=8, eps=(0.1,), models=("tiny-a",))
+    kept = pd.read_csv(tmp_path / "solver_stats.csv", dtype={"weights": str})
+    current = weights_summary(load("tiny-a", model_dir)[0])
+    assert set(kept.loc[kept["model"] == "tiny-a", "weights"]) == {current}
+    assert (kept["model"] == "elsewhere").sum() == 45
+    assert again.computed_batches == 1

@@ -45,8 +45,9 @@ def test_duplicate_names_name_both_providers(monkeypatch):
         return SimpleNamespace(name=name, value=value, dist=SimpleNamespace(name=dist, version="1"))
     monkeypatch.setattr(registry, "entry_points", lambda group: [
         fake("twin", "pkg_a:V", "pkg-a"), fake("twin", "pkg_b:V", "pkg-b")])
+    assert "twin" in discover("verifier")                 # discovery itself never fails
     with pytest.raises(RegistryError, match="pkg-a 1.*pkg-b 1"):
-        discover("verifier")
+        select("verifier", ["twin"])
 
 
 def test_default_selection_leaves_out_opt_in(monkeypatch):
@@ -111,3 +112,83 @@ def test_every_hook_the_harness_reads_is_declared():
             assert not re.search(r"\bhasattr\(", text), f"{path.name} uses hasattr"
             for name in re.findall(r"\bhook\([^,]+,\s*\"(\w+)\"\)", text):
                 assert name in HOOKS, f"{path.name} reads undeclared hook {name!r}"
+
+
+def test_a_broken_or_duplicate_plugin_fails_only_when_requested(monkeypatch):
+    class Plain:
+        name = "plain"
+
+        def __repr__(self):
+            return "Plain()"
+
+        def bound(self, net, x, y, eps):
+            return None
+
+    def broken_load():
+        raise ImportError("No module named 'my_package'")
+
+    def fake(name, load, dist="d"):
+        return SimpleNamespace(name=name, value=f"{dist}:{name}", load=load,
+                               dist=SimpleNamespace(name=dist, version="1"))
+    monkeypatch.setattr(registry, "entry_points", lambda group: [
+        fake("plain", lambda: Plain), fake("broken", broken_load),
+        fake("twin", lambda: Plain, "a"), fake("twin", lambda: Plain, "b")])
+    warnings: list[str] = []
+    assert [i.name for i in select("verifier", None, warnings.append)] == ["plain"]
+    assert len(warnings) == 2 and any("broken" in w and "my_package" in w for w in warnings)
+    assert [i.name for i in select("verifier", ["plain"])] == ["plain"]
+    with pytest.raises(RegistryError, match="'broken' .* failed to load"):
+        select("verifier", ["broken"])
+    assert registry.usable(discover("verifier")["twin"]).startswith("duplicate")
+
+
+def test_list_reports_a_broken_third_party_plugin_and_runs_still_work(tmp_path, model_dir):
+    """The README's entry-point snippet, copied literally, names a module that does not
+    exist: ``bench list`` marks it BROKEN and ``bench run`` of other plugins still works."""
+    import subprocess
+    import sys
+    package = tmp_path / "src"
+    package.mkdir()
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = '
+        '"setuptools.build_meta"\n[project]\nname = "broken-plugin"\nversion = "0.1"\n'
+        '[tool.setuptools]\npy-modules = []\n'
+        '[project.entry-points."bench.attacks"]\nmy-attack = "my_package.attack:MyAttack"\n')
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--disable-pip-version-check", "--target",
+                    str(site), str(package)], check=True, capture_output=True)
+    listed = run_cli("list", env_path=site)
+    assert listed.returncode == 0, listed.stderr
+    line = next(l for l in listed.stdout.splitlines() if "my-attack" in l)
+    assert "BROKEN" in line and "my_package" in line
+    done = run_cli("run", "--verifiers", "spectral", "--model-dir", str(model_dir),
+                   "--models", "tiny-a", "--n", "4", "--out", str(tmp_path / "out"),
+                   "--quiet", env_path=site)
+    assert done.returncode == 0, done.stderr
+    assert "my-attack" in done.stderr and "left out of the default grid" in done.stderr
+    asked = run_cli("run", "--attacks", "my-attack", "--model-dir", str(model_dir), "--n", "4",
+                    "--out", str(tmp_path / "out2"), "--quiet", env_path=site)
+    assert asked.returncode == 1 and asked.stderr.count("\n") == 1
+
+
+def test_a_constructor_raising_anything_is_one_line():
+    class Explodes:
+        name = "explodes"
+
+        def __init__(self):
+            raise RuntimeError("no GPU here")
+    info = registry.PluginInfo("explodes", "verifier",
+                               SimpleNamespace(load=lambda: Explodes, value="x:Explodes"),
+                               "pkg", "1")
+    with pytest.raises(RegistryError, match="failed to build: RuntimeError: no GPU here"):
+        info.create()
+
+
+def test_list_verbose_shows_each_plugins_set_keys():
+    listed = run_cli("list", "--verbose")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    at = lines.index(next(l for l in lines if l.strip().startswith("pgd ")))
+    assert {l.strip() for l in lines[at + 1:at + 4]} == {"steps=40", "rel_stepsize=0.1",
+                                                          "restarts=5"}

@@ -215,3 +215,35 @@ def test_bad_factors_still_give_a_valid_looser_certificate():
         assert bound >= optimum.certified * (1 - 1e-9)
         assert bound > optimum.certified * (1 + 1e-4) or rounds == 3
         assert float(primal_objective(w64, v, side_t, side_s)[0]) <= optimum.certified + 1e-9
+
+
+def test_solved_pairs_persist_and_a_resumed_solve_only_does_the_rest(tmp_path, tiny,
+                                                                      monkeypatch):
+    """With a cache folder, each solved pair is saved as it finishes; a new instance (a
+    resumed run) reads them back and solves only the pairs that are missing."""
+    import json
+
+    import verifiers.sdp as sdp_module
+    net, x, y = tiny
+    first = SDP()
+    first.cache_in(tmp_path)
+    table = first.pair_values(net)
+    (saved,) = tmp_path.glob("*.json")
+    rows = json.loads(saved.read_text())
+    assert len(rows) == 6 and rows["0-1"]["certified"] == table[0, 1]
+    del rows["1-3"]                                     # as if interrupted before this pair
+    saved.write_text(json.dumps(rows))
+    asked = []
+    real = sdp_module.solve_pairs
+
+    def counting(weight, v, **options):
+        asked.append(len(v))
+        return real(weight, v, **options)
+    monkeypatch.setattr(sdp_module, "solve_pairs", counting)
+    again = SDP()
+    again.cache_in(tmp_path)
+    assert np.allclose(again.pair_values(net), table, rtol=1e-6) and asked == [1]
+    other = SDP(target_gap=1e-6)                        # another configuration: its own file
+    other.cache_in(tmp_path)
+    other.pair_values(net)
+    assert asked == [1, 6] and len(list(tmp_path.glob("*.json"))) == 2

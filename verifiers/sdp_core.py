@@ -324,7 +324,8 @@ def solve_pairs(weight: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor,
     rounds, then when the geometric decay of its certified gap predicts the target,
     and leaves the batch once its certified relative gap is ``<= target_gap`` (status
     ``optimal``) or after ``max_iters`` rounds (``max_iters``, with the best
-    certificate found). ``on_done(p, solution)`` is called as each pair finishes.
+    certificate found). ``on_done(p, solution)`` is called as each pair finishes; its
+    ``seconds`` is the time since the previous pair finished (they add up to the total).
     Every ``Solution`` satisfies ``primal <= SDP <= certified``.
 
     numpy's BLAS runs single-threaded here: the certificates interleave with torch's
@@ -353,6 +354,7 @@ def _solve_pairs(weight, v, *, rank, target_gap, max_iters, relax, first_check, 
     best: list[Solution | None] = [None] * count
     out: list[Solution | None] = [None] * count
     active = list(range(count))
+    last_done = began
     while active:
         index = torch.tensor(active)
         steps = int(min(chunk, int((next_check[index] - done_iters[index]).min())))
@@ -376,7 +378,9 @@ def _solve_pairs(weight, v, *, rank, target_gap, max_iters, relax, first_check, 
                 solution.iterations = int(done_iters[p])
                 solution.status = ("optimal" if solution.rel_gap <= target_gap
                                    else "max_iters")
-                solution.seconds = time.perf_counter() - began
+                now = time.perf_counter()
+                solution.seconds = now - last_done      # time since the previous pair finished
+                last_done = now
                 out[p] = solution
                 if on_done is not None:
                     on_done(p, solution)
@@ -385,9 +389,6 @@ def _solve_pairs(weight, v, *, rank, target_gap, max_iters, relax, first_check, 
                 history[p], target_gap, chunk))
             still.append(p)
         active = still
-    share = (time.perf_counter() - began) / max(count, 1)
-    for solution in out:          # pairs are solved together: each gets its share of the time
-        solution.seconds = share
     return [s for s in out if s is not None]
 
 
