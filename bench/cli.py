@@ -36,7 +36,11 @@ worst-case l-inf adversarial margin of neural networks, and the gap between them
   run      a grid of models x eps x methods on the first N MNIST test images; writes
            leaderboard.csv, gaps.csv, violations.csv and solver_stats.csv (resumable)
   report   the paper's figures and Table 1 on the full test set, into results/
+  export   a network as ONNX (python -m bench export sdp-nn --onnx sdp-nn.onnx)
   train    a shipped network's recipe, into ./trained (never over the shipped files)
+
+--models also takes paths to .onnx files (fully connected or convolutional ReLU
+classifiers; every affine operator is compiled into dense layers).
 
 A user error is one line on stderr and exit code 1; a soundness violation exits 3."""
 
@@ -200,6 +204,18 @@ def recipe_names() -> list[str]:
     return list(RECIPES)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from models import load
+    from models.onnx_import import export_onnx
+
+    net, card = load(args.name, args.model_dir) if args.model_dir else load(args.name)
+    shape = (1, 28, 28) if net.input_dim == 784 else (net.input_dim,)
+    path = export_onnx(net, args.onnx, input_shape=shape)
+    print(f"wrote {path} ({card.name}: {' -> '.join(map(str, net.widths))}, input "
+          f"{'x'.join(map(str, shape))})")
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description=DESCRIPTION,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,6 +261,13 @@ def build_parser() -> Parser:
                      help="samples per plugin call (default: 250)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="write a network as ONNX, for other verifiers")
+    export.add_argument("name", help="a shipped network (or one in --model-dir)")
+    export.add_argument("--onnx", type=Path, required=True, metavar="PATH",
+                        help="the .onnx file to write (input 1x28x28 for MNIST networks)")
+    export.add_argument("--model-dir", type=Path, help="folder of networks (default: shipped)")
+    export.set_defaults(func=cmd_export)
 
     train = sub.add_parser("train", help="train a shipped network from its recipe")
     train.add_argument("name", help="one of: " + ", ".join(sorted(recipe_names())))

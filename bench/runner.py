@@ -1,7 +1,7 @@
 """Run the grid (models x eps x methods x samples) and write records, leaderboard, gaps.
 
 Samples are processed in fixed batches (``batch_size``, aligned on sample index),
-each seeded from ``(seed, model, method, eps, first sample)`` alone, so a batch gives
+each seeded from ``(seed, weights hash, method, eps, first sample)`` alone, so a batch gives
 the same numbers whether it runs in one go or after an interruption. Records of a
 batch are appended as soon as it finishes; a rerun skips every batch whose records
 exist with the same model weights and plugin configuration.
@@ -81,8 +81,11 @@ class RunResult:
     solver_stats: pd.DataFrame | None = None
 
 
-def batch_seed(seed: int, model: str, method: str, eps: float, start: int) -> int:
-    return zlib.crc32(f"{seed}/{model}/{method}/{eps!r}/{start}".encode())
+def batch_seed(seed: int, weights: str, method: str, eps: float, start: int) -> int:
+    """The batch's seed, from the run's seed, the network's weights (not its name, so the
+    same network under another name or file format draws the same restarts), the method,
+    eps and the batch's first sample."""
+    return zlib.crc32(f"{seed}/{weights}/{method}/{eps!r}/{start}".encode())
 
 
 def _evaluate_verifier(method: Method, net: MLP, x64: torch.Tensor, y: torch.Tensor,
@@ -156,6 +159,7 @@ class Runner:
         self.spec = spec
         self.echo = echo or (lambda line: print(line, file=sys.stderr))
         self._seen: dict[int, int] = {}
+        self._identity: dict[str, str] = {}      # model -> weights hash (seeds the batches)
 
     def run(self) -> RunResult:
         spec = self.spec
@@ -164,6 +168,7 @@ class Runner:
         x64 = data.to_tensor(images, torch.float64)
         y = torch.from_numpy(labels)
         networks = {name: self._load(name) for name in spec.models}
+        self._identity = {name: weights_summary(net) for name, (net, _) in networks.items()}
         for name, (net, _) in networks.items():
             if net.input_dim != x.shape[1] or net.num_classes != data.NUM_CLASSES:
                 raise ModelError(f"model {name} maps {net.input_dim} inputs to "
@@ -264,7 +269,8 @@ class Runner:
                     config = repr(method.plugin)
                     for start in range(0, self.spec.n, self.spec.batch_size):
                         stop = min(start + self.spec.batch_size, self.spec.n)
-                        seed = batch_seed(self.spec.seed, model, method.name, eps, start)
+                        seed = batch_seed(self.spec.seed, self._identity[model], method.name,
+                                          eps, start)
                         for i in range(start, stop):
                             record = existing.get((model, method.name, float(eps), i))
                             if (record is None or record["config"] != config
@@ -279,7 +285,7 @@ class Runner:
     def _batch(self, model: str, card: Card, net: MLP, net64: MLP, method: Method,
                eps: float, x: torch.Tensor, x64: torch.Tensor, y: torch.Tensor,
                start: int) -> list[dict[str, Any]]:
-        seed = batch_seed(self.spec.seed, model, method.name, eps, start)
+        seed = batch_seed(self.spec.seed, self._identity[model], method.name, eps, start)
         torch.manual_seed(seed)
         status, message = "ok", ""
         bound = torch.full((len(y),), float("nan"), dtype=torch.float64)

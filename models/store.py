@@ -113,7 +113,15 @@ def load_card(name: str, folder: Path = SHIPPED_DIR) -> Card:
 
 
 def load(name: str, folder: Path = SHIPPED_DIR) -> tuple[MLP, Card]:
-    """Load network ``name`` from ``folder``, checking SHA-256, shapes and finiteness."""
+    """Load network ``name`` from ``folder``, checking SHA-256, shapes and finiteness.
+
+    A ``name`` ending in ``.onnx`` is a path to an ONNX network instead
+    (:mod:`models.onnx_import`), whatever ``folder`` is.
+    """
+    if str(name).lower().endswith(".onnx"):
+        from .onnx_import import load_onnx
+
+        return load_onnx(Path(name))
     card = load_card(name, folder)
     path = folder / f"{name}.safetensors"
     try:

@@ -111,6 +111,18 @@ def csv_without_timings(folder):
 PLUGIN_SOURCE = Path(__file__).with_name("plugin_package")
 
 
+def invoke(argv: list[str]) -> tuple[int, str, str]:
+    """``python -m bench ARGV`` in this process: ``(exit code, stdout, stderr)``."""
+    import contextlib
+    import io
+
+    from bench.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
 def run_cli(*args: str, env_path: Path | None = None):
     """``python -m bench ARGS`` in a subprocess, ``env_path`` prepended to PYTHONPATH."""
     import os

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import string
 import tempfile
@@ -15,19 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import models
-from bench.cli import main
 from models import Card
-from tests.conftest import random_mlp
+from tests.conftest import invoke, random_mlp
 
 KNOWN = {"spectral", "frobenius", "sdp", "sdp-dual", "lp", "lp-exact", "ibp", "crown", "milp",
          "fgsm", "pgd", "cw", "milp-cex", *models.shipped_names()}
-
-
-def invoke(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line_error(code: int, err: str, expected: str = "") -> None:

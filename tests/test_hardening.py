@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.registry import PluginInfo, RegistryError
-from tests.conftest import fake_method, grid_methods, run_cli, run_grid
+from tests.conftest import fake_method, grid_methods, invoke, run_cli, run_grid
 
 
 class PoisonsTheNetwork:
@@ -59,10 +59,10 @@ def test_a_plugin_that_changes_its_network_or_input_is_an_error_and_harms_no_one
 
 def test_duplicate_eps_and_models_are_counted_once(tmp_path, model_dir):
     out = tmp_path / "out"
-    done = run_cli("run", "--verifiers", "spectral", "--attacks", "fgsm", "--model-dir",
-                   str(model_dir), "--models", "tiny-a,tiny-a", "--eps", "0.1", "0.10", "1e-1",
-                   "--n", "12", "--out", str(out), "--quiet")
-    assert done.returncode == 0, done.stderr
+    code, _, err = invoke(["run", "--verifiers", "spectral", "--attacks", "fgsm", "--model-dir",
+                           str(model_dir), "--models", "tiny-a,tiny-a", "--eps", "0.1", "0.10",
+                           "1e-1", "--n", "12", "--out", str(out), "--quiet"])
+    assert code == 0, err
     board = pd.read_csv(out / "leaderboard.csv")
     assert len(board) == 2 and (board["n"] == 12).all()
 
@@ -140,10 +140,11 @@ def test_the_time_limit_cannot_be_swallowed(tmp_path, model_dir):
 ])
 def test_bad_plugin_options_are_one_line_and_exit_1(option, message, tmp_path, model_dir):
     plugin = option.split(".")[0]
-    done = run_cli("run", "--verifiers", "spectral", "--attacks", plugin, "--model-dir",
-                   str(model_dir), "--n", "4", "--out", str(tmp_path / "out"), "--set", option)
-    assert done.returncode == 1
-    assert done.stderr.strip().count("\n") == 0 and message in done.stderr
+    code, _, err = invoke(["run", "--verifiers", "spectral", "--attacks", plugin,
+                           "--model-dir", str(model_dir), "--n", "4", "--out",
+                           str(tmp_path / "out"), "--set", option])
+    assert code == 1
+    assert err.strip().count("\n") == 0 and message in err
     assert not (tmp_path / "out").exists()
 
 
@@ -160,8 +161,8 @@ def test_a_plugin_repr_with_a_memory_address_is_refused():
 
 
 def test_eps_above_one_is_refused_and_run_defaults_to_a_fresh_folder(tmp_path, model_dir):
-    done = run_cli("run", "--eps", "1.5", "--n", "4")
-    assert done.returncode == 1 and "eps must be at most 1" in done.stderr
+    code, _, err = invoke(["run", "--eps", "1.5", "--n", "4"])
+    assert code == 1 and "eps must be at most 1" in err
     import os
     import subprocess
     import sys
@@ -199,10 +200,9 @@ def test_the_leaderboard_carries_each_networks_weights_hash(tmp_path, model_dir)
 
 
 def test_report_with_a_missing_model_dir_and_a_closed_pipe_are_not_tracebacks(tmp_path):
-    done = run_cli("report", "--model-dir", str(tmp_path / "nonexistent"), "--n", "4",
-                   "--out", str(tmp_path / "out"))
-    assert done.returncode == 1 and "holds no networks" in done.stderr
-    assert "Traceback" not in done.stderr
+    code, _, err = invoke(["report", "--model-dir", str(tmp_path / "nonexistent"), "--n", "4",
+                           "--out", str(tmp_path / "out")])
+    assert code == 1 and "holds no networks" in err and "Traceback" not in err
     import subprocess
     import sys
     piped = subprocess.run(f"{sys.executable} -m bench list | head -1", shell=True,
@@ -212,11 +212,11 @@ def test_report_with_a_missing_model_dir_and_a_closed_pipe_are_not_tracebacks(tm
 
 def test_the_run_output_summarises_solver_statistics_per_model(tmp_path, model_dir):
     out = tmp_path / "out"
-    done = run_cli("run", "--verifiers", "sdp", "--attacks", "fgsm", "--model-dir",
-                   str(model_dir), "--n", "4", "--out", str(out), "--quiet")
-    assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stdout.splitlines() if " sdp: 45 solves" in line]
-    assert len(lines) == 2 and len(done.stdout.splitlines()) < 40
+    code, stdout, err = invoke(["run", "--verifiers", "sdp", "--attacks", "fgsm", "--model-dir",
+                                str(model_dir), "--n", "4", "--out", str(out), "--quiet"])
+    assert code == 0, err
+    lines = [line for line in stdout.splitlines() if " sdp: 45 solves" in line]
+    assert len(lines) == 2 and len(stdout.splitlines()) < 40
     stats = pd.read_csv(out / "solver_stats.csv")
     assert len(stats) == 90
 
