@@ -194,6 +194,52 @@ class Configurable:
         return f"{type(self).__name__}({args})"
 
 
+@dataclass(frozen=True)
+class Property:
+    """A specification in VNNLIB's form: an input box and an *unsafe* output set.
+
+    ``lo, hi (d,)`` float64: the input box. ``groups``: a disjunction of conjunctions;
+    group ``g`` is ``(C_g (r_g, K), d_g (r_g,))`` and says ``C_g f(x) >= d_g`` (every
+    row). The property is *violated* by ``x`` in the box iff ``f(x)`` satisfies some
+    group; it *holds* iff every group is refuted. Sign convention, as for margins: a
+    verifier bounds ``max_{x in box} (c_i . f(x) - d_i)`` from above, row by row; a
+    group is refuted when some row's bound is ``< 0``. Today's margins are the groups
+    ``{f_j - f_y >= 0}`` for ``j != y`` (:meth:`robustness`).
+    """
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    groups: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    @property
+    def num_inputs(self) -> int:
+        return int(self.lo.shape[0])
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.groups[0][0].shape[1]) if self.groups else 0
+
+    @staticmethod
+    def robustness(x: torch.Tensor, label: int, eps: float, num_classes: int,
+                   clip: bool = True) -> "Property":
+        """``B_eps(x) (∩ [0, 1]^d)`` and the groups ``{f_j - f_label >= 0}``, ``j != label``."""
+        lo, hi = input_box(x.to(torch.float64).reshape(-1), eps, clip)
+        groups = []
+        for j in range(num_classes):
+            if j != label:
+                row = torch.zeros(1, num_classes, dtype=torch.float64)
+                row[0, j], row[0, label] = 1.0, -1.0
+                groups.append((row, torch.zeros(1, dtype=torch.float64)))
+        return Property(lo, hi, tuple(groups))
+
+    def violated_by(self, outputs: torch.Tensor, atol: float = 0.0) -> torch.Tensor:
+        """Per point ``outputs (N, K)`` (float64): does it satisfy some unsafe group?"""
+        hit = torch.zeros(len(outputs), dtype=torch.bool)
+        for matrix, offset in self.groups:
+            hit |= ((outputs @ matrix.T) >= offset - atol).all(dim=1)
+        return hit
+
+
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``f_j - f_y`` for every class: ``logits (N, K)``, ``y (N,)`` -> ``(N, K)``.
 

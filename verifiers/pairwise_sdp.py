@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from bench.contract import Configurable, margins
@@ -104,10 +105,11 @@ class PairwiseSDPBound(Configurable):
                 if solution.status.startswith("fallback"):
                     print(f"{self.name}: pair {i}-{j} {solution.status}; using the "
                           "looser Gershgorin certificate", file=sys.stderr)
-            try:
-                solutions = self.solve_pairs(net, w, np.stack([v[j] - v[i] for i, j in
-                                                               [pairs[p] for p in todo]]),
-                                             [pairs[p] for p in todo], done)
+            try:   # numpy's BLAS single-threaded: its pool and torch's fought over two cores
+                with threadpool_limits(1, user_api="blas"):
+                    solutions = self.solve_pairs(net, w, np.stack(
+                        [v[j] - v[i] for i, j in [pairs[p] for p in todo]]),
+                        [pairs[p] for p in todo], done)
             finally:
                 bar.close()
             for index, solution in enumerate(solutions):     # solvers that skip on_done
