@@ -36,7 +36,9 @@ worst-case l-inf adversarial margin of neural networks, and the gap between them
   run      a grid of models x eps x methods on the first N MNIST test images; writes
            leaderboard.csv, gaps.csv, violations.csv and solver_stats.csv (resumable)
   report   the paper's figures and Table 1 on the full test set, into results/
-  export   a network as ONNX (python -m bench export sdp-nn --onnx sdp-nn.onnx)
+  export   a network as ONNX (python -m bench export sdp-nn --onnx sdp-nn.onnx), and
+           with --properties N robustness properties as VNNLIB plus an instances.csv
+  vnncomp  a VNN-COMP benchmark: instances.csv in, results.csv and counterexamples out
   train    a shipped network's recipe, into ./trained (never over the shipped files)
 
 --models also takes paths to .onnx files (fully connected or convolutional ReLU
@@ -213,6 +215,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_onnx(net, args.onnx, input_shape=shape)
     print(f"wrote {path} ({card.name}: {' -> '.join(map(str, net.widths))}, input "
           f"{'x'.join(map(str, shape))})")
+    if args.properties:
+        from .contract import Property
+        from .data import mnist_test, to_tensor
+        from .vnnlib import write_vnnlib
+
+        images, labels = mnist_test(args.properties)
+        x = to_tensor(images, torch_float64())
+        folder = path.parent
+        rows = []
+        for eps in args.eps or DEFAULT_EPS:
+            for n in range(len(labels)):
+                name = f"{card.name}_{n}_eps{eps:g}.vnnlib"
+                write_vnnlib(Property.robustness(x[n], int(labels[n]), eps, net.num_classes),
+                             folder / name)
+                rows.append(f"{path.name},{name},{args.timeout:g}")
+        (folder / "instances.csv").write_text("\n".join(rows) + "\n")
+        print(f"wrote {len(rows)} properties and {folder / 'instances.csv'}")
+    return 0
+
+
+def torch_float64():
+    import torch
+
+    return torch.float64
+
+
+def cmd_vnncomp(args: argparse.Namespace) -> int:
+    from .vnncomp import run, score
+
+    out = args.out or RUNS_DIR / ("vnncomp-" + time.strftime("%Y%m%d-%H%M%S"))
+    rows = run(args.instances, out, echo=lambda line: print(line, file=sys.stderr))
+    counts = {r: sum(1 for row in rows if row["result"] == r)
+              for r in ("sat", "unsat", "timeout", "unknown", "error")}
+    print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; wrote {out / 'results.csv'}")
+    if args.reference:
+        total, disagreements = score(rows, args.reference)
+        print(f"score {total} against {args.reference}")
+        for line in disagreements:
+            print(f"DISAGREES: {line}")
+        if disagreements:
+            return 3
     return 0
 
 
@@ -267,7 +310,22 @@ def build_parser() -> Parser:
     export.add_argument("--onnx", type=Path, required=True, metavar="PATH",
                         help="the .onnx file to write (input 1x28x28 for MNIST networks)")
     export.add_argument("--model-dir", type=Path, help="folder of networks (default: shipped)")
+    export.add_argument("--properties", type=_positive, metavar="N", help="also write "
+                        "robustness properties of the first N test images as VNNLIB, and an "
+                        "instances.csv, beside the ONNX file")
+    export.add_argument("--eps", type=_eps, nargs="+", help="radii of the properties "
+                        "(default: 0.1)")
+    export.add_argument("--timeout", type=_seconds, default=60.0, help="the instances' "
+                        "timeout in seconds (default: 60)")
     export.set_defaults(func=cmd_export)
+
+    vnn = sub.add_parser("vnncomp", help="run a VNN-COMP benchmark (instances.csv)")
+    vnn.add_argument("instances", type=Path, help="instances.csv: onnx,vnnlib,timeout rows")
+    vnn.add_argument("--out", type=Path, help="results folder (default: a fresh "
+                     "runs/vnncomp-DATE-TIME); rerunning into it resumes")
+    vnn.add_argument("--reference", type=Path, help="CSV onnx,vnnlib,verdict: score the "
+                     "results as the competition does and list every disagreement")
+    vnn.set_defaults(func=cmd_vnncomp)
 
     train = sub.add_parser("train", help="train a shipped network from its recipe")
     train.add_argument("name", help="one of: " + ", ".join(sorted(recipe_names())))
@@ -283,12 +341,13 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     from .training import TrainingError
+    from .vnncomp import VnncompError
 
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (UsageError, RegistryError, DataError, ModelError, RecordsError,
-            TrainingError) as exc:
+            TrainingError, VnncompError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -72,6 +72,9 @@ HOOKS: dict[str, Hook] = {
                   True),
     "perturb": Hook("attack", "perturb(net, x (N, d), y (N,), eps) -> x_adv (N, d)", 4, True),
     "supports": Hook("plugin", "supports(net) -> bool  (False: recorded as n/a)", 1),
+    "bound_property": Hook("verifier", "bound_property(net, prop: Property) -> list of "
+                           "(r_g,) float64 upper bounds on c_i . f(x) - d_i over the box, "
+                           "one tensor per group (general VNNLIB specifications)", 2),
     "statistics": Hook("plugin", "statistics() -> list[dict]  (per-solve rows for "
                        "solver_stats.csv; a row with 'row' is per sample of the last batch)", 0),
     "cache_in": Hook("plugin", "cache_in(folder: Path) -> None  (where it may persist "
@@ -130,6 +133,12 @@ def check_hooks(obj: object, owner: str, label: str) -> None:
                                     f"got {type(value).__name__}")
         elif not callable(value) or not _accepts(value, spec.arguments):
             raise ContractError(f"{label}: {name!r} must be {spec.signature}")
+
+
+def refuted(uppers: list[torch.Tensor]) -> bool:
+    """Whether upper bounds from ``bound_property`` prove the property: every group has a
+    row whose bound is ``< 0`` (that row, hence the group's conjunction, is unreachable)."""
+    return all(bool((upper < 0).any()) for upper in uppers)
 
 
 def supports(plugin: object, net: MLP) -> bool:

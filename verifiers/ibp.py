@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from bench.contract import Configurable
+from bench.contract import Configurable, Property
 from models import MLP
 
 from .linear_bounds import (backward_upper, finish_margins, input_box, interval_bounds,
-                            layer_params, margin_spec, wong_kolter_slope)
+                            layer_params, margin_spec, split_rows, wong_kolter_slope)
 
 
 class IBP(Configurable):
@@ -35,3 +35,14 @@ class IBP(Configurable):
         spec = margin_spec(y, net.num_classes, x.dtype)
         # one affine layer and no ReLU: the backward pass is exact over the box
         return finish_margins(backward_upper(params[-1:], [], spec, lo, hi, wong_kolter_slope), y)
+
+    def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:
+        """Per group of ``prop``, ``(r_g,)`` upper bounds on ``c_i . f(x) - d_i`` over its box."""
+        params = layer_params(net, torch.float64)
+        lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
+        if len(params) > 1:
+            last_lo, last_hi = interval_bounds(params[:-1], lo, hi)[-1]
+            lo, hi = last_lo.clamp(min=0), last_hi.clamp(min=0)
+        rows, offsets, sizes = split_rows(prop)
+        upper = backward_upper(params[-1:], [], rows[None], lo, hi, wong_kolter_slope)[0]
+        return list((upper - offsets).split(sizes))

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from bench.contract import Configurable, check_options, input_box
+from bench.contract import Configurable, Property, check_options, input_box
 from models import MLP
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]           # per hidden layer: (l, u), (N, m_k)
@@ -148,6 +148,23 @@ def margin_upper_bounds(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
     return finish_margins(backward_upper(params, bounds, spec, lo, hi, rule), y)
 
 
+def split_rows(prop: Property) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """All rows of ``prop``'s groups stacked: ``(C (R, K), d (R,), group sizes)``."""
+    return (torch.cat([m for m, _ in prop.groups]), torch.cat([d for _, d in prop.groups]),
+            [len(d) for _, d in prop.groups])
+
+
+def property_upper_bounds(net: MLP, prop: Property, rule: SlopeRule) -> list[torch.Tensor]:
+    """Per group, ``(r_g,)`` float64 upper bounds on ``max_{x in box} c_i . f(x) - d_i``."""
+    params = layer_params(net, torch.float64)
+    lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
+    rows, offsets, sizes = split_rows(prop)
+    with torch.no_grad():
+        bounds = linear_layer_bounds(params, lo, hi, rule)
+        upper = backward_upper(params, bounds, rows[None], lo, hi, rule)[0] - offsets
+    return list(upper.split(sizes))
+
+
 class LinearRelaxationVerifier(Configurable):
     """Base of ``lp`` and ``crown``: :func:`margin_upper_bounds` with ``slope_rule``."""
 
@@ -162,3 +179,7 @@ class LinearRelaxationVerifier(Configurable):
         ``U[n, y_n] = -inf``."""
         return margin_upper_bounds(net, x.to(torch.float64), y, eps, type(self).slope_rule,
                                    self.clip)
+
+    def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:
+        """Per group of ``prop``, ``(r_g,)`` upper bounds on ``c_i . f(x) - d_i`` over its box."""
+        return property_upper_bounds(net, prop, type(self).slope_rule)

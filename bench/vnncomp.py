@@ -1,0 +1,251 @@
+"""``bench vnncomp``: a VNN-COMP benchmark in the competition's format.
+
+Input: ``instances.csv`` rows ``onnx,vnnlib,timeout`` (paths relative to the CSV's
+folder). Output, in ``OUT``: ``results.csv`` rows ``onnx,vnnlib,prepare_time,result,
+run_time`` with result ``sat`` / ``unsat`` / ``timeout`` / ``unknown`` / ``error``, and for
+each ``sat`` a counterexample file ``counterexamples/INDEX.counterexample`` in the
+competition's form ``((X_0 v) ... (Y_0 v) ...)``.
+
+The portfolio per instance, cheapest first, stopping at the first decisive answer and
+never past the instance's timeout:
+
+1. an attack: signed-gradient ascent (:func:`bench.contract.signed_ascent`) inside the box
+   on each unsafe group's smallest row ``min_i c_i . f(x) - d_i``, from the box's centre
+   and random starts. A candidate counts only after the harness re-checks it: inside the
+   box, and violating the property by a float64 forward pass *and* by onnxruntime on the
+   ONNX file itself. Then the answer is ``sat``.
+2. the verifiers that bound general specifications (``bound_property``), cheapest first
+   (``ibp``, ``crown``, ``lp``): when every group has a row whose upper bound is ``< 0``
+   the answer is ``unsat``.
+3. otherwise ``unknown`` (a guess is never made). An exception is ``error`` for that
+   instance; the rest complete.
+
+With ``--reference VERDICTS.csv`` (the same columns plus ``verdict``) it scores as the
+competition does (+10 for a correct sat/unsat, -150 for an incorrect one, 0 otherwise)
+and lists every disagreement. Rerunning into the same folder skips the instances
+already answered.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from models import MLP
+from models.files import atomic_write
+
+from .contract import Property, project_box, refuted, signed_ascent
+from .vnnlib import VnnlibError, read_vnnlib
+
+RESULT_FIELDS = ["onnx", "vnnlib", "prepare_time", "result", "run_time"]
+SCORES = {"correct": 10, "incorrect": -150}
+VERIFIERS = ("ibp", "crown", "lp")
+
+
+class VnncompError(ValueError):
+    """An instances or reference file that cannot be read (one line)."""
+
+
+@dataclass
+class Instance:
+    onnx: str
+    vnnlib: str
+    timeout: float
+
+
+@dataclass
+class Answer:
+    result: str                         # sat, unsat, timeout, unknown, error
+    prepare_time: float
+    run_time: float
+    counterexample: tuple[np.ndarray, np.ndarray] | None = None   # (x, f(x))
+    message: str = ""
+
+
+def read_instances(path: Path) -> list[Instance]:
+    """The rows of an ``instances.csv`` (no header; ``onnx,vnnlib,timeout``)."""
+    try:
+        rows = [row for row in csv.reader(Path(path).read_text().splitlines()) if row]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VnncompError(f"{path}: cannot read ({exc})") from None
+    out = []
+    for number, row in enumerate(rows, start=1):
+        if len(row) != 3:
+            raise VnncompError(f"{path}:{number}: expected onnx,vnnlib,timeout")
+        try:
+            timeout = float(row[2])
+        except ValueError:
+            raise VnncompError(f"{path}:{number}: timeout {row[2]!r} is not a number") from None
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise VnncompError(f"{path}:{number}: timeout must be positive, got {row[2]!r}")
+        out.append(Instance(row[0].strip(), row[1].strip(), timeout))
+    return out
+
+
+def group_violation(outputs: torch.Tensor, prop: Property) -> torch.Tensor:
+    """``max_g min_i (c_i . f - d_i)`` per point ``outputs (N, K)``: ``>= 0`` iff unsafe."""
+    values = [((outputs @ m.T) - d).amin(dim=1) for m, d in prop.groups]
+    return torch.stack(values, dim=1).amax(dim=1)
+
+
+def attack(net64: MLP, prop: Property, *, restarts: int = 8, steps: int = 50,
+           seed: int = 0) -> torch.Tensor:
+    """The most violating point found in the box (``(d,)`` float64), by signed ascent on
+    each group's smallest row, from the centre and ``restarts - 1`` random starts."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = prop.lo[None], prop.hi[None]
+    starts = torch.cat([(lo + hi) / 2, lo + (hi - lo) * torch.rand(
+        restarts - 1, prop.num_inputs, generator=g, dtype=torch.float64)])
+    step = float((prop.hi - prop.lo).max()) / 8 or 1e-3
+    best, best_value = starts[0], -torch.inf
+    for matrix, offset in prop.groups:
+        def objective(points: torch.Tensor) -> torch.Tensor:
+            return ((net64(points) @ matrix.T) - offset).amin(dim=1)
+        found = signed_ascent(objective, starts, lo.expand_as(starts), hi.expand_as(starts),
+                              step=step, steps=steps, keep_best=True)
+        with torch.no_grad():
+            values = group_violation(net64(found), prop)
+        index = int(values.argmax())
+        if float(values[index]) > best_value:
+            best, best_value = found[index], float(values[index])
+    return best
+
+
+def confirmed(net64: MLP, prop: Property, point: torch.Tensor,
+              onnx_path: Path | None) -> tuple[bool, np.ndarray]:
+    """Is ``point`` a counterexample? Inside the box exactly, and unsafe by a float64
+    forward pass and (for an ONNX network) by onnxruntime on the file. Returns the
+    verdict and the outputs (onnxruntime's when it ran)."""
+    point = project_box(point.to(torch.float64), prop.lo, prop.hi)
+    with torch.no_grad():
+        outputs = net64(point[None])
+    if not bool(prop.violated_by(outputs)[0]):
+        return False, outputs[0].numpy()
+    if onnx_path is None:
+        return True, outputs[0].numpy()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    shape = [1 if not isinstance(d, int) else d for d in feed.shape]
+    value = point.to(torch.float32).numpy().reshape(shape)
+    ours = session.run(None, {feed.name: value})[0].reshape(1, -1)
+    theirs = torch.from_numpy(ours.astype(np.float64))
+    return bool(prop.violated_by(theirs)[0]), ours[0].astype(np.float64)
+
+
+def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
+          verifiers: list | None = None, seed: int = 0) -> Answer:
+    """The portfolio on one instance (see the module doc)."""
+    began = time.perf_counter()
+    net64 = net.float64_copy().requires_grad_(False)
+    point = attack(net64, prop, seed=seed)
+    ok, outputs = confirmed(net64, prop, point, onnx_path)
+    if ok:
+        x = project_box(point, prop.lo, prop.hi).numpy()
+        return Answer("sat", 0.0, time.perf_counter() - began, (x, outputs))
+    for verifier in verifiers if verifiers is not None else default_verifiers():
+        if time.perf_counter() - began > timeout:
+            return Answer("timeout", 0.0, time.perf_counter() - began)
+        if refuted(verifier.bound_property(net, prop)):
+            return Answer("unsat", 0.0, time.perf_counter() - began)
+    elapsed = time.perf_counter() - began
+    return Answer("timeout" if elapsed > timeout else "unknown", 0.0, elapsed)
+
+
+def default_verifiers() -> list:
+    from .registry import select
+
+    return [info.create() for info in select("verifier", list(VERIFIERS))]
+
+
+def counterexample_text(x: np.ndarray, y: np.ndarray) -> str:
+    """The competition's counterexample format."""
+    parts = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)]
+    parts += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y)]
+    return "(" + "\n".join(parts) + ")\n"
+
+
+def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
+        seed: int = 0) -> list[dict]:
+    """Answer every instance (resuming), write ``OUT/results.csv``; return its rows."""
+    from models import load
+
+    instances = read_instances(instances_csv)
+    root = Path(instances_csv).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.csv"
+    done: dict[tuple[str, str], dict] = {}
+    if path.exists():
+        for row in csv.DictReader(path.read_text().splitlines()):
+            done[(row["onnx"], row["vnnlib"])] = row
+    networks: dict[str, tuple[MLP, float]] = {}
+    verifiers = default_verifiers()
+    rows = []
+    for index, item in enumerate(instances):
+        key = (item.onnx, item.vnnlib)
+        if key in done:
+            rows.append(done[key])
+            continue
+        try:
+            started = time.perf_counter()
+            onnx_path = (root / item.onnx).resolve()
+            if item.onnx not in networks:
+                net, _ = load(str(onnx_path))
+                networks[item.onnx] = (net, time.perf_counter() - started)
+            net, prepare = networks[item.onnx]
+            prop = read_vnnlib(root / item.vnnlib, num_inputs=net.input_dim,
+                               num_outputs=net.num_classes)
+            answer = solve(net, prop, item.timeout, onnx_path, verifiers, seed)
+            answer.prepare_time = prepare
+        except (VnnlibError, ValueError, RuntimeError, OSError) as exc:
+            answer = Answer("error", 0.0, 0.0, message=f"{type(exc).__name__}: {exc}")
+        if answer.counterexample is not None:
+            text = counterexample_text(*answer.counterexample).encode()
+            atomic_write(out / "counterexamples" / f"{index}.counterexample",
+                         lambda handle: handle.write(text))
+        row = {"onnx": item.onnx, "vnnlib": item.vnnlib,
+               "prepare_time": f"{answer.prepare_time:.4f}", "result": answer.result,
+               "run_time": f"{answer.run_time:.4f}"}
+        rows.append(row)
+        done[key] = row
+        echo(f"{index + 1}/{len(instances)} {item.onnx} {item.vnnlib}: {answer.result} "
+             f"({answer.run_time:.2f} s){'; ' + answer.message if answer.message else ''}")
+        _write_results(path, [done[(i.onnx, i.vnnlib)] for i in instances
+                              if (i.onnx, i.vnnlib) in done])
+    return rows
+
+
+def _write_results(path: Path, rows: list[dict]) -> None:
+    lines = [",".join(str(row[f]) for f in RESULT_FIELDS) for row in rows]
+    text = ("\n".join([",".join(RESULT_FIELDS), *lines]) + "\n").encode()
+    atomic_write(path, lambda handle: handle.write(text))
+
+
+def score(rows: list[dict], reference_csv: Path) -> tuple[int, list[str]]:
+    """The competition's score against reference verdicts, and every disagreement."""
+    try:
+        reference = {(r["onnx"], r["vnnlib"]): r["verdict"].strip() for r in
+                     csv.DictReader(Path(reference_csv).read_text().splitlines())}
+    except (OSError, KeyError, UnicodeDecodeError) as exc:
+        raise VnncompError(f"{reference_csv}: needs columns onnx,vnnlib,verdict ({exc})") \
+            from None
+    total, disagreements = 0, []
+    for row in rows:
+        truth = reference.get((row["onnx"], row["vnnlib"]))
+        if truth not in ("sat", "unsat") or row["result"] not in ("sat", "unsat"):
+            continue
+        if row["result"] == truth:
+            total += SCORES["correct"]
+        else:
+            total += SCORES["incorrect"]
+            disagreements.append(f"{row['onnx']} {row['vnnlib']}: ours {row['result']}, "
+                                 f"reference {truth}")
+    return total, disagreements

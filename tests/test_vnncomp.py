@@ -1,0 +1,96 @@
+"""``bench vnncomp`` on a self-made benchmark: exported network and properties, verdicts
+checked against exact MILP, counterexamples re-checked independently."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from bench import data
+from bench.vnnlib import read_vnnlib
+from models import load
+from tests.conftest import invoke
+from verifiers.milp import solve_samples
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def benchmark_dir(tmp_path_factory):
+    """LP-NN exported with robustness properties of 10 test images at eps 0.1."""
+    folder = tmp_path_factory.mktemp("vnn")
+    code, _, err = invoke(["export", "lp-nn", "--onnx", str(folder / "lp-nn.onnx"),
+                           "--properties", "10", "--eps", "0.1", "--timeout", "30"])
+    assert code == 0, err
+    return folder
+
+
+@pytest.mark.slow
+def test_vnncomp_verdicts_agree_with_exact_milp(benchmark_dir, tmp_path):
+    net, _ = load(str(benchmark_dir / "lp-nn.onnx"))
+    images, labels = data.mnist_test(10)
+    x = data.to_tensor(images, torch.float64)
+    reference = [("onnx", "vnnlib", "verdict")]
+    for row in csv.reader((benchmark_dir / "instances.csv").read_text().splitlines()):
+        n, eps = re.match(r"lp-nn_(\d+)_eps([\d.e-]+)\.vnnlib", row[1]).groups()
+        n = int(n)
+        (verdict,) = solve_samples(net, x[n:n + 1], torch.tensor([int(labels[n])]),
+                                   float(eps), time_limit=60.0, clip=True, cache=None)
+        assert verdict.verdict != "unknown"
+        reference.append((row[0], row[1], "sat" if verdict.verdict == "broken" else "unsat"))
+    with open(tmp_path / "reference.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(reference)
+    out = tmp_path / "out"
+    code, stdout, err = invoke(["vnncomp", str(benchmark_dir / "instances.csv"), "--out",
+                                str(out), "--reference", str(tmp_path / "reference.csv")])
+    assert code == 0, stdout + err
+    results = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    assert len(results) == 10 and "DISAGREES" not in stdout
+    verdicts = {r["result"] for r in results}
+    assert {"sat", "unsat"} <= verdicts and "error" not in verdicts
+    truth = {(r[0], r[1]): r[2] for r in reference[1:]}
+    for index, row in enumerate(results):       # every answer is right, or unknown
+        assert row["result"] in (truth[(row["onnx"], row["vnnlib"])], "unknown")
+        if row["result"] == "sat":
+            text = (out / "counterexamples" / f"{index}.counterexample").read_text()
+            values = dict(re.findall(r"\((\w+) ([-\d.e+]+)\)", text))
+            point = torch.tensor([float(values[f"X_{i}"]) for i in range(784)],
+                                 dtype=torch.float64)
+            prop = read_vnnlib(benchmark_dir / row["vnnlib"])
+            assert ((point >= prop.lo) & (point <= prop.hi)).all()
+            with torch.no_grad():
+                assert bool(prop.violated_by(net.float64_copy()(point[None]))[0])
+    sat = sum(r["result"] == "sat" for r in results)
+    assert f"score {10 * sum(r['result'] in ('sat', 'unsat') for r in results)}" in stdout
+    assert sat >= 1
+    before = (out / "results.csv").read_text()
+    again_code, _, again_err = invoke(["vnncomp", str(benchmark_dir / "instances.csv"),
+                                       "--out", str(out)])
+    assert again_code == 0 and again_err == ""                     # nothing recomputed
+    assert (out / "results.csv").read_text() == before
+
+
+def test_a_broken_instance_is_an_error_and_the_rest_complete(benchmark_dir, tmp_path):
+    rows = (benchmark_dir / "instances.csv").read_text().splitlines()[:2]
+    (tmp_path / "broken.vnnlib").write_text("(declare-const X_0 Real)\n(assert (<= X_0")
+    (benchmark_dir / "broken.vnnlib").write_text("(declare-const X_0 Real)\n(assert (<= X_0")
+    instances = tmp_path / "instances.csv"
+    instances.write_text("\n".join([rows[0], "lp-nn.onnx,broken.vnnlib,10", rows[1]]) + "\n")
+    for name in ("lp-nn.onnx", rows[0].split(",")[1], rows[1].split(",")[1]):
+        (tmp_path / name).write_bytes((benchmark_dir / name).read_bytes())
+    code, stdout, err = invoke(["vnncomp", str(instances), "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    results = list(csv.DictReader((tmp_path / "out" / "results.csv").read_text().splitlines()))
+    assert [r["result"] == "error" for r in results] == [False, True, False]
+    assert "unbalanced" in err
+
+
+def test_a_bad_instances_file_is_one_line(tmp_path):
+    (tmp_path / "instances.csv").write_text("a.onnx,b.vnnlib\n")
+    code, _, err = invoke(["vnncomp", str(tmp_path / "instances.csv"), "--out",
+                           str(tmp_path / "out")])
+    assert code == 1 and err.count("\n") == 1 and "expected onnx,vnnlib,timeout" in err
