@@ -216,12 +216,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({card.name}: {' -> '.join(map(str, net.widths))}, input "
           f"{'x'.join(map(str, shape))})")
     if args.properties:
+        import torch
+
+        from models.files import atomic_write
+
         from .contract import Property
         from .data import mnist_test, to_tensor
         from .vnnlib import write_vnnlib
 
         images, labels = mnist_test(args.properties)
-        x = to_tensor(images, torch_float64())
+        x = to_tensor(images, torch.float64)
         folder = path.parent
         rows = []
         for eps in args.eps or DEFAULT_EPS:
@@ -230,15 +234,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 write_vnnlib(Property.robustness(x[n], int(labels[n]), eps, net.num_classes),
                              folder / name)
                 rows.append(f"{path.name},{name},{args.timeout:g}")
-        (folder / "instances.csv").write_text("\n".join(rows) + "\n")
+        text = ("\n".join(rows) + "\n").encode()
+        atomic_write(folder / "instances.csv", lambda handle: handle.write(text))
         print(f"wrote {len(rows)} properties and {folder / 'instances.csv'}")
     return 0
-
-
-def torch_float64():
-    import torch
-
-    return torch.float64
 
 
 def cmd_vnncomp(args: argparse.Namespace) -> int:
@@ -282,7 +281,8 @@ def build_parser() -> Parser:
     run.add_argument("--out", type=Path, help="results folder; rerunning into the same "
                      "folder resumes (default: a fresh runs/DATE-TIME)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random restarts; each "
-                     "batch is seeded from it, the model, method, eps and first sample, so "
+                     "batch is seeded from it, the network's weights, the method, eps and first "
+                     "sample, so "
                      "results do not depend on batching or resuming (default: 0)")
     run.add_argument("--batch-size", type=_positive, default=250, help="samples per plugin "
                      "call; records are saved per batch (default: 250)")

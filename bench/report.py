@@ -41,8 +41,7 @@ SWEEP_ATTACKS = ["pgd", "cw", "fgsm"]
 SWEEP_VERIFIER = "sdp"
 FIGURE2_VERIFIERS = ["sdp", "lp", "spectral", "frobenius"]
 PAPER_ORDER = ["nt-nn", "fro-nn", "spe-nn", "at-nn", "sdp-nn", "lp-nn"]
-UNCLIPPED_DIR = "lp-unclipped"      # the LP bound without the [0, 1] box, for Table 1
-UNCLIPPED = "lp-unclipped"
+UNCLIPPED = "lp-unclipped"   # the LP bound without the [0, 1] box: Table 1's measure and folder
 
 # Raghunathan, Steinhardt & Liang (2018), Table 1 (eps = 0.1, MNIST test set)
 PAPER_TABLE1 = {("sdp-nn", "pgd"): 0.15, ("sdp-nn", "sdp"): 0.35, ("sdp-nn", "lp"): 0.99,
@@ -195,7 +194,7 @@ def _unclipped_lp(models: list[str], n: int, out: Path, batch_size: int,
         return None
     (info,) = select("verifier", ["lp"])
     return Runner(RunSpec(models=chosen, methods=[Method(info, info.create({"clip": False}))],
-                          eps=[MAIN_EPS], n=n, out=out / UNCLIPPED_DIR, batch_size=batch_size,
+                          eps=[MAIN_EPS], n=n, out=out / UNCLIPPED, batch_size=batch_size,
                           model_dir=model_dir, progress=progress), echo).run()
 
 

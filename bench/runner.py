@@ -137,14 +137,14 @@ def solve_summary(frame: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def _check_untouched(given: MLP, original: MLP,
+def _check_untouched(given: MLP, original_hash: str,
                      tensors: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
     """Raise ``ValueError`` if a plugin changed the network or the inputs it was given.
 
     Each plugin call gets its own copies, so the harness and the other plugins never
     see such a change; the call that made it is recorded as ``error``.
     """
-    if weights_summary(given) != weights_summary(original):
+    if weights_summary(given) != original_hash:
         raise ValueError("the plugin modified the network it was given (its weights' hash "
                          "changed); its results are discarded")
     if any(not torch.equal(mine, theirs) for mine, theirs in tensors):
@@ -197,8 +197,7 @@ class Runner:
                 bar.update(stop - start)
                 stats += self._new_statistics(model, method, eps, start)
             bar.close()
-            solver_stats = self._write_statistics(stats, {
-                name: weights_summary(net) for name, (net, _) in networks.items()})
+            solver_stats = self._write_statistics(stats, self._identity)
         exact = {m.name for m in spec.methods if is_exact(m.plugin)}
         wanted = [existing[(model, m.name, float(eps), i)] for model in spec.models
                   for eps in spec.eps for m in spec.methods for i in range(spec.n)]
@@ -303,7 +302,8 @@ class Runner:
                     else:
                         bound, flags = _evaluate_attack(method, own_net, net64, own_x, x64,
                                                         own_y, eps)
-                _check_untouched(own_net, net, ((own_x, x), (own_x64, x64), (own_y, y)))
+                _check_untouched(own_net, self._identity[model],
+                                 ((own_x, x), (own_x64, x64), (own_y, y)))
                 decided = [bool(v) for v in flags]
             except PluginTimeout as exc:
                 status, message = "timeout", str(exc)

@@ -16,8 +16,8 @@ eigenvector ``u`` held fixed, ``lambda_max = u^T (M - diag c) u`` and
 ``u^T M u = 2 (W u_t) . (v * (u_1 + u_s))``, so autograd gives the exact gradient of a
 simple top eigenvalue in ``W``, ``V`` and ``c`` at the cost of one forward product.
 
-The primal regulariser's mixing rounds, dual vector and ``<M, P>`` are those of
-:mod:`verifiers.sdp_core` (one implementation of the SDP maths for training and
+The primal regulariser's mixing rounds, dual vector and ``<M, P>`` are not here: they
+are :mod:`verifiers.sdp_core`'s (one implementation of the SDP maths for training and
 verification).
 """
 
@@ -26,12 +26,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-
-from verifiers.sdp_core import mixing_dual, mixing_rounds, primal_objective
-
-__all__ = ["structured_operator", "rayleigh_ritz", "top_eigenpairs",
-           "top_eigenvalue_of_fixed_vector", "dual_objective", "mixing_dual",
-           "mixing_rounds", "primal_objective"]
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
 

@@ -68,7 +68,7 @@ class PairwiseSDPBound(Configurable):
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
-            return {}                 # unreadable: solve again (a cache, never trusted blindly)
+            return {}                 # unreadable: solve again
         return {pair: row for pair, row in saved.items() if isinstance(row, dict)
                 and isinstance(row.get("certified"), float) and math.isfinite(row["certified"])}
 
