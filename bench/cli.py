@@ -216,26 +216,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({card.name}: {' -> '.join(map(str, net.widths))}, input "
           f"{'x'.join(map(str, shape))})")
     if args.properties:
-        import torch
+        from .vnncomp import draw_images, write_instances
 
-        from models.files import atomic_write
-
-        from .contract import Property
-        from .data import mnist_test, to_tensor
-        from .vnnlib import write_vnnlib
-
-        images, labels = mnist_test(args.properties)
-        x = to_tensor(images, torch.float64)
+        indices = draw_images(args.properties, args.draw_seed)
+        rows = write_instances(net, card.name, path, indices, args.eps or DEFAULT_EPS,
+                               args.timeout)
         folder = path.parent
-        rows = []
-        for eps in args.eps or DEFAULT_EPS:
-            for n in range(len(labels)):
-                name = f"{card.name}_{n}_eps{eps:g}.vnnlib"
-                write_vnnlib(Property.robustness(x[n], int(labels[n]), eps, net.num_classes),
-                             folder / name)
-                rows.append(f"{path.name},{name},{args.timeout:g}")
-        text = ("\n".join(rows) + "\n").encode()
-        atomic_write(folder / "instances.csv", lambda handle: handle.write(text))
         print(f"wrote {len(rows)} properties and {folder / 'instances.csv'}")
     return 0
 
@@ -315,6 +301,9 @@ def build_parser() -> Parser:
                         "instances.csv, beside the ONNX file")
     export.add_argument("--eps", type=_eps, nargs="+", help="radii of the properties "
                         "(default: 0.1)")
+    export.add_argument("--draw-seed", type=int, metavar="S", help="draw the N test images "
+                        "at random with this seed (as the competition's generators do); "
+                        "default: the first N")
     export.add_argument("--timeout", type=_seconds, default=60.0, help="the instances' "
                         "timeout in seconds (default: 60)")
     export.set_defaults(func=cmd_export)

@@ -68,6 +68,16 @@ RECIPES: dict[str, Recipe] = {
                      extra={"lam": LAM_SDP, "eps": 0.1, "refresh_every": 20,
                             "regulariser": "primal"}),
 }
+# Deeper fully connected networks, the shape of VNN-COMP's mnistfc benchmark (2, 4 and 6
+# hidden layers of 256 units): trained here for the complete verifiers' benchmarks, not
+# shipped; normally (cross-entropy) and adversarially (PGD at eps 0.05 on half the loss).
+for _depth in (2, 4, 6):
+    _widths = (784, *([256] * _depth), 10)
+    RECIPES[f"fc-{_depth}x256"] = Recipe(f"fc-{_depth}x256", "cross-entropy", widths=_widths,
+                                         epochs=10, batch_size=128)
+    RECIPES[f"fc-{_depth}x256-at"] = Recipe(
+        f"fc-{_depth}x256-at", "adversarial", widths=_widths, epochs=6, batch_size=128,
+        extra={"lam": 0.5, "eps": 0.05, "step": 0.0125, "steps": 8})
 
 
 class TrainingError(RuntimeError):

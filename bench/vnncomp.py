@@ -7,19 +7,21 @@ each ``sat`` a counterexample file ``counterexamples/INDEX.counterexample`` in t
 competition's form ``((X_0 v) ... (Y_0 v) ...)``.
 
 The portfolio per instance, cheapest first, stopping at the first decisive answer; the
-instance's timeout is checked between stages only (a stage already running is not cut
-short; a hard limit belongs to the executor):
+instance's timeout is checked between stages and inside branch and bound (a bound
+computation already running is not cut short; a hard limit belongs to the executor):
 
-1. an attack: signed-gradient ascent (:func:`bench.contract.signed_ascent`) inside the box
-   on each unsafe group's smallest row ``min_i c_i . f(x) - d_i``, from the box's centre
-   and random starts. A candidate counts only after the harness re-checks it: inside the
+1. an attack: signed-gradient ascent inside the box on each unsafe group's smallest row
+   ``min_i c_i . f(x) - d_i``, from the box's centre and random starts
+   (:func:`verifiers.bab.attack_property`). A candidate counts only after the harness re-checks it: inside the
    box, and violating the property by a float64 forward pass *and* by onnxruntime on the
    ONNX file itself. Then the answer is ``sat``.
 2. the verifiers that bound general specifications (``bound_property``), cheapest first
    (``ibp``, ``crown``, ``lp``): when every group has a row whose upper bound is ``< 0``
    the answer is ``unsat``.
-3. otherwise ``unknown`` (a guess is never made). An exception is ``error`` for that
-   instance; the rest complete.
+3. complete verification for the time left: branch and bound with beta-CROWN bounds
+   (:func:`verifiers.bab.decide`), whose counterexample goes through the same re-check;
+   at the limit the answer is ``timeout`` (never a guess). An exception is ``error`` for
+   that instance; the rest complete.
 
 With ``--reference VERDICTS.csv`` (the same columns plus ``verdict``) it scores as the
 competition does (+10 for a correct sat/unsat, -150 for an incorrect one, 0 otherwise)
@@ -43,12 +45,16 @@ import torch
 from models import MLP
 from models.files import atomic_write
 
-from .contract import Property, project_box, refuted, signed_ascent
+from verifiers.bab import attack_property, decide
+
+from .contract import Property, project_box, refuted
 from .vnnlib import VnnlibError, read_vnnlib
 
 RESULT_FIELDS = ["onnx", "vnnlib", "prepare_time", "result", "run_time"]
 SCORES = {"correct": 10, "incorrect": -150}
 VERIFIERS = ("ibp", "crown", "lp")
+ATTACK_RESTARTS = 16         # per unsafe group
+ATTACK_STEPS = 100
 
 
 class VnncompError(ValueError):
@@ -91,35 +97,6 @@ def read_instances(path: Path) -> list[Instance]:
     return out
 
 
-def group_violation(outputs: torch.Tensor, prop: Property) -> torch.Tensor:
-    """``max_g min_i (c_i . f - d_i)`` per point ``outputs (N, K)``: ``>= 0`` iff unsafe."""
-    values = [((outputs @ m.T) - d).amin(dim=1) for m, d in prop.groups]
-    return torch.stack(values, dim=1).amax(dim=1)
-
-
-def attack(net64: MLP, prop: Property, *, restarts: int = 8, steps: int = 50,
-           seed: int = 0) -> torch.Tensor:
-    """The most violating point found in the box (``(d,)`` float64), by signed ascent on
-    each group's smallest row, from the centre and ``restarts - 1`` random starts."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = prop.lo[None], prop.hi[None]
-    starts = torch.cat([(lo + hi) / 2, lo + (hi - lo) * torch.rand(
-        restarts - 1, prop.num_inputs, generator=g, dtype=torch.float64)])
-    step = float((prop.hi - prop.lo).max()) / 8 or 1e-3
-    best, best_value = starts[0], -torch.inf
-    for matrix, offset in prop.groups:
-        def objective(points: torch.Tensor) -> torch.Tensor:
-            return ((net64(points) @ matrix.T) - offset).amin(dim=1)
-        found = signed_ascent(objective, starts, lo.expand_as(starts), hi.expand_as(starts),
-                              step=step, steps=steps, keep_best=True)
-        with torch.no_grad():
-            values = group_violation(net64(found), prop)
-        index = int(values.argmax())
-        if float(values[index]) > best_value:
-            best, best_value = found[index], float(values[index])
-    return best
-
-
 def confirmed(net64: MLP, prop: Property, point: torch.Tensor,
               onnx_path: Path | None) -> tuple[bool, np.ndarray]:
     """Is ``point`` a counterexample? Inside the box exactly, and unsafe by a float64
@@ -150,11 +127,12 @@ def _session(onnx_path: str):
 
 
 def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
-          verifiers: list | None = None, seed: int = 0) -> Answer:
+          verifiers: list | None = None, seed: int = 0, complete: bool = True) -> Answer:
     """The portfolio on one instance (see the module doc)."""
     began = time.perf_counter()
     net64 = net.float64_copy().requires_grad_(False)
-    point = attack(net64, prop, seed=seed)
+    point, _ = attack_property(net64, prop, restarts=ATTACK_RESTARTS, steps=ATTACK_STEPS,
+                               seed=seed)
     ok, outputs = confirmed(net64, prop, point, onnx_path)
     if ok:
         x = project_box(point, prop.lo, prop.hi).numpy()
@@ -164,6 +142,18 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
             return Answer("timeout", 0.0, time.perf_counter() - began)
         if refuted(verifier.bound_property(net, prop)):
             return Answer("unsat", 0.0, time.perf_counter() - began)
+    if complete:
+        remaining = timeout - (time.perf_counter() - began)
+        if remaining > 0:
+            outcome = decide(net, prop, time_limit=remaining, seed=seed, restarts=0)
+            if outcome.verdict == "holds":
+                return Answer("unsat", 0.0, time.perf_counter() - began,
+                              message=f"bab: {outcome.nodes} subdomains")
+            if outcome.verdict == "violated":
+                ok, outputs = confirmed(net64, prop, outcome.counterexample, onnx_path)
+                if ok:
+                    x = project_box(outcome.counterexample, prop.lo, prop.hi).numpy()
+                    return Answer("sat", 0.0, time.perf_counter() - began, (x, outputs))
     elapsed = time.perf_counter() - began
     return Answer("timeout" if elapsed > timeout else "unknown", 0.0, elapsed)
 
@@ -172,6 +162,41 @@ def default_verifiers() -> list:
     from .registry import select
 
     return [info.create() for info in select("verifier", list(VERIFIERS))]
+
+
+def draw_images(count: int, seed: int | None) -> list[int]:
+    """Indices of ``count`` test images: the first ones, or drawn without replacement
+    with ``seed`` (the way VNN-COMP's benchmark generators draw them)."""
+    from .data import mnist_test
+
+    total = len(mnist_test()[1])
+    if not 0 < count <= total:
+        raise VnncompError(f"--properties must be between 1 and {total}, got {count}")
+    if seed is None:
+        return list(range(count))
+    return sorted(np.random.default_rng(seed).choice(total, size=count, replace=False).tolist())
+
+
+def write_instances(net: MLP, name: str, onnx_path: Path, indices: list[int],
+                    radii: list[float], timeout: float) -> list[str]:
+    """Robustness properties of test images ``indices`` at each radius, as VNNLIB files
+    beside ``onnx_path``, and ``instances.csv`` there; returns its rows."""
+    from .data import mnist_test, to_tensor
+    from .vnnlib import write_vnnlib
+
+    images, labels = mnist_test()
+    x = to_tensor(images[indices], torch.float64)
+    folder = Path(onnx_path).parent
+    rows = []
+    for eps in radii:
+        for n, index in enumerate(indices):
+            file = f"{name}_{index}_eps{eps:g}.vnnlib"
+            write_vnnlib(Property.robustness(x[n], int(labels[index]), eps, net.num_classes),
+                         folder / file)
+            rows.append(f"{Path(onnx_path).name},{file},{timeout:g}")
+    text = ("\n".join(rows) + "\n").encode()
+    atomic_write(folder / "instances.csv", lambda handle: handle.write(text))
+    return rows
 
 
 def counterexample_text(x: np.ndarray, y: np.ndarray) -> str:

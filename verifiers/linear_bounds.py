@@ -74,25 +74,57 @@ def relaxation(lower: torch.Tensor, upper: torch.Tensor, rule: SlopeRule
     return s, offset, alpha
 
 
+def lower_slopes(lower: torch.Tensor, upper: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """Lower-line slopes ``(N, S, m)`` with ``free (N or 1, S or 1, m)`` (clamped to
+    ``[0, 1]``) on crossing units, 1 on stable active units and 0 on stable inactive ones;
+    ``lower, upper (N, m)``."""
+    crossing = ((lower < 0) & (upper > 0)).unsqueeze(1)
+    active = (lower >= 0).to(upper.dtype).unsqueeze(1)
+    return torch.where(crossing, free.clamp(0, 1), active)
+
+
 def backward_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
-                   hi: torch.Tensor, rule: SlopeRule) -> torch.Tensor:
+                   hi: torch.Tensor, rule: SlopeRule | None = None, *,
+                   slopes: list[torch.Tensor] | None = None,
+                   split_coef: list[torch.Tensor | None] | None = None,
+                   record: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Upper bound on ``spec[n] @ g(x')`` over the box, for ``g`` the first ``len(params)``
     layers (the last one affine, no ReLU after it).
 
     ``params``: ``[(W_k, b_k)]``; ``bounds``: pre-activation bounds of the hidden layers
     ``0 .. len(params) - 2``; ``spec``: ``(N, S, out)``. Returns ``(N, S)``.
+
+    The lower ReLU lines come from ``rule`` (one slope per unit) or from ``slopes``
+    (per hidden layer, ``(N or 1, S or 1, m_k)``, one per unit *and* row: alpha-CROWN).
+    ``split_coef`` (per hidden layer, ``(N, S, m_k)`` or ``None``) is added to the
+    coefficients of ``zhat_k``: with ``beta * sigma`` for split units (``sigma = +1``
+    for ``zhat >= 0``, ``-1`` for ``zhat <= 0``, ``beta >= 0``) the result bounds the
+    Lagrangian ``spec . g + sum beta sigma zhat``, which is ``>= spec . g`` on the
+    subdomain (beta-CROWN). ``record``, if given, receives each hidden layer's
+    coefficients on ``z_k`` ``(N, S, m_k)``, last layer first (for branching scores).
     """
     w_last, b_last = params[-1]
     const = spec @ b_last                                    # (N, S)
     coef = spec @ w_last                                     # (N, S, m_{L-1})
     for k in range(len(params) - 2, -1, -1):
-        s, offset, alpha = relaxation(*bounds[k], rule)
+        if record is not None:
+            record.append(coef)
+        if slopes is None:
+            s, offset, alpha = relaxation(*bounds[k], rule)
+            alpha = alpha.unsqueeze(1)
+        else:
+            s, offset, _ = relaxation(*bounds[k], crown_slope)
+            alpha = lower_slopes(*bounds[k], slopes[k])
         positive, negative = coef.clamp(min=0), coef.clamp(max=0)
         const = const + (positive * offset.unsqueeze(1)).sum(-1)
-        coef = positive * s.unsqueeze(1) + negative * alpha.unsqueeze(1)
+        coef = positive * s.unsqueeze(1) + negative * alpha
+        if split_coef is not None and split_coef[k] is not None:
+            coef = coef + split_coef[k]
         w, b = params[k]
         const = const + coef @ b
         coef = coef @ w
+    if record is not None:
+        record.append(coef)
     mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
     return const + (coef @ mid).squeeze(-1) + (coef.abs() @ rad).squeeze(-1)
 

@@ -216,7 +216,7 @@ class SampleBatch:
 
     @property
     def np_params(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(w.numpy(), b.numpy()) for w, b in self.params]
+        return [(w.detach().numpy(), b.detach().numpy()) for w, b in self.params]
 
     def program(self, n: int, binaries: bool = False) -> ReluProgram:
         """The LP (or MILP) of sample ``n``."""

@@ -1,0 +1,175 @@
+"""alpha-CROWN and branch and bound: sound, never looser than CROWN, exact on tiny nets.
+
+Ground truth is the exact worst margin by MILP (``exact_class_margins``) and, for a
+general specification, enumeration of the activation patterns' LPs is replaced by dense
+sampling plus the MILP of each row.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.contract import Property, margins
+from tests.conftest import random_inputs, random_mlp, sample_ball
+from verifiers.alpha_crown import AlphaCrown
+from verifiers.bab import BranchAndBound, decide, linear_leaf
+from verifiers.crown import Crown
+from verifiers.linear_bounds import layer_params
+from verifiers.lp_exact import LPExact
+from verifiers.milp import exact_class_margins
+
+
+@pytest.mark.parametrize("widths", [[8, 16, 16, 4], [8, 12, 12, 12, 12, 4]])
+def test_alpha_crown_is_between_the_true_maximum_and_crown(widths):
+    net = random_mlp(widths, seed=3, scale=1.5)
+    x, y = random_inputs(6, widths[0], widths[-1], seed=4)
+    eps = 0.15
+    alpha = AlphaCrown().bound(net, x, y, eps)
+    crown = Crown().bound(net, x, y, eps)
+    finite = torch.isfinite(crown)
+    assert (alpha[finite] <= crown[finite]).all()                  # never looser
+    assert (alpha[finite] < crown[finite] - 1e-3).any()              # and tighter somewhere
+    exact = torch.as_tensor(exact_class_margins(net, x, y, eps))
+    assert (exact[finite] <= alpha[finite] + 1e-9).all()             # sound
+    points = sample_ball(x, eps, 200, seed=5)
+    with torch.no_grad():
+        sampled = margins(net.float64_copy()(points.reshape(-1, widths[0]).double()),
+                          y.repeat(200)).reshape(200, len(y), -1).amax(0)
+    assert (sampled[finite] <= alpha[finite] + 1e-9).all()
+
+
+def test_alpha_crown_reaches_the_exact_lp_on_one_hidden_layer():
+    """With one hidden layer the intermediate bounds are exact intervals, so the best
+    slopes give the LP relaxation's optimum; many steps get there from above."""
+    net = random_mlp([20, 40, 5], seed=0, scale=1.0)
+    x, y = random_inputs(4, 20, 5, seed=1)
+    alpha = AlphaCrown(iterations=100).bound(net, x, y, 0.1)
+    exact_lp = LPExact().bound(net, x, y, 0.1)
+    finite = torch.isfinite(exact_lp)
+    assert (alpha[finite] >= exact_lp[finite] - 1e-7).all()
+    assert (alpha[finite] - exact_lp[finite]).max() < 2e-3
+
+
+def _instances():
+    """Tiny networks (2 to 4 hidden layers), each at the smallest radius of a ladder
+    where CROWN no longer certifies (the instances that need branching or an attack)."""
+    for trial in range(9):
+        depth = 2 + trial % 3
+        net = random_mlp([5] + [16] * depth + [3], seed=100 + trial, scale=1.0).double()
+        x, _ = random_inputs(1, 5, 3, seed=200 + trial)
+        x = x.double()
+        y = net(x).argmax(1)
+        for eps in (0.05, 0.1, 0.2, 0.3, 0.5):
+            if Crown().bound(net, x, y, eps).max() >= 0:
+                break
+        yield trial, net, x, y, eps
+
+
+def test_bab_agrees_with_milp_and_both_verdicts_occur():
+    seen, branched = set(), 0
+    for trial, net, x, y, eps in _instances():
+        worst = float(torch.as_tensor(exact_class_margins(net, x, y, eps)).max())
+        prop = Property.robustness(x[0], int(y), eps, 3)
+        # CROWN slopes at the root (no optimisation), so the tree has to branch
+        outcome = decide(net, prop, time_limit=60, batch=32, iterations=0)
+        truth = "holds" if worst < 0 else "violated"
+        assert outcome.verdict == truth, (trial, outcome.verdict, worst)
+        seen.add(truth)
+        branched += outcome.nodes > len(prop.groups)
+        if truth == "violated":
+            with torch.no_grad():
+                assert bool(prop.violated_by(net.float64_copy()(outcome.counterexample[None])))
+            assert ((outcome.counterexample >= prop.lo) & (outcome.counterexample <= prop.hi)).all()
+        else:
+            assert max(float(u.max()) for u in outcome.uppers) >= worst - 1e-9
+            assert max(float(u.max()) for u in outcome.uppers) < 0
+    assert seen == {"holds", "violated"} and branched > 0
+
+
+def test_bab_without_bound_optimisation_needs_and_trusts_its_linear_leaves():
+    """No slope or multiplier steps and tiny batches: the tree goes down to subdomains
+    without unstable units, which the LP leaves settle; every verdict is still exact."""
+    leaves = 0
+    for trial in range(20):
+        net = random_mlp([2, 5, 5, 2], seed=300 + trial, scale=1.0).double()
+        x, _ = random_inputs(1, 2, 2, seed=400 + trial)
+        y = net(x.double()).argmax(1)
+        eps = 1.0
+        worst = float(torch.as_tensor(exact_class_margins(net, x, y, eps, clip=False)).max())
+        prop = Property.robustness(x[0], int(y), eps, 2, clip=False)
+        outcome = decide(net, prop, time_limit=60, batch=4, iterations=0, branch_iterations=0,
+                         restarts=0)
+        assert outcome.verdict == ("holds" if worst < 0 else "violated"), trial
+        leaves += outcome.stats["linear_leaves"]
+    assert leaves > 0
+
+
+def test_a_linear_leaf_bound_is_the_lp_optimum_and_sound():
+    """A subdomain with every unit fixed: the leaf's dual bound equals the exact maximum
+    of the affine piece (checked against dense sampling of that piece's region)."""
+    net = random_mlp([2, 4, 2], seed=7).double()
+    params = layer_params(net, torch.float64)
+    lo, hi = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(torch.linspace(0, 1, 301, dtype=torch.float64),
+                                      torch.linspace(0, 1, 301, dtype=torch.float64),
+                                      indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        pre = grid @ params[0][0].T + params[0][1]
+    pattern = pre[len(grid) // 2] >= 0                   # the piece of the box's centre
+    inside = ((pre >= 0) == pattern).all(dim=1)
+    sigma = torch.where(pattern, 1.0, -1.0).to(torch.float64)[None]
+    lower = torch.where(pattern, 0.0, -1e3).to(torch.float64)[None]
+    upper = torch.where(pattern, 1e3, 0.0).to(torch.float64)[None]
+    from verifiers.bab import Domains
+    domains = Domains([lower], [upper], [sigma], [], [], [], torch.zeros(1, 1), torch.zeros(1))
+    row = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    bound, point = linear_leaf(params, domains, 0, lo, hi, row, torch.zeros(1, dtype=torch.float64))
+    with torch.no_grad():
+        values = (net.float64_copy()(grid[inside]) @ row.T)[:, 0]
+    assert bound >= float(values.max()) - 1e-9
+    assert bound <= float(values.max()) + 1e-2           # the grid's spacing
+    assert point is not None
+
+
+def test_bab_on_a_general_specification_is_sound():
+    """A conjunction of two rows (an output region), on a 3-hidden-layer network: a
+    "holds" must survive dense sampling, a "violated" point must satisfy both rows."""
+    net = random_mlp([4, 10, 10, 10, 3], seed=21).double()
+    g = torch.Generator().manual_seed(22)
+    verdicts = set()
+    for trial in range(8):
+        centre = torch.rand(4, generator=g, dtype=torch.float64)
+        lo, hi = (centre - 0.2).clamp(0, 1), (centre + 0.2).clamp(0, 1)
+        matrix = torch.randn(2, 3, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            reach = net(centre[None])[0] @ matrix.T
+        offset = reach + torch.tensor([0.05, -0.05], dtype=torch.float64) * (trial - 4)
+        prop = Property(lo, hi, ((matrix, offset),))
+        outcome = decide(net, prop, time_limit=30, batch=32)
+        verdicts.add(outcome.verdict)
+        points = lo + (hi - lo) * torch.rand(20000, 4, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            hit = prop.violated_by(net(points))
+        if outcome.verdict == "holds":
+            assert not hit.any()
+        elif outcome.verdict == "violated":
+            with torch.no_grad():
+                assert bool(prop.violated_by(net(outcome.counterexample[None]))[0])
+    assert {"holds", "violated"} <= verdicts
+
+
+def test_bab_plugin_reports_verdicts_and_stays_within_crown():
+    net = random_mlp([8, 12, 12, 3], seed=31, scale=1.5)
+    x, y = random_inputs(4, 8, 3, seed=32)
+    plugin = BranchAndBound(time_limit=20)
+    upper = plugin.bound(net, x, y, 0.1)
+    crown = Crown().bound(net, x, y, 0.1)
+    finite = torch.isfinite(crown)
+    assert (upper[finite] <= crown[finite]).all()
+    exact = torch.as_tensor(exact_class_margins(net, x, y, 0.1))
+    assert (exact[finite] <= upper[finite] + 1e-9).all()
+    rows = plugin.statistics()
+    assert [r["row"] for r in rows] == [0, 1, 2, 3]
+    for row, worst in zip(rows, exact.amax(dim=1)):
+        assert row["verdict"] == ("certified" if worst < 0 else "broken")

@@ -1,0 +1,158 @@
+"""Optimised linear bounds: alpha-CROWN slopes and beta-CROWN split multipliers.
+
+Every lower ReLU slope in ``[0, 1]`` gives a sound upper bound
+(:func:`verifiers.linear_bounds.backward_upper`), and so does every multiplier
+``beta >= 0`` of a split constraint ``sigma * zhat >= 0``. alpha-CROWN (Xu et al.,
+ICLR 2021) treats the slopes, one per unit *and* specification row, as parameters and
+minimises the bound by projected gradient steps; beta-CROWN (Wang et al., NeurIPS 2021)
+adds the split multipliers of a branch-and-bound subdomain.
+
+The search runs in float32 (speed); the bound returned is re-evaluated once in float64
+with the best parameters found per row, so its soundness never depends on the search.
+Shapes: ``N`` problems (samples or subdomains), ``S`` specification rows, ``m_k`` units
+of hidden layer ``k``. Every bound here is an *upper* bound on ``spec . g(x)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .linear_bounds import (Bounds, backward_upper, crown_slope, interval_bounds)
+
+LR_SLOPES = 0.1
+LR_BETAS = 0.05
+
+
+@dataclass
+class Optimised:
+    """The outcome of :func:`optimise_upper`.
+
+    ``upper (N, S)`` float64, sound; ``slopes``/``betas`` per hidden layer
+    ``(N, S, m_k)`` float32, the best found per row (warm starts for children);
+    ``coefs`` per hidden layer, the float64 coefficients on ``z_k`` ``(N, S, m_k)`` of
+    the final pass (branching scores), and ``input_coef (N, S, d)``.
+    """
+
+    upper: torch.Tensor
+    slopes: list[torch.Tensor]
+    betas: list[torch.Tensor] | None
+    coefs: list[torch.Tensor]
+    input_coef: torch.Tensor
+
+
+def adam_step(tensor: torch.Tensor, grad: torch.Tensor, first: torch.Tensor,
+              second: torch.Tensor, rate: float, step: int, betas=(0.9, 0.999),
+              eps: float = 1e-8) -> None:
+    """One Adam step (Kingma & Ba 2015) in place; ``first``/``second`` are its moments.
+    (``torch.optim.Adam`` would cost a multi-second import of ``torch._dynamo``.)"""
+    first.mul_(betas[0]).add_(grad, alpha=1 - betas[0])
+    second.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+    scale = rate * (1 - betas[1] ** step) ** 0.5 / (1 - betas[0] ** step)
+    tensor.sub_(scale * first / (second.sqrt() + eps))
+
+
+def _split_coef(betas: list[torch.Tensor] | None, sigmas: list[torch.Tensor] | None
+                ) -> list[torch.Tensor | None] | None:
+    if betas is None or sigmas is None:
+        return None
+    return [beta.clamp(min=0) * sigma.to(beta.dtype).unsqueeze(1)
+            for beta, sigma in zip(betas, sigmas)]
+
+
+def _cast(params, bounds: Bounds, dtype: torch.dtype):
+    return ([(w.to(dtype), b.to(dtype)) for w, b in params],
+            [(lo.to(dtype), hi.to(dtype)) for lo, hi in bounds])
+
+
+def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
+                   hi: torch.Tensor, *, iterations: int,
+                   slopes: list[torch.Tensor] | None = None,
+                   sigmas: list[torch.Tensor] | None = None,
+                   betas: list[torch.Tensor] | None = None) -> Optimised:
+    """Minimise the upper bound on ``spec (N, S, out) . g(x)`` over the box ``lo, hi
+    (N, d)`` by the lower slopes (and, with ``sigmas``, the split multipliers).
+
+    ``params``/``bounds`` as for ``backward_upper`` (float64); ``slopes`` warm-start
+    the search (default: CROWN's); ``sigmas`` per hidden layer ``(N, m_k)`` in
+    ``{-1, 0, +1}`` mark split units (``+1``: ``zhat >= 0`` imposed, ``-1``:
+    ``zhat <= 0``), whose ``bounds`` must already be clamped to the split; ``betas``
+    warm-start their multipliers (default zero). ``iterations = 0`` evaluates the start.
+    """
+    n, rows = spec.shape[:2]
+    params32, bounds32 = _cast(params, bounds, torch.float32)
+    spec32, lo32, hi32 = spec.float(), lo.float(), hi.float()
+    if slopes is None:
+        slopes = [crown_slope(low, up).float().unsqueeze(1).expand(n, rows, -1)
+                  for low, up in bounds32]
+    free = [slope.detach().float().clone().requires_grad_(True) for slope in slopes]
+    multipliers = None
+    if sigmas is not None:
+        multipliers = [(beta.detach().float().clone() if betas is not None else
+                        torch.zeros(n, rows, sigma.shape[1])).requires_grad_(True)
+                       for beta, sigma in zip(betas or sigmas, sigmas)]
+    best_value = torch.full((n, rows), torch.inf)
+    best_slopes = [slope.detach().clone() for slope in free]
+    best_betas = None if multipliers is None else [b.detach().clone() for b in multipliers]
+    tensors = free + (multipliers or [])
+    rates = [LR_SLOPES] * len(free) + [LR_BETAS] * len(multipliers or [])
+    moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in tensors]
+    for step in range(iterations + 1):
+        with torch.enable_grad():
+            value = backward_upper(params32, bounds32, spec32, lo32, hi32, slopes=free,
+                                   split_coef=_split_coef(multipliers, sigmas))
+            grads = (torch.autograd.grad(value.sum(), tensors, allow_unused=True)
+                     if step < iterations else [])
+        with torch.no_grad():
+            better = value.detach() < best_value
+            best_value = torch.where(better, value.detach(), best_value)
+            mask = better.unsqueeze(-1)
+            for keep, now in zip(best_slopes, free):
+                keep.copy_(torch.where(mask, now.clamp(0, 1), keep))
+            if best_betas is not None:
+                for keep, now in zip(best_betas, multipliers):
+                    keep.copy_(torch.where(mask, now.clamp(min=0), keep))
+            for tensor, grad, rate, (first, second) in zip(tensors, grads, rates, moments):
+                if grad is not None:
+                    adam_step(tensor, grad, first, second, rate, step + 1)
+            for slope in free:
+                slope.clamp_(0, 1)
+            for beta in multipliers or []:
+                beta.clamp_(min=0)
+    record: list[torch.Tensor] = []
+    with torch.no_grad():
+        upper = backward_upper(params, bounds, spec, lo, hi,
+                               slopes=[s.to(lo.dtype) for s in best_slopes],
+                               split_coef=_split_coef(
+                                   None if best_betas is None else
+                                   [b.to(lo.dtype) for b in best_betas], sigmas),
+                               record=record)
+    coefs = record[:-1][::-1]
+    return Optimised(upper, best_slopes, best_betas, coefs, record[-1])
+
+
+def optimised_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *,
+                           iterations: int) -> Bounds:
+    """Pre-activation bounds ``[(l, u) (N, m_k)]`` of every hidden layer, each layer's
+    from the ``±I`` specification with slopes optimised for it (alpha-CROWN's
+    intermediate bounds), intersected with interval and CROWN bounds. float64.
+    """
+    intervals = interval_bounds(params, lo, hi)
+    bounds: Bounds = []
+    for k in range(len(params) - 1):
+        if k == 0:    # affine in the box: the interval is exact
+            bounds.append(intervals[0])
+            continue
+        width = params[k][0].shape[0]
+        eye = torch.eye(width, dtype=lo.dtype).expand(lo.shape[0], width, width)
+        spec = torch.cat([eye, -eye], dim=1)
+        with torch.no_grad():
+            both = backward_upper(params[:k + 1], bounds, spec, lo, hi, crown_slope)
+        if iterations > 0:
+            both = torch.minimum(both, optimise_upper(params[:k + 1], bounds, spec, lo, hi,
+                                                      iterations=iterations).upper)
+        lower = torch.maximum(-both[:, width:], intervals[k][0])
+        upper = torch.minimum(both[:, :width], intervals[k][1])
+        bounds.append((lower, upper))
+    return bounds
