@@ -2,8 +2,9 @@
 
 Per sample, the worst margin ``max_j max_{x' in B_eps(x) ∩ [0,1]^d} f_j(x') - f_y(x')``
 is settled with HiGHS branch and bound on the big-M encoding of every crossing ReLU
-(stable units are fixed by the tightest of interval, Wong-Kolter and CROWN bounds,
-which also give the big-M constants). Classes are tried from the loosest LP bound
+(stable units are fixed by the tightest of interval, Wong-Kolter and CROWN bounds, and
+on networks of two or more hidden layers alpha-CROWN's, which also give the big-M
+constants). Classes are tried from the loosest LP bound
 down; a class whose CROWN/LP bound is already negative needs no MILP. The search stops
 as soon as the sample's sign is decided: a point with a positive margin (``broken``;
 a few signed-gradient steps look for one first, and seed every MILP's incumbent),

@@ -24,13 +24,31 @@ import torch
 
 from .linear_bounds import (crown_slope, input_box, interval_bounds, layer_params,
                             linear_layer_bounds, wong_kolter_slope)
+from .optimised_bounds import optimised_layer_bounds
 
 
-def tightest_bounds(params, lo: torch.Tensor, hi: torch.Tensor):
-    """Per hidden layer, the intersection of interval, Wong-Kolter and CROWN bounds."""
+ALPHA_ITERATIONS = 20      # slope steps per layer for the big-M bounds of deep networks
+ALPHA_CHUNK = 16           # samples at a time (the slopes take O(N m^2) memory)
+
+
+def tightest_bounds(params, lo: torch.Tensor, hi: torch.Tensor,
+                    alpha_iterations: int = ALPHA_ITERATIONS):
+    """Per hidden layer, the intersection of interval, Wong-Kolter and CROWN bounds, and
+    with two or more hidden layers also alpha-CROWN's (slopes optimised per layer): the
+    big-M constants of the MILP are these bounds, and on deep networks CROWN's alone
+    are loose enough to stall HiGHS at the root."""
     intervals = interval_bounds(params, lo, hi)[:-1]
     wong_kolter = linear_layer_bounds(params, lo, hi, wong_kolter_slope, tighten_with=intervals)
-    return linear_layer_bounds(params, lo, hi, crown_slope, tighten_with=wong_kolter)
+    bounds = linear_layer_bounds(params, lo, hi, crown_slope, tighten_with=wong_kolter)
+    if len(params) <= 2 or alpha_iterations <= 0:   # one hidden layer: intervals are exact
+        return bounds
+    parts = [optimised_layer_bounds(params, lo[s:s + ALPHA_CHUNK], hi[s:s + ALPHA_CHUNK],
+                                    iterations=alpha_iterations)
+             for s in range(0, len(lo), ALPHA_CHUNK)]
+    optimised = [(torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts]))
+                 for k in range(len(bounds))]
+    return [(torch.maximum(a, c), torch.minimum(b, d))
+            for (a, b), (c, d) in zip(bounds, optimised)]
 
 
 def _new_highs():
