@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = RunSpec(models=models, methods=methods, eps=eps, n=args.n,
                    out=args.out, seed=args.seed, batch_size=args.batch_size,
                    model_dir=args.model_dir, progress=not args.quiet,
-                   time_limit=args.time_limit)
+                   time_limit=args.time_limit, dataset=args.dataset)
     result = Runner(spec).run()
     show = result.leaderboard[["model", "eps", "method", "kind", "error", "ci_low", "ci_high",
                                "mean_bound", "seconds_per_sample", "status"]]
@@ -278,6 +278,9 @@ def build_parser() -> Parser:
                      help="per-sample time limit of a plugin call (each batch gets "
                      "SECONDS x its size); past it the batch is recorded as timeout")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--dataset", type=Path, metavar="NPZ", help="test images and labels "
+                     "(.npz with 'images' N x ..., uint8 or floats in [0, 1], and 'labels'); "
+                     "default: the shipped MNIST test set")
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="the paper's figures and Table 1 (full test set)")

@@ -28,7 +28,38 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from models import MLP
+
+
+@runtime_checkable
+class Network(Protocol):
+    """What a plugin may rely on in ``net``: a ReLU network of dense affine layers.
+
+    ``f(x) = L_k relu(... relu(L_1 x))`` with ``linears[i]`` an affine layer (``weight
+    (m_i, m_{i-1})``, ``bias (m_i,)``); ``widths = [d, m_1, ..., K]``; ``net(x (N, d))``
+    gives logits ``(N, K)`` (an image-shaped input is flattened row-major). Every
+    network reaches the plugins in this form: the shipped ones (:class:`models.MLP`)
+    and every ONNX import, whose convolutions, normalisations and reshapes are folded
+    into dense layers (``models/onnx_import.py``: a convolution costs
+    ``out_size x in_size`` entries). A plugin that handles less (SDP and the norm bounds:
+    one hidden layer) says so with ``supports(net)``, and the cell reads ``n/a``.
+    """
+
+    widths: list[int]
+    linears: Any                       # sequence of torch.nn.Linear, input side first
+    certificates: dict[str, torch.Tensor]
+
+    @property
+    def input_dim(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def hidden_layers(self) -> int: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def float64_copy(self) -> "Network": ...
 
 
 @runtime_checkable
@@ -37,7 +68,8 @@ class Verifier(Protocol):
 
     name: str
 
-    def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    def bound(self, net: Network, x: torch.Tensor, y: torch.Tensor, eps: float
+              ) -> torch.Tensor:
         ...
 
 
@@ -47,7 +79,8 @@ class Attack(Protocol):
 
     name: str
 
-    def perturb(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    def perturb(self, net: Network, x: torch.Tensor, y: torch.Tensor, eps: float
+                ) -> torch.Tensor:
         ...
 
 
@@ -141,7 +174,7 @@ def refuted(uppers: list[torch.Tensor]) -> bool:
     return all(bool((upper < 0).any()) for upper in uppers)
 
 
-def supports(plugin: object, net: MLP) -> bool:
+def supports(plugin: object, net: "Network") -> bool:
     """Whether ``plugin`` can handle ``net`` (plugins without ``supports`` accept all)."""
     check = hook(plugin, "supports")
     return bool(check(net)) if callable(check) else True

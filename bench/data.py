@@ -93,6 +93,37 @@ def mnist_test(n: int | None = None) -> Dataset:
     return images, labels
 
 
+def read_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A user's test set: a ``.npz`` with ``images`` (``N x ...``, ``uint8`` read as
+    ``/ 255``, or floats in ``[0, 1]``) and integer ``labels (N,)``. Returns
+    ``(x (N, d) float64, y (N,) int64, sha256 of both)``; images are flattened
+    row-major, as an ONNX network's ``Flatten`` reads them."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images, labels = np.asarray(archive["images"]), np.asarray(archive["labels"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a dataset (.npz with 'images' and 'labels'): "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    if images.ndim < 2 or len(images) == 0:
+        raise DataError(f"{path}: images must be N x ... with N >= 1, got shape {images.shape}")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels must be {len(images)} integers, got {labels.dtype} "
+                        f"{labels.shape}")
+    if images.dtype == np.uint8:
+        x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    elif np.issubdtype(images.dtype, np.floating):
+        x = images.reshape(len(images), -1).astype(np.float64)
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise DataError(f"{path}: float images must lie in [0, 1] (the threat model's "
+                            "box); found values outside")
+    else:
+        raise DataError(f"{path}: images must be uint8 or float, got {images.dtype}")
+    digest = hashlib.sha256(x.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
+    return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64)), digest
+
+
 # --- the classic pickle, read without running code --------------------------------
 
 _ALLOWED_GLOBALS = {

@@ -27,12 +27,13 @@ from tqdm import tqdm
 
 from models import MLP, Card, ModelError, weights_summary
 from models import load as load_model
+from models.files import atomic_write
 
 from . import data
 from .contract import hook, is_exact, margins, project, statistics, supports
 from .leaderboard import tabulate, write_csv
 from .limits import PluginTimeout, time_limit
-from .records import RecordStore, key_of
+from .records import RECORDS_NAME, RecordStore, key_of
 from .registry import PluginInfo
 
 LEADERBOARD_NAME = "leaderboard.csv"
@@ -70,6 +71,7 @@ class RunSpec:
     model_dir: Path | None = None
     progress: bool = True
     time_limit: float | None = None     # seconds per sample, applied to each batch call
+    dataset: Path | None = None         # a .npz of images and labels (default: MNIST test)
 
 
 @dataclass
@@ -79,6 +81,10 @@ class RunResult:
     violations: pd.DataFrame
     computed_batches: int = 0
     solver_stats: pd.DataFrame | None = None
+
+
+DATASET_MARKER = "dataset.sha256"   # in OUT when the run is not on the MNIST test set
+DEFAULT_DATASET = "mnist-test"
 
 
 def batch_seed(seed: int, weights: str, method: str, eps: float, start: int) -> int:
@@ -163,17 +169,15 @@ class Runner:
 
     def run(self) -> RunResult:
         spec = self.spec
-        images, labels = data.mnist_test(spec.n)
-        x = data.to_tensor(images, torch.float32)
-        x64 = data.to_tensor(images, torch.float64)
-        y = torch.from_numpy(labels)
+        x64, y, what = self._inputs()
+        x = x64.to(torch.float32)
         networks = {name: self._load(name) for name in spec.models}
         self._identity = {name: weights_summary(net) for name, (net, _) in networks.items()}
         for name, (net, _) in networks.items():
-            if net.input_dim != x.shape[1] or net.num_classes != data.NUM_CLASSES:
+            if net.input_dim != x.shape[1] or net.num_classes <= int(y.max()):
                 raise ModelError(f"model {name} maps {net.input_dim} inputs to "
-                                 f"{net.num_classes} outputs; the MNIST test set needs "
-                                 f"{x.shape[1]} inputs and {data.NUM_CLASSES} classes")
+                                 f"{net.num_classes} outputs; {what} has {x.shape[1]} inputs "
+                                 f"per image and labels up to {int(y.max())}")
         computed = 0
         with RecordStore(spec.out) as store:
             for method in spec.methods:
@@ -255,6 +259,34 @@ class Runner:
         if self.spec.model_dir is None:
             return load_model(name)
         return load_model(name, self.spec.model_dir)
+
+    def _inputs(self) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """``(x (n, d) float64, y (n,), description)`` of the first ``n`` test images, and
+        the check that ``OUT`` holds no records of another dataset (records are keyed by
+        sample index, so mixing two datasets in one folder would mix their samples)."""
+        spec = self.spec
+        if spec.dataset is None:
+            images, labels = data.mnist_test(spec.n)
+            x64, y = data.to_tensor(images, torch.float64), torch.from_numpy(labels)
+            name, digest = "the MNIST test set", DEFAULT_DATASET
+        else:
+            x64, y, digest = data.read_dataset(spec.dataset)
+            name = str(spec.dataset)
+            if spec.n > len(y):
+                raise data.DataError(f"--n is {spec.n} but {name} has {len(y)} images")
+            x64, y = x64[:spec.n], y[:spec.n]
+        marker = spec.out / DATASET_MARKER
+        found = marker.read_text().strip() if marker.exists() else (
+            DEFAULT_DATASET if (spec.out / RECORDS_NAME).exists() else None)
+        if found is not None and found != digest:
+            other = "the MNIST test set" if found == DEFAULT_DATASET else f"sha256 {found[:12]}"
+            raise data.DataError(f"{spec.out} holds results on another dataset ({other}); "
+                                 "choose another --out")
+        if spec.dataset is not None and found is None:
+            spec.out.mkdir(parents=True, exist_ok=True)
+            text = (digest + "\n").encode()
+            atomic_write(marker, lambda handle: handle.write(text))
+        return x64, y, name
 
     def _plan(self, networks: dict[str, tuple[MLP, Card]],
               existing: dict) -> list[tuple[str, Method, float, int, int]]:

@@ -199,3 +199,33 @@ def test_milp_big_m_bounds_on_deep_networks_are_tighter_and_sound():
         assert (c >= a - 1e-12).all() and (d <= b + 1e-12).all()
         gained += float((b - a).sum() - (d - c).sum())
     assert gained > 1e-3
+
+
+def test_milp_bounds_general_specifications_soundly_and_agrees_with_bab():
+    from bench.contract import refuted
+    from verifiers.milp import MILP
+
+    net = random_mlp([4, 10, 10, 3], seed=51).double()
+    g = torch.Generator().manual_seed(52)
+    outcomes = set()
+    for trial in range(6):
+        centre = torch.rand(4, generator=g, dtype=torch.float64)
+        lo, hi = (centre - 0.15).clamp(0, 1), (centre + 0.15).clamp(0, 1)
+        matrix = torch.randn(2, 3, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            reach = net(centre[None])[0] @ matrix.T
+        offset = reach + torch.tensor([0.1, -0.1], dtype=torch.float64) * (trial - 3)
+        prop = Property(lo, hi, ((matrix, offset), (matrix[:1], offset[:1] + 0.2)))
+        uppers = MILP(time_limit=20).bound_property(net, prop)
+        points = lo + (hi - lo) * torch.rand(20000, 4, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            values = net(points)
+        for (m, d), upper in zip(prop.groups, uppers):
+            assert ((values @ m.T - d).amax(dim=0) <= upper + 1e-9).all()
+        verdict = decide(net, prop, time_limit=20, batch=32).verdict
+        outcomes.add((refuted(uppers), verdict))
+        if refuted(uppers):
+            assert verdict == "holds"
+        if verdict == "violated":
+            assert not refuted(uppers)
+    assert (True, "holds") in outcomes and (False, "violated") in outcomes

@@ -195,3 +195,14 @@ def test_sdp_nn_exported_and_imported_gives_the_same_leaderboard_and_certificate
 def test_every_shipped_network_exported_and_imported_gives_the_same_leaderboard(tmp_path):
     """The issue's round trip: every shipped network, 100 images (about 2 minutes)."""
     _round_trip(tmp_path, models.shipped_names(), 100)
+
+
+def test_shipped_and_imported_networks_satisfy_the_network_protocol(tmp_path):
+    from bench.contract import Network
+    net, _ = models.load("lp-nn")
+    path = tmp_path / "lp.onnx"
+    export_onnx(net, path, input_shape=(1, 28, 28))
+    again, _ = models.load(str(path))
+    for candidate in (net, again, net.float64_copy()):
+        assert isinstance(candidate, Network)
+        assert candidate.widths == [784, 500, 10] and candidate.hidden_layers == 1

@@ -30,11 +30,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench.contract import Configurable, check_options, input_box, margins, signed_ascent
+from bench.contract import (Configurable, Property, check_options, input_box, margins,
+                            signed_ascent)
 from models import MLP, weights_summary
 
-from .linear_bounds import backward_upper, crown_slope, finish_margins, margin_spec
-from .relu_program import ReluProgram, sample_batch, solve_mip
+from .linear_bounds import (backward_upper, crown_slope, finish_margins, layer_params,
+                            margin_spec, split_rows)
+from .relu_program import ReluProgram, sample_batch, solve_mip, tightest_bounds
 
 CACHE_SIZE = 4096
 
@@ -231,6 +233,41 @@ class MILP(Configurable):
                                 "upper": float(np.max(v.upper)), "nodes": v.nodes,
                                 "milps": v.milps, "seconds": v.seconds})
         return torch.from_numpy(np.stack([v.upper for v in verdicts]))
+
+    def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:
+        """Per group of ``prop``, ``(r_g,)`` upper bounds on ``c_i . f(x) - d_i`` over its
+        box: a MILP per row (the MILP's dual bound, or CROWN's where smaller), stopping a
+        row once its sign is settled and a group once one row is below zero (its other
+        rows keep CROWN's bound). ``time_limit`` is shared by all rows."""
+        began = time.perf_counter()
+        net64 = net.float64_copy().requires_grad_(False)
+        with torch.no_grad():
+            params = layer_params(net64, torch.float64)
+            lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
+            bounds = tightest_bounds(params, lo, hi)
+            rows, offsets, sizes = split_rows(prop)
+            quick = backward_upper(params, bounds, rows[None], lo, hi, crown_slope)[0] - offsets
+        np_params = [(w.numpy(), b.numpy()) for w, b in params]
+        program = ReluProgram(np_params, [(l[0].numpy(), u[0].numpy()) for l, u in bounds],
+                              lo[0].numpy(), hi[0].numpy(), binaries=True)
+        w_last, b_last = np_params[-1]
+        upper = quick.clone()
+        first = 0
+        for size in sizes:
+            for i in sorted(range(first, first + size), key=lambda r: float(quick[r])):
+                if bool((upper[first:first + size] < 0).any()):
+                    break                                   # the group is refuted
+                remaining = self.time_limit - (time.perf_counter() - began)
+                if remaining <= 0:
+                    break
+                obj = np.zeros(program.columns)
+                obj[program.last] = rows[i].numpy() @ w_last
+                const = float(rows[i].numpy() @ b_last - offsets[i])
+                outcome = solve_mip(program, obj, time_limit=remaining, stop_above=-const,
+                                    stop_below=-const)
+                upper[i] = min(float(upper[i]), outcome.upper + const)
+            first += size
+        return list(upper.split(sizes))
 
     def statistics(self) -> list[dict[str, Any]]:
         """Per sample (``row`` within its batch): verdict, interval, nodes, MILPs, seconds."""
