@@ -15,7 +15,9 @@ incorrect verdict fails the benchmark.
 
 Scale with the environment: ``BENCH_PROPERTIES`` (default 30 per radius),
 ``BENCH_TIMEOUT_SCALE`` (default 1.0), ``BENCH_NETWORKS`` (comma-separated recipe names),
-``BENCH_RADII`` (comma-separated, default 0.03,0.05).
+``BENCH_RADII`` (comma-separated, default 0.03,0.05). Shipped networks may be named too
+(the open-world issue's benchmark: ``BENCH_NETWORKS=lp-nn,sdp-nn,fc-2x256``,
+``BENCH_RADII=0.02,0.05``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from bench.data import mnist_test
 from bench.training import train
 from bench.vnncomp import draw_images, read_instances, run, write_instances
 from bench.vnnlib import read_vnnlib
-from models import load
+from models import load, shipped_names
 from models.onnx_import import export_onnx
 from verifiers.crown import Crown
 from verifiers.milp import solve_samples
@@ -52,6 +54,9 @@ def _setting() -> tuple[list[str], int, float, list[float]]:
 
 
 def _network(name: str):
+    """A shipped network by name, or a ``fc-*`` recipe (trained on first use)."""
+    if name in shipped_names():
+        return load(name)
     folder = Path(os.environ.get("CERTBENCH_DEEPNETS",
                                  Path.home() / ".cache" / "certbench" / "deepnets"))
     if not (folder / f"{name}.safetensors").exists():

@@ -132,6 +132,18 @@ def test_a_linear_leaf_bound_is_the_lp_optimum_and_sound():
     assert point is not None
 
 
+def _region_property(net, g: torch.Generator, radius: float, shift: float) -> Property:
+    """A box of ``radius`` around a random point and one unsafe group of two random
+    rows, their offsets the centre's values moved by ``+shift`` and ``-shift``."""
+    centre = torch.rand(4, generator=g, dtype=torch.float64)
+    lo, hi = (centre - radius).clamp(0, 1), (centre + radius).clamp(0, 1)
+    matrix = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        reach = net(centre[None])[0] @ matrix.T
+    return Property(lo, hi, ((matrix, reach + torch.tensor([shift, -shift],
+                                                           dtype=torch.float64)),))
+
+
 def test_bab_on_a_general_specification_is_sound():
     """A conjunction of two rows (an output region), on a 3-hidden-layer network: a
     "holds" must survive dense sampling, a "violated" point must satisfy both rows."""
@@ -139,13 +151,8 @@ def test_bab_on_a_general_specification_is_sound():
     g = torch.Generator().manual_seed(22)
     verdicts = set()
     for trial in range(8):
-        centre = torch.rand(4, generator=g, dtype=torch.float64)
-        lo, hi = (centre - 0.2).clamp(0, 1), (centre + 0.2).clamp(0, 1)
-        matrix = torch.randn(2, 3, generator=g, dtype=torch.float64)
-        with torch.no_grad():
-            reach = net(centre[None])[0] @ matrix.T
-        offset = reach + torch.tensor([0.05, -0.05], dtype=torch.float64) * (trial - 4)
-        prop = Property(lo, hi, ((matrix, offset),))
+        prop = _region_property(net, g, 0.2, 0.05 * (trial - 4))
+        lo, hi = prop.lo, prop.hi
         outcome = decide(net, prop, time_limit=30, batch=32)
         verdicts.add(outcome.verdict)
         points = lo + (hi - lo) * torch.rand(20000, 4, generator=g, dtype=torch.float64)
@@ -209,12 +216,9 @@ def test_milp_bounds_general_specifications_soundly_and_agrees_with_bab():
     g = torch.Generator().manual_seed(52)
     outcomes = set()
     for trial in range(6):
-        centre = torch.rand(4, generator=g, dtype=torch.float64)
-        lo, hi = (centre - 0.15).clamp(0, 1), (centre + 0.15).clamp(0, 1)
-        matrix = torch.randn(2, 3, generator=g, dtype=torch.float64)
-        with torch.no_grad():
-            reach = net(centre[None])[0] @ matrix.T
-        offset = reach + torch.tensor([0.1, -0.1], dtype=torch.float64) * (trial - 3)
+        region = _region_property(net, g, 0.15, 0.1 * (trial - 3))
+        (matrix, offset), = region.groups
+        lo, hi = region.lo, region.hi
         prop = Property(lo, hi, ((matrix, offset), (matrix[:1], offset[:1] + 0.2)))
         uppers = MILP(time_limit=20).bound_property(net, prop)
         points = lo + (hi - lo) * torch.rand(20000, 4, generator=g, dtype=torch.float64)

@@ -94,3 +94,30 @@ def test_a_bad_instances_file_is_one_line(tmp_path):
     code, _, err = invoke(["vnncomp", str(tmp_path / "instances.csv"), "--out",
                            str(tmp_path / "out")])
     assert code == 1 and err.count("\n") == 1 and "expected onnx,vnnlib,timeout" in err
+
+
+def test_the_portfolio_decides_what_the_incomplete_verifiers_leave_open(tmp_path):
+    """Tiny deep networks at radii where crown, lp and ibp all fail: branch and bound
+    inside the portfolio settles each instance, in agreement with exact MILP margins."""
+    from bench.contract import Property, refuted
+    from bench.vnncomp import default_verifiers, solve
+    from models.onnx_import import export_onnx
+    from tests.conftest import random_mlp
+    from verifiers.milp import exact_class_margins
+
+    verifiers = default_verifiers()
+    decided_by_bab = 0
+    for trial in range(6):
+        net = random_mlp([6, 16, 16, 16, 3], seed=60 + trial)
+        path = export_onnx(net, tmp_path / f"net{trial}.onnx", input_shape=(6,))
+        x = torch.rand(1, 6, generator=torch.Generator().manual_seed(trial), dtype=torch.float64)
+        y = net.float64_copy()(x).argmax(1)
+        for eps in (0.05, 0.1, 0.2, 0.3, 0.5):
+            prop = Property.robustness(x[0], int(y), eps, 3)
+            if not any(refuted(v.bound_property(net, prop)) for v in verifiers):
+                break
+        worst = float(np.max(exact_class_margins(net, x, y, eps)))
+        answer = solve(net, prop, 60.0, path, verifiers)
+        assert answer.result == ("unsat" if worst < 0 else "sat"), (trial, worst)
+        decided_by_bab += answer.message.startswith("bab")
+    assert decided_by_bab > 0
