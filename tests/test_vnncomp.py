@@ -107,7 +107,7 @@ def test_the_portfolio_decides_what_the_incomplete_verifiers_leave_open(tmp_path
 
     verifiers = default_verifiers()
     decided_by_bab = 0
-    for trial in range(6):
+    for trial in range(4):
         net = random_mlp([6, 16, 16, 16, 3], seed=60 + trial)
         path = export_onnx(net, tmp_path / f"net{trial}.onnx", input_shape=(6,))
         x = torch.rand(1, 6, generator=torch.Generator().manual_seed(trial), dtype=torch.float64)
