@@ -124,7 +124,8 @@ def test_a_linear_leaf_bound_is_the_lp_optimum_and_sound():
     from verifiers.bab import Domains
     domains = Domains([lower], [upper], [sigma], [], [], [], torch.zeros(1, 1), torch.zeros(1))
     row = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
-    bound, point = linear_leaf(params, domains, 0, lo, hi, row, torch.zeros(1, dtype=torch.float64))
+    leaf, point = linear_leaf(params, domains, 0, lo, hi, row, torch.zeros(1, dtype=torch.float64))
+    bound = float(leaf[0])
     with torch.no_grad():
         values = (net.float64_copy()(grid[inside]) @ row.T)[:, 0]
     assert bound >= float(values.max()) - 1e-9

@@ -15,9 +15,12 @@ guess:
    intermediate bounds clamped to its splits, and its bound is beta-CROWN's
    (:func:`verifiers.optimised_bounds.optimise_upper` with the split multipliers),
    warm-started from the parent's slopes and multipliers. The ``batch`` subdomains with
-   the largest bounds are split at once, each on the unstable unit with the largest
-   BaBSR-style intercept score ``max(a_i, 0) * u_i * (-l_i) / (u_i - l_i)`` (``a_i`` the
-   bound's coefficient on ``relu(zhat_i)``: the slack the split removes). A child whose
+   the largest bounds are split at once. Branching: the ``branch_candidates`` (4) units
+   with the largest BaBSR-style intercept score ``max(a_i, 0) * u_i * (-l_i) / (u_i -
+   l_i)`` (``a_i`` the bound's coefficient on ``relu(zhat_i)``: the slack the split
+   removes) are each tried with quick, unoptimised bounds of both children, and the
+   unit whose worse child is lowest is split (filtered strong branching); with
+   ``branch_candidates=1`` the top intercept score alone decides. A child whose
    bound is ``< 0`` is closed; the maximiser of each child's linear bound over the box is
    checked as a counterexample. A subdomain without unstable units is affine: one LP
    per row (HiGHS), whose duals give a bound by weak duality in float64 and whose
@@ -47,6 +50,7 @@ from .linear_bounds import (Bounds, backward_upper, crown_slope, layer_params,
 from .optimised_bounds import optimise_upper, optimised_layer_bounds
 
 
+BRANCH_CANDIDATES = 4      # units per subdomain judged by strong branching (1: intercept only)
 EMPTY_TOLERANCE = 1e-9     # a lower bound this far above the upper bound: no point left
 
 
@@ -154,11 +158,12 @@ def attack_property(net64: MLP, prop: Property, *, restarts: int, steps: int,
 @torch.no_grad()
 def linear_leaf(params, domains: Domains, index: int, lo: torch.Tensor, hi: torch.Tensor,
                 rows: torch.Tensor, offsets: torch.Tensor
-                ) -> tuple[float, np.ndarray | None]:
+                ) -> tuple[torch.Tensor, np.ndarray | None]:
     """A subdomain without unstable units, where the network is affine: per row the LP
-    ``max c_i . f(x) - d_i`` over the box and the split constraints (HiGHS). Returns the
-    smallest row's weak-duality bound (sound, from the LP's duals, in float64) and the
-    LP's maximiser of the row with the largest LP value (a counterexample candidate)."""
+    ``max c_i . f(x) - d_i`` over the box and the split constraints (HiGHS). Returns per
+    row ``(S,)`` the weak-duality bound (sound, from the LP's duals, in float64; ``inf``
+    where the LP failed, ``-inf`` for all rows if the subdomain is empty) and the LP's
+    maximiser of the row with the largest LP value (a counterexample candidate)."""
     from scipy.optimize import linprog
 
     weight = torch.eye(len(lo), dtype=torch.float64)     # zhat_k = weight x + shift
@@ -178,13 +183,14 @@ def linear_leaf(params, domains: Domains, index: int, lo: torch.Tensor, hi: torc
     a_ub = torch.cat(constraints).numpy() if constraints else None
     b_ub = torch.cat(limits).numpy() if constraints else None
     box = list(zip(lo.numpy(), hi.numpy()))
-    best_bound, best_point, best_value = np.inf, None, -np.inf
-    for c, d in zip(rows, offsets):
+    found = torch.full((len(rows),), torch.inf, dtype=torch.float64)
+    best_point, best_value = None, -np.inf
+    for i, (c, d) in enumerate(zip(rows, offsets)):
         gain = (c @ out_weight).numpy()
         constant = float(c @ out_shift - d)
         result = linprog(-gain, A_ub=a_ub, b_ub=b_ub, bounds=box, method="highs")
         if result.status == 2:                      # infeasible subdomain: nothing to reach
-            return -np.inf, None
+            return torch.full_like(found, -torch.inf), None
         if result.status != 0:
             continue
         duals = np.zeros(0) if a_ub is None else np.maximum(-result.ineqlin.marginals, 0.0)
@@ -192,10 +198,10 @@ def linear_leaf(params, domains: Domains, index: int, lo: torch.Tensor, hi: torc
         bound = constant + float(np.maximum(reduced * lo.numpy(), reduced * hi.numpy()).sum())
         if a_ub is not None:
             bound += float(duals @ b_ub)
-        best_bound = min(best_bound, bound)
+        found[i] = bound
         if -result.fun + constant > best_value:
             best_value, best_point = -result.fun + constant, result.x
-    return best_bound, best_point
+    return found, best_point
 
 
 def split_children(parents: Domains, choice: torch.Tensor | None = None
@@ -319,7 +325,7 @@ def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
 def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
            iterations: int = 20, branch_iterations: int = 10, restarts: int = 16,
            attack_steps: int = 100, max_domains: int = 50_000, seed: int = 0,
-           refine: bool = False, branch_candidates: int = 4) -> BabOutcome:
+           refine: bool = False, branch_candidates: int = BRANCH_CANDIDATES) -> BabOutcome:
     """Settle ``prop`` on ``net`` within about ``time_limit`` seconds (see the module doc)."""
     began = time.perf_counter()
     net64 = net.float64_copy().requires_grad_(False)
@@ -383,14 +389,14 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
             head, rest = pool.take(order_pool[:batch]), pool.take(order_pool[batch:])
             exhausted = torch.stack([s.amax(dim=1) for s in head.scores], 1).amax(1) < 0
             for index in torch.nonzero(exhausted).flatten().tolist():
-                bound, point = linear_leaf(params, head, index, lo, hi, rows, offsets)
+                leaf, point = linear_leaf(params, head, index, lo, hi, rows, offsets)
                 stats["linear_leaves"] += 1
                 if point is not None:
                     x = torch.from_numpy(point).clamp(lo, hi)
                     if float(forward_worst(net64, x[None], rows, offsets)[0]) >= 0:
                         return done("violated", inf_bounds, x)
-                if bound < 0:
-                    closed_max = torch.maximum(closed_max, head.rows[index])
+                if bool((leaf < 0).any()):
+                    closed_max = torch.maximum(closed_max, torch.minimum(head.rows[index], leaf))
                 else:
                     leaves_open += 1
             if leaves_open:
