@@ -75,6 +75,7 @@ class Answer:
     run_time: float
     counterexample: tuple[np.ndarray, np.ndarray] | None = None   # (x, f(x))
     message: str = ""
+    nodes: int = 0                      # branch-and-bound subdomains bounded (0: none ran)
 
 
 def read_instances(path: Path) -> list[Instance]:
@@ -148,12 +149,16 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
             outcome = decide(net, prop, time_limit=remaining, seed=seed, restarts=0)
             if outcome.verdict == "holds":
                 return Answer("unsat", 0.0, time.perf_counter() - began,
-                              message=f"bab: {outcome.nodes} subdomains")
+                              message=f"bab: {outcome.nodes} subdomains", nodes=outcome.nodes)
             if outcome.verdict == "violated":
                 ok, outputs = confirmed(net64, prop, outcome.counterexample, onnx_path)
                 if ok:
                     x = project_box(outcome.counterexample, prop.lo, prop.hi).numpy()
-                    return Answer("sat", 0.0, time.perf_counter() - began, (x, outputs))
+                    return Answer("sat", 0.0, time.perf_counter() - began, (x, outputs),
+                                  nodes=outcome.nodes)
+            elapsed = time.perf_counter() - began
+            return Answer("timeout" if elapsed > timeout else "unknown", 0.0, elapsed,
+                          nodes=outcome.nodes)
     elapsed = time.perf_counter() - began
     return Answer("timeout" if elapsed > timeout else "unknown", 0.0, elapsed)
 
@@ -247,7 +252,7 @@ def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
         row = {"onnx": item.onnx, "vnnlib": item.vnnlib,
                "prepare_time": f"{answer.prepare_time:.4f}", "result": answer.result,
                "run_time": f"{answer.run_time:.4f}"}
-        rows.append(row)
+        rows.append({**row, "nodes": answer.nodes})
         done[key] = row
         echo(f"{index + 1}/{len(instances)} {item.onnx} {item.vnnlib}: {answer.result} "
              f"({answer.run_time:.2f} s){'; ' + answer.message if answer.message else ''}")

@@ -64,7 +64,8 @@ def _network(name: str):
     return load(name, folder)
 
 
-def _milp_verdict(net, prop, label: int, eps: float, limit: float) -> tuple[str, float]:
+def _milp_verdict(net, prop, label: int, eps: float, limit: float
+                  ) -> tuple[str, float, int]:
     """``milp`` on a robustness property, recovering the image as the box's centre where
     the box is not clipped (the exported properties are ``clip(x ± eps, 0, 1)``)."""
     x = torch.where(prop.lo <= 0, prop.hi - eps, torch.where(prop.hi >= 1, prop.lo + eps,
@@ -73,7 +74,7 @@ def _milp_verdict(net, prop, label: int, eps: float, limit: float) -> tuple[str,
     verdict = solve_samples(net, x[None], torch.tensor([label]), eps, time_limit=limit,
                             clip=True, cache=None)[0]
     answer = {"certified": "unsat", "broken": "sat"}.get(verdict.verdict, "unknown")
-    return answer, time.perf_counter() - began
+    return answer, time.perf_counter() - began, verdict.nodes
 
 
 @pytest.mark.parametrize("name", _setting()[0])
@@ -99,27 +100,30 @@ def test_complete_verifiers_decide(benchmark, report, tmp_path, name):
         eps = float(item.vnnlib.rsplit("eps", 1)[1].removesuffix(".vnnlib"))
         began = time.perf_counter()
         refuted = all(bool((u < 0).any()) for u in Crown().bound_property(net, prop))
-        crown.append(("unsat" if refuted else "unknown", time.perf_counter() - began))
+        crown.append(("unsat" if refuted else "unknown", time.perf_counter() - began, 0))
         milp.append(_milp_verdict(net, prop, int(labels[index]), eps, item.timeout))
         verdicts = {v for v in (row["result"], crown[-1][0], milp[-1][0]) if v in ("sat", "unsat")}
         if len(verdicts) > 1:
             disagreements.append(f"{item.vnnlib}: bab {row['result']}, crown {crown[-1][0]}, "
                                  f"milp {milp[-1][0]}")
 
-    def summary(results: list[tuple[str, float]]) -> tuple[int, int, float]:
-        decided = [t for v, t in results if v in ("sat", "unsat")]
-        return (sum(v == "unsat" for v, _ in results), sum(v == "sat" for v, _ in results),
-                float(np.median(decided)) if decided else float("nan"))
+    def summary(results: list[tuple[str, float, int]]) -> tuple[int, int, float, float]:
+        decided = [(t, n) for v, t, n in results if v in ("sat", "unsat")]
+        return (sum(r[0] == "unsat" for r in results), sum(r[0] == "sat" for r in results),
+                float(np.median([t for t, _ in decided])) if decided else float("nan"),
+                float(np.median([n for _, n in decided])) if decided else float("nan"))
 
-    portfolio_results = [(r["result"], float(r["run_time"])) for r in rows]
+    portfolio_results = [(r["result"], float(r["run_time"]), int(r.get("nodes", 0)))
+                         for r in rows]
     figures = {"bab": summary(portfolio_results), "milp": summary(milp),
                "crown": summary(crown)}
-    benchmark.extra_info.update({f"{k}_{part}": v for k, (u, s, m) in figures.items()
-                                 for part, v in (("unsat", u), ("sat", s), ("median_s", m))})
+    benchmark.extra_info.update({f"{k}_{part}": v for k, (u, s, m, n) in figures.items()
+                                 for part, v in (("unsat", u), ("sat", s), ("median_s", m),
+                                                 ("median_nodes", n))})
     benchmark.extra_info["instances"] = len(rows)
     benchmark.extra_info["disagreements"] = disagreements
-    text = "; ".join(f"{k} {u + s} decided ({u} unsat, {s} sat, median {m:.1f} s)"
-                     for k, (u, s, m) in figures.items())
+    text = "; ".join(f"{k} {u + s} decided ({u} unsat, {s} sat, median {m:.1f} s, "
+                     f"{n:.0f} nodes)" for k, (u, s, m, n) in figures.items())
     report(f"{name} ({card.clean_test_error:.3f} clean error), {len(rows)} instances, "
            f"timeout {timeout:.0f} s: {text}")
     assert not disagreements, disagreements
