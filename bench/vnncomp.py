@@ -12,9 +12,9 @@ computation already running is not cut short; a hard limit belongs to the execut
 
 1. an attack: signed-gradient ascent inside the box on each unsafe group's smallest row
    ``min_i c_i . f(x) - d_i``, from the box's centre and random starts
-   (:func:`verifiers.bab.attack_property`). A candidate counts only after the harness re-checks it: inside the
-   box, and violating the property by a float64 forward pass *and* by onnxruntime on the
-   ONNX file itself. Then the answer is ``sat``.
+   (:func:`verifiers.bab.attack_property`). A candidate counts only after the harness
+   re-checks it: inside the box, and violating the property by a float64 forward pass
+   *and* by onnxruntime on the ONNX file itself. Then the answer is ``sat``.
 2. the verifiers that bound general specifications (``bound_property``), cheapest first
    (``ibp``, ``crown``, ``lp``): when every group has a row whose upper bound is ``< 0``
    the answer is ``unsat``.
@@ -131,36 +131,39 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
           verifiers: list | None = None, seed: int = 0, complete: bool = True) -> Answer:
     """The portfolio on one instance (see the module doc)."""
     began = time.perf_counter()
+    elapsed = lambda: time.perf_counter() - began                      # noqa: E731
     net64 = net.float64_copy().requires_grad_(False)
+
+    def sat(point: torch.Tensor, nodes: int = 0) -> Answer | None:
+        """``sat`` with the re-checked point, or ``None`` if the re-check fails."""
+        ok, outputs = confirmed(net64, prop, point, onnx_path)
+        if not ok:
+            return None
+        x = project_box(point.to(torch.float64), prop.lo, prop.hi).numpy()
+        return Answer("sat", 0.0, elapsed(), (x, outputs), nodes=nodes)
+
     point, _ = attack_property(net64, prop, restarts=ATTACK_RESTARTS, steps=ATTACK_STEPS,
                                seed=seed)
-    ok, outputs = confirmed(net64, prop, point, onnx_path)
-    if ok:
-        x = project_box(point, prop.lo, prop.hi).numpy()
-        return Answer("sat", 0.0, time.perf_counter() - began, (x, outputs))
+    answer = sat(point)
+    if answer is not None:
+        return answer
     for verifier in verifiers if verifiers is not None else default_verifiers():
-        if time.perf_counter() - began > timeout:
-            return Answer("timeout", 0.0, time.perf_counter() - began)
+        if elapsed() > timeout:
+            return Answer("timeout", 0.0, elapsed())
         if refuted(verifier.bound_property(net, prop)):
-            return Answer("unsat", 0.0, time.perf_counter() - began)
-    if complete:
-        remaining = timeout - (time.perf_counter() - began)
-        if remaining > 0:
-            outcome = decide(net, prop, time_limit=remaining, seed=seed, restarts=0)
-            if outcome.verdict == "holds":
-                return Answer("unsat", 0.0, time.perf_counter() - began,
-                              message=f"bab: {outcome.nodes} subdomains", nodes=outcome.nodes)
-            if outcome.verdict == "violated":
-                ok, outputs = confirmed(net64, prop, outcome.counterexample, onnx_path)
-                if ok:
-                    x = project_box(outcome.counterexample, prop.lo, prop.hi).numpy()
-                    return Answer("sat", 0.0, time.perf_counter() - began, (x, outputs),
-                                  nodes=outcome.nodes)
-            elapsed = time.perf_counter() - began
-            return Answer("timeout" if elapsed > timeout else "unknown", 0.0, elapsed,
-                          nodes=outcome.nodes)
-    elapsed = time.perf_counter() - began
-    return Answer("timeout" if elapsed > timeout else "unknown", 0.0, elapsed)
+            return Answer("unsat", 0.0, elapsed())
+    nodes = 0
+    if complete and elapsed() < timeout:
+        outcome = decide(net, prop, time_limit=timeout - elapsed(), seed=seed, restarts=0)
+        nodes = outcome.nodes
+        if outcome.verdict == "holds":
+            return Answer("unsat", 0.0, elapsed(), message=f"bab: {nodes} subdomains",
+                          nodes=nodes)
+        if outcome.verdict == "violated":
+            answer = sat(outcome.counterexample, nodes)
+            if answer is not None:
+                return answer
+    return Answer("timeout" if elapsed() > timeout else "unknown", 0.0, elapsed(), nodes=nodes)
 
 
 def default_verifiers() -> list:

@@ -30,9 +30,8 @@ def alpha_crown_upper(net: MLP, lo: torch.Tensor, hi: torch.Tensor, spec: torch.
         lo, hi, spec = lo.to(torch.float64), hi.to(torch.float64), spec.to(torch.float64)
         crown_bounds = linear_layer_bounds(params, lo, hi, crown_slope)
         crown = backward_upper(params, crown_bounds, spec, lo, hi, crown_slope)
-        bounds = optimised_layer_bounds(params, lo, hi, iterations=intermediate_iterations)
-        bounds = [(torch.maximum(a, c), torch.minimum(b, d))
-                  for (a, b), (c, d) in zip(bounds, crown_bounds)]
+        bounds = optimised_layer_bounds(params, lo, hi, iterations=intermediate_iterations,
+                                        tighten_with=crown_bounds)
         optimised = optimise_upper(params, bounds, spec, lo, hi, iterations=iterations)
         return torch.minimum(crown, optimised.upper)
 

@@ -78,8 +78,8 @@ class Domains:
     lower: list[torch.Tensor]
     upper: list[torch.Tensor]
     sigma: list[torch.Tensor]
-    slopes: list[torch.Tensor]
-    betas: list[torch.Tensor]
+    slopes: list[torch.Tensor] | None    # None before the first bound: CROWN's slopes
+    betas: list[torch.Tensor] | None
     scores: list[torch.Tensor]
     rows: torch.Tensor                  # (D, S) per-row bounds (minus offsets)
     value: torch.Tensor
@@ -102,8 +102,8 @@ class Domains:
 
 
 def intercept_scores(coefs: list[torch.Tensor], bounds: Bounds) -> list[torch.Tensor]:
-    """Per hidden layer ``(D, m_k)``: the BaBSR-style score of splitting each unit (``0``
-    for units that are not unstable), summed over the specification rows."""
+    """Per hidden layer ``(D, m_k)``: the BaBSR-style score of splitting each unit, summed
+    over the specification rows (``>= 0`` for unstable units, ``-1`` for the others)."""
     out = []
     for coef, (lower, upper) in zip(coefs, bounds):
         crossing = (lower < 0) & (upper > 0)
@@ -354,10 +354,8 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
     roots: list[Domains] = []
     for rows, offsets in groups:
         root = Domains([l for l, _ in bounds], [u for _, u in bounds],
-                       [torch.zeros_like(l) for l, _ in bounds], [], [], [],
+                       [torch.zeros_like(l) for l, _ in bounds], None, None, [],
                        torch.zeros(1, len(offsets)), torch.zeros(1))
-        root.slopes = None                        # CROWN's slopes to start
-        root.betas = None
         root, candidates = bound_domains(params, root, lo, hi, rows, offsets, iterations)
         uppers.append(root.rows[0])
         roots.append(root)

@@ -34,9 +34,8 @@ from bench.contract import (Configurable, Property, check_options, input_box, ma
                             signed_ascent)
 from models import MLP, weights_summary
 
-from .linear_bounds import (backward_upper, crown_slope, finish_margins, layer_params,
-                            margin_spec, split_rows)
-from .relu_program import ReluProgram, sample_batch, solve_mip, tightest_bounds
+from .linear_bounds import backward_upper, crown_slope, finish_margins, margin_spec, split_rows
+from .relu_program import ReluProgram, box_batch, sample_batch, solve_mip
 
 CACHE_SIZE = 4096
 
@@ -240,17 +239,12 @@ class MILP(Configurable):
         row once its sign is settled and a group once one row is below zero (its other
         rows keep CROWN's bound). ``time_limit`` is shared by all rows."""
         began = time.perf_counter()
-        net64 = net.float64_copy().requires_grad_(False)
+        batch = box_batch(net, prop.lo[None], prop.hi[None])
+        rows, offsets, sizes = split_rows(prop)
         with torch.no_grad():
-            params = layer_params(net64, torch.float64)
-            lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
-            bounds = tightest_bounds(params, lo, hi)
-            rows, offsets, sizes = split_rows(prop)
-            quick = backward_upper(params, bounds, rows[None], lo, hi, crown_slope)[0] - offsets
-        np_params = [(w.numpy(), b.numpy()) for w, b in params]
-        program = ReluProgram(np_params, [(l[0].numpy(), u[0].numpy()) for l, u in bounds],
-                              lo[0].numpy(), hi[0].numpy(), binaries=True)
-        w_last, b_last = np_params[-1]
+            quick = backward_upper(batch.params, batch.bounds, rows[None], batch.lo, batch.hi,
+                                   crown_slope)[0] - offsets
+        program = batch.program(0, binaries=True)
         upper = quick.clone()
         first = 0
         for size in sizes:
@@ -260,9 +254,8 @@ class MILP(Configurable):
                 remaining = self.time_limit - (time.perf_counter() - began)
                 if remaining <= 0:
                     break
-                obj = np.zeros(program.columns)
-                obj[program.last] = rows[i].numpy() @ w_last
-                const = float(rows[i].numpy() @ b_last - offsets[i])
+                obj, const = program.output_objective(rows[i].numpy())
+                const -= float(offsets[i])
                 outcome = solve_mip(program, obj, time_limit=remaining, stop_above=-const,
                                     stop_below=-const)
                 upper[i] = min(float(upper[i]), outcome.upper + const)

@@ -89,9 +89,9 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
     free = [slope.detach().float().clone().requires_grad_(True) for slope in slopes]
     multipliers = None
     if sigmas is not None:
-        multipliers = [(beta.detach().float().clone() if betas is not None else
-                        torch.zeros(n, rows, sigma.shape[1])).requires_grad_(True)
-                       for beta, sigma in zip(betas or sigmas, sigmas)]
+        starts = betas if betas is not None else [torch.zeros(n, rows, sigma.shape[1])
+                                                  for sigma in sigmas]
+        multipliers = [beta.detach().float().clone().requires_grad_(True) for beta in starts]
     best_value = torch.full((n, rows), torch.inf)
     best_slopes = [slope.detach().clone() for slope in free]
     best_betas = None if multipliers is None else [b.detach().clone() for b in multipliers]
@@ -133,10 +133,11 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
 
 
 def optimised_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *,
-                           iterations: int) -> Bounds:
+                           iterations: int, tighten_with: Bounds | None = None) -> Bounds:
     """Pre-activation bounds ``[(l, u) (N, m_k)]`` of every hidden layer, each layer's
     from the ``±I`` specification with slopes optimised for it (alpha-CROWN's
-    intermediate bounds), intersected with interval and CROWN bounds. float64.
+    intermediate bounds), intersected with interval and CROWN bounds and, layer by
+    layer before the next is bounded, with ``tighten_with`` (any sound bounds). float64.
     """
     intervals = interval_bounds(params, lo, hi)
     bounds: Bounds = []
@@ -154,5 +155,8 @@ def optimised_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *,
                                                       iterations=iterations).upper)
         lower = torch.maximum(-both[:, width:], intervals[k][0])
         upper = torch.minimum(both[:, :width], intervals[k][1])
+        if tighten_with is not None:
+            lower = torch.maximum(lower, tighten_with[k][0])
+            upper = torch.minimum(upper, tighten_with[k][1])
         bounds.append((lower, upper))
     return bounds

@@ -42,13 +42,12 @@ def tightest_bounds(params, lo: torch.Tensor, hi: torch.Tensor,
     bounds = linear_layer_bounds(params, lo, hi, crown_slope, tighten_with=wong_kolter)
     if len(params) <= 2 or alpha_iterations <= 0:   # one hidden layer: intervals are exact
         return bounds
-    parts = [optimised_layer_bounds(params, lo[s:s + ALPHA_CHUNK], hi[s:s + ALPHA_CHUNK],
-                                    iterations=alpha_iterations)
-             for s in range(0, len(lo), ALPHA_CHUNK)]
-    optimised = [(torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts]))
-                 for k in range(len(bounds))]
-    return [(torch.maximum(a, c), torch.minimum(b, d))
-            for (a, b), (c, d) in zip(bounds, optimised)]
+    chunks = [slice(s, s + ALPHA_CHUNK) for s in range(0, len(lo), ALPHA_CHUNK)]
+    parts = [optimised_layer_bounds(params, lo[c], hi[c], iterations=alpha_iterations,
+                                    tighten_with=[(l[c], u[c]) for l, u in bounds])
+             for c in chunks]
+    return [(torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts]))
+            for k in range(len(bounds))]
 
 
 def _new_highs():
@@ -158,12 +157,18 @@ class ReluProgram:
             parts += actives
         return np.concatenate(parts)
 
-    def margin_objective(self, j: int, label: int) -> tuple[np.ndarray, float]:
-        """Cost vector and constant of the margin ``f_j - f_label`` (``W_L z_{L-1} + b_L``)."""
+    def output_objective(self, row: np.ndarray) -> tuple[np.ndarray, float]:
+        """Cost vector and constant of ``row (K,) . f`` (``f = W_L z_{L-1} + b_L``)."""
         w_last, b_last = self._output
         obj = np.zeros(self.columns)
-        obj[self.last] = w_last[j] - w_last[label]
-        return obj, float(b_last[j] - b_last[label])
+        obj[self.last] = row @ w_last
+        return obj, float(row @ b_last)
+
+    def margin_objective(self, j: int, label: int) -> tuple[np.ndarray, float]:
+        """Cost vector and constant of the margin ``f_j - f_label``."""
+        row = np.zeros(self._output[1].shape[0])
+        row[j], row[label] = 1.0, -1.0
+        return self.output_objective(row)
 
     def certified_max(self, obj: np.ndarray, duals: np.ndarray) -> float:
         """Weak-duality upper bound on ``max obj^T v`` from any row multipliers ``duals``.
@@ -242,12 +247,17 @@ class SampleBatch:
                            self.lo[n].numpy(), self.hi[n].numpy(), binaries=binaries)
 
 
-def sample_batch(net, x: torch.Tensor, eps: float, clip: bool) -> SampleBatch:
-    """Set up the programs of ``x (N, d)``: box ``B_eps(x)`` (``∩ [0,1]^d`` if ``clip``)."""
+def box_batch(net, lo: torch.Tensor, hi: torch.Tensor) -> SampleBatch:
+    """Set up the programs of the input boxes ``[lo, hi] (N, d)``."""
     with torch.no_grad():
         params = layer_params(net, torch.float64)
-        lo, hi = input_box(x.to(torch.float64), eps, clip)
+        lo, hi = lo.to(torch.float64), hi.to(torch.float64)
         return SampleBatch(params, lo, hi, tightest_bounds(params, lo, hi))
+
+
+def sample_batch(net, x: torch.Tensor, eps: float, clip: bool) -> SampleBatch:
+    """Set up the programs of ``x (N, d)``: box ``B_eps(x)`` (``∩ [0,1]^d`` if ``clip``)."""
+    return box_batch(net, *input_box(x.to(torch.float64), eps, clip))
 
 
 @dataclass
