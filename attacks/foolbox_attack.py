@@ -11,14 +11,14 @@ seeds it before every batch).
 
 from __future__ import annotations
 
-import copy
-
 import foolbox
 import torch
 from foolbox.attacks.base import FixedEpsilonAttack
 
-from bench.contract import Configurable, margins, project
+from bench.contract import Configurable, project
 from models import MLP
+
+from .common import frozen_copy, unbroken_runs, worst_margin
 
 
 class FoolboxAttack(Configurable):
@@ -31,28 +31,18 @@ class FoolboxAttack(Configurable):
 
     def perturb(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)`` in ``[0, 1]``, ``y (N,)`` -> ``x_adv (N, d)`` float32 in the ball."""
-        # a private float32 copy whose weights need no gradient: autograd then only
-        # differentiates with respect to the input
-        net = copy.deepcopy(net).float().eval().requires_grad_(False)
+        net = frozen_copy(net)
         x = x.detach().to(torch.float32)
         y = y.to(torch.int64)
         fmodel = foolbox.PyTorchModel(net, bounds=(0.0, 1.0), device="cpu")
         attack = self.make_attack()
-        best = x.clone()
-        with torch.no_grad():
-            best_margin = margins(net(best), y).amax(dim=1)
-        for restart in range(max(1, self.restarts)):
-            todo = torch.arange(len(x)) if restart == 0 else torch.nonzero(best_margin < 0).view(-1)
-            if len(todo) == 0:
-                break
+
+        def attempt(rows: torch.Tensor, run: int) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.enable_grad():
-                candidate = attack.run(fmodel, x[todo],
-                                       foolbox.criteria.Misclassification(y[todo]),
+                candidate = attack.run(fmodel, x[rows],
+                                       foolbox.criteria.Misclassification(y[rows]),
                                        epsilon=float(eps))
-            candidate = project(candidate.detach(), x[todo], eps)
-            with torch.no_grad():
-                margin = margins(net(candidate), y[todo]).amax(dim=1)
-            better = margin > best_margin[todo]
-            best[todo[better]] = candidate[better]
-            best_margin[todo[better]] = margin[better]
-        return best
+            candidate = project(candidate.detach(), x[rows], eps)
+            return candidate, worst_margin(net, candidate, y[rows])
+
+        return unbroken_runs(net, x, y, max(1, self.restarts), attempt)
