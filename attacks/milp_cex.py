@@ -22,13 +22,17 @@ class MILPCounterexample(Configurable):
     opt_in = True
     exact = True
 
-    def __init__(self, *, time_limit: float = 60.0, clip: bool = True) -> None:
-        check_options(time_limit=(time_limit, "number>0"), clip=(clip, "bool"))
+    def __init__(self, *, time_limit: float = 60.0, clip: bool = True,
+                 apgd_seed: bool = True) -> None:
+        check_options(time_limit=(time_limit, "number>0"), clip=(clip, "bool"),
+                      apgd_seed=(apgd_seed, "bool"))
         self.time_limit = time_limit
         self.clip = clip
+        self.apgd_seed = apgd_seed
 
     def perturb(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        verdicts = solve_samples(net, x, y, eps, time_limit=self.time_limit, clip=self.clip)
+        verdicts = solve_samples(net, x, y, eps, time_limit=self.time_limit, clip=self.clip,
+                                 apgd_seed=self.apgd_seed)
         out = x.detach().clone()
         for n, verdict in enumerate(verdicts):
             if verdict.witness is not None:

@@ -88,6 +88,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -180,7 +190,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                          "with NAME.json)")
     written, violations = report(out=args.out, n=args.n, models=args.models,
                                  model_dir=args.model_dir, batch_size=args.batch_size,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, exact_n=args.exact_n,
+                                 exact_time_limit=args.exact_time_limit)
     print((args.out / "table1.md").read_text())
     print("wrote " + ", ".join(str(path) for path in written.values()))
     if violations:
@@ -292,6 +303,11 @@ def build_parser() -> Parser:
     rep.add_argument("--batch-size", type=_positive, default=250,
                      help="samples per plugin call (default: 250)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.add_argument("--exact-n", type=_count, default=1000,
+                     help="ground truth (exact MILP and today's attacks) on the first N "
+                          "images; 0 skips it (default: 1000)")
+    rep.add_argument("--exact-time-limit", type=_seconds, default=60.0,
+                     metavar="SECONDS", help="per-sample limit of milp and bab there (default: 60)")
     rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a network as ONNX, for other verifiers")

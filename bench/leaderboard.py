@@ -16,9 +16,10 @@ verifiers, the best attack error, their gap, and the per-sample combination
 (certified by any sound verifier = min over verifiers; broken by any attack = max
 over attacks) with its own gap. Every fraction is a float in [0, 1].
 
-With an exact method in the run (a plugin with ``exact = True``, e.g. ``milp`` and
-``milp-cex``), the gap table also splits the gap on the samples it decided
-(certified by an exact verifier or broken by an exact attack): ``exact_error`` is
+With an exact method in the run (a plugin with ``exact = True``, e.g. ``milp``,
+``milp-cex`` and ``bab``), the gap table also splits the gap on the *decided* samples:
+certified by an exact verifier, or broken by any attack (an attack's point, re-checked
+in float64, is a counterexample whoever found it): ``exact_error`` is
 the fraction of those samples that are truly breakable; ``verifier_looseness`` is
 the combined certified error of the other verifiers minus it, ``attack_weakness`` it
 minus the combined attack error of the other attacks (both >= 0 when all are sound).
@@ -130,7 +131,7 @@ def _exact_split(group: pd.DataFrame, verifiers: list[str], attacks: list[str],
     exact_attacks = [m for m in attacks if m in exact]
     if not exact_verifiers and not exact_attacks:
         return {}
-    decided = _any_success(group, exact_verifiers) | _any_success(group, exact_attacks)
+    decided = _any_success(group, exact_verifiers) | _any_success(group, attacks)
     if not decided.any():
         return {"n_decided": 0}
     broken = _any_success(group, attacks)[decided]
@@ -177,6 +178,49 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame, exact: set[str] = frozenset()
     out["gap"] = out["best_certified_error"] - out["best_attack_error"]
     out["combined_gap"] = out["combined_certified_error"] - out["combined_attack_error"]
     return out
+
+
+GROUND_TRUTH_COLUMNS = ["model", "eps", "method", "kind", "n", "n_decided", "n_undecided",
+                       "exact_error", "error_on_decided", "looseness", "weakness",
+                       "seconds_per_sample"]
+
+
+def ground_truth(frame: pd.DataFrame, exact: set[str]) -> pd.DataFrame:
+    """Each method against the exact verdicts, one row per (model, eps, method).
+
+    A sample is *decided* when an exact verifier certified it or any attack broke it;
+    ``exact_error`` is the fraction of decided samples that some attack broke. On
+    the decided samples, ``error_on_decided`` is a verifier's certified error or an
+    attack's error, ``looseness = error_on_decided - exact_error`` (verifier, >= 0 when
+    sound) and ``weakness = exact_error - error_on_decided`` (attack, >= 0).
+    ``seconds_per_sample`` is over all samples of the run. Empty without exact methods.
+    """
+    rows = []
+    for (model, eps), group in frame.groupby(["model", "eps"], sort=True):
+        methods = group.drop_duplicates("method")[["method", "kind"]].itertuples(index=False)
+        methods = list(methods)
+        verifiers = [m.method for m in methods if m.kind == "verifier"]
+        attacks = [m.method for m in methods if m.kind == "attack"]
+        if not any(m.method in exact for m in methods):
+            continue
+        decided = (_any_success(group, [m for m in verifiers if m in exact])
+                   | _any_success(group, attacks))
+        n, n_decided = len(decided), int(decided.sum())
+        exact_error = (float(_any_success(group, attacks)[decided].mean()) if n_decided
+                       else math.nan)
+        for method, kind in methods:
+            succeeded = _any_success(group, [method])[decided]
+            applies = not (group.loc[group["method"] == method, "status"] == "n/a").all()
+            error = ((1.0 - float(succeeded.mean())) if kind == "verifier"
+                     else float(succeeded.mean())) if n_decided and applies else math.nan
+            seconds = group.loc[group["method"] == method, "seconds"].mean()
+            rows.append({"model": model, "eps": eps, "method": method, "kind": kind, "n": n,
+                         "n_decided": n_decided, "n_undecided": n - n_decided,
+                         "exact_error": exact_error, "error_on_decided": error,
+                         "looseness": error - exact_error if kind == "verifier" else math.nan,
+                         "weakness": exact_error - error if kind == "attack" else math.nan,
+                         "seconds_per_sample": seconds})
+    return pd.DataFrame(rows, columns=GROUND_TRUTH_COLUMNS)
 
 
 def tabulate(records: list[dict[str, Any]], exact: set[str] = frozenset()

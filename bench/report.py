@@ -18,6 +18,20 @@ From them it draws (PNG, in ``OUT``):
 
 and writes ``table1.csv`` / ``table1.md``: SDP-NN and LP-NN under PGD, SDP and LP,
 ours (with a 95% Wilson interval) beside the paper's number.
+
+A third run gives the **ground truth** (``OUT/exact``, sharing ``OUT/cache``): on the
+first ``exact_n`` images (1,000) at eps = 0.1, the two complete methods, exact MILP
+(``milp`` with ``milp-cex``) and branch and bound (``bab``), beside every default
+verifier and attack and the opt-in attacks ``apgd-dlr``, ``square`` and ``ensemble``.
+A sample is decided when ``milp`` or ``bab`` certifies it or any attack breaks it;
+where both complete methods decide, the soundness guard checks that they agree. From it:
+
+* ``ground_truth.csv`` / ``ground_truth.md``: per network the exact error on the
+  decided samples and the number left undecided; per verifier its looseness and per
+  attack its weakness on the decided samples, beside its seconds per sample
+  (:func:`bench.leaderboard.ground_truth`);
+* ``fig_exact.png``: per network, best certified error, exact error (a bar for the
+  samples known broken, a whisker up to those not known safe) and best attack error.
 """
 
 from __future__ import annotations
@@ -31,8 +45,10 @@ import pandas as pd
 from models import shipped_names
 
 from models.files import atomic_write
+from .contract import is_exact
+from .leaderboard import ground_truth, to_frame, write_csv
 from .registry import select
-from .runner import Method, Runner, RunSpec
+from .runner import CACHE_DIR, Method, Runner, RunSpec
 
 MAIN_EPS = 0.1
 SWEEP_EPS = [0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2]
@@ -42,6 +58,11 @@ SWEEP_VERIFIER = "sdp"
 FIGURE2_VERIFIERS = ["sdp", "lp", "spectral", "frobenius"]
 PAPER_ORDER = ["nt-nn", "fro-nn", "spe-nn", "at-nn", "sdp-nn", "lp-nn"]
 UNCLIPPED = "lp-unclipped"   # the LP bound without the [0, 1] box: Table 1's measure and folder
+EXACT_DIR = "exact"
+EXACT_N = 1000
+EXACT_TIME_LIMIT = 60.0     # seconds per sample for milp (milp-cex shares its solves) and bab
+EXACT_VERIFIERS = ["milp", "bab"]
+EXTRA_ATTACKS = ["apgd-dlr", "square", "ensemble", "milp-cex"]
 
 # Raghunathan, Steinhardt & Liang (2018), Table 1 (eps = 0.1, MNIST test set)
 PAPER_TABLE1 = {("sdp-nn", "pgd"): 0.15, ("sdp-nn", "sdp"): 0.35, ("sdp-nn", "lp"): 0.99,
@@ -198,12 +219,102 @@ def _unclipped_lp(models: list[str], n: int, out: Path, batch_size: int,
                           model_dir=model_dir, progress=progress), echo).run()
 
 
+def _exact_methods(time_limit: float, warn: Callable[[str], None]) -> list[Method]:
+    """Every default verifier and attack, exact MILP, and the opt-in attacks of today."""
+    exact_options = {"time_limit": time_limit}
+    defaults = select("verifier", None, warn) + select("attack", None, warn)
+    methods = [Method(info, info.create()) for info in defaults]
+    for info in select("verifier", EXACT_VERIFIERS) + select("attack", EXTRA_ATTACKS):
+        methods.append(Method(info, info.create(exact_options if info.name in
+                                                ("milp", "milp-cex", "bab") else None)))
+    return methods
+
+
+def ground_truth_markdown(table: pd.DataFrame) -> str:
+    """Per network: exact error and undecided samples, then each method's looseness or
+    weakness on the decided samples beside its seconds per sample."""
+    lines = []
+    for model in _ordered(list(table["model"].unique())):
+        rows = table[table["model"] == model]
+        first = rows.iloc[0]
+        lines += [f"### {model.upper()} (eps = {first['eps']:g}, first {int(first['n'])} "
+                  f"images)", "",
+                  f"Exact error {100 * first['exact_error']:.1f}% on {int(first['n_decided'])} "
+                  f"decided samples; {int(first['n_undecided'])} undecided.", "",
+                  "| method | kind | error on decided | looseness / weakness | s per sample |",
+                  "|---|---|---|---|---|"]
+        for row in rows.sort_values(["kind", "method"], ascending=[False, True]).itertuples():
+            gap = row.looseness if row.kind == "verifier" else row.weakness
+            cells = ("n/a", "n/a") if pd.isna(row.error_on_decided) else (
+                f"{100 * row.error_on_decided:.1f}%", f"{100 * gap:+.1f} pp")
+            lines.append(f"| {row.method} | {row.kind} | {cells[0]} | {cells[1]} | "
+                         f"{row.seconds_per_sample:.3g} |")
+        lines.append("")
+    lines.append("Looseness: a verifier's certified error minus the exact error; weakness: the "
+                 "exact error minus an attack's error; both on the decided samples (certified "
+                 "by `milp` or `bab`, or broken by any attack), in percentage points.")
+    return "\n".join(lines) + "\n"
+
+
+def figure_exact(board: pd.DataFrame, table: pd.DataFrame, exact: set[str]):
+    """Per network on the ground-truth images: best certified error of the inexact
+    verifiers, exact error (bar: the fraction known broken; whisker: up to the fraction
+    not known safe, i.e. with the undecided samples) and best error of the inexact
+    attacks. ``board``: that run's leaderboard; ``table``: :func:`ground_truth`'s."""
+    plt = _pyplot()
+    usable = board[(board["status"] != "n/a") & ~board["method"].isin(exact)]
+    models = _ordered(list(table["model"].unique()))
+    certified, attack, low, high = [], [], [], []
+    for model in models:
+        rows = usable[usable["model"] == model]
+        certified.append(100 * rows[rows["kind"] == "verifier"]["error"].min())
+        attack.append(100 * rows[rows["kind"] == "attack"]["error"].max())
+        first = table[table["model"] == model].iloc[0]
+        broken = first["exact_error"] * first["n_decided"] if first["n_decided"] else 0.0
+        low.append(100 * broken / first["n"])
+        high.append(100 * (broken + first["n_undecided"]) / first["n"])
+    figure, axis = plt.subplots(figsize=(9.5, 4))
+    width = 0.27
+    spots = list(range(len(models)))
+    axis.bar([i - width for i in spots], certified, width, label="certified error (best verifier)")
+    axis.bar(spots, low, width, label="exact error (whisker: undecided)",
+             yerr=[[0.0] * len(models), [h - l for h, l in zip(high, low)]], capsize=3)
+    axis.bar([i + width for i in spots], attack, width, label="attack error (best attack)")
+    axis.set_xticks(spots, [m.upper() for m in models])
+    axis.set_ylabel(f"error at eps = {MAIN_EPS} (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title("Certified, exact and attack error per network")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    return figure
+
+
+def _ground_truth(models: list[str], n: int, out: Path, batch_size: int,
+                  model_dir: Path | None, progress: bool, time_limit: float,
+                  echo: Callable[[str], None]) -> tuple[dict[str, Path], int]:
+    """The ground-truth run into ``OUT/exact`` and its table and figure."""
+    methods = _exact_methods(time_limit, echo)
+    result = Runner(RunSpec(models=models, methods=methods, eps=[MAIN_EPS], n=n,
+                            out=out / EXACT_DIR, batch_size=batch_size, model_dir=model_dir,
+                            progress=progress, cache=out / CACHE_DIR), echo).run()
+    exact = {m.name for m in methods if is_exact(m.plugin)}
+    table = ground_truth(to_frame(result.records or []), exact)
+    write_csv(table, out / "ground_truth.csv")
+    text = ground_truth_markdown(table).encode()
+    atomic_write(out / "ground_truth.md", lambda handle: handle.write(text))
+    _save_figure(figure_exact(result.leaderboard, table, exact), out / "fig_exact.png")
+    return ({"ground_truth": out / "ground_truth.md", "fig_exact": out / "fig_exact.png"},
+            len(result.violations))
+
+
 def report(*, out: Path, n: int, models: list[str] | None = None,
            model_dir: Path | None = None, batch_size: int = 250, progress: bool = True,
-           echo: Callable[[str], None] | None = None) -> tuple[dict[str, Path], int]:
-    """Run (or resume) the main grid and the sweep, then write tables and figures.
+           echo: Callable[[str], None] | None = None, exact_n: int = EXACT_N,
+           exact_time_limit: float = EXACT_TIME_LIMIT) -> tuple[dict[str, Path], int]:
+    """Run (or resume) the main grid, the sweep and the ground truth on the first
+    ``min(n, exact_n)`` images (none when ``exact_n`` is 0), then write tables and figures.
 
-    Returns the files written and the number of soundness violations in both runs.
+    Returns the files written and the number of soundness violations in all runs.
     """
     echo = echo or (lambda line: print(line, file=sys.stderr))
     models = models or (shipped_names(model_dir) if model_dir else shipped_names())
@@ -234,5 +345,10 @@ def report(*, out: Path, n: int, models: list[str] | None = None,
     atomic_write(out / "table1.csv", lambda handle: handle.write(csv_text))
     atomic_write(out / "table1.md", lambda handle: handle.write(table1_markdown(table).encode()))
     written["table1"] = out / "table1.md"
+    if exact_n > 0:
+        files, unsound = _ground_truth(models, min(n, exact_n), out, batch_size, model_dir,
+                                       progress, exact_time_limit, echo)
+        written.update(files)
+        violations += unsound
     _pyplot().close("all")
     return written, violations

@@ -72,6 +72,7 @@ class RunSpec:
     progress: bool = True
     time_limit: float | None = None     # seconds per sample, applied to each batch call
     dataset: Path | None = None         # a .npz of images and labels (default: MNIST test)
+    cache: Path | None = None           # plugins' caches (default: OUT/cache); runs may share it
 
 
 @dataclass
@@ -81,6 +82,7 @@ class RunResult:
     violations: pd.DataFrame
     computed_batches: int = 0
     solver_stats: pd.DataFrame | None = None
+    records: list[dict[str, Any]] | None = None   # the run's records, grid order
 
 
 DATASET_MARKER = "dataset.sha256"   # in OUT when the run is not on the MNIST test set
@@ -183,7 +185,7 @@ class Runner:
             for method in spec.methods:
                 keep = hook(method.plugin, "cache_in")
                 if callable(keep):
-                    keep(spec.out / CACHE_DIR / method.name)
+                    keep((spec.cache or spec.out / CACHE_DIR) / method.name)
             existing = store.load()
             todo = self._plan(networks, existing)
             bar = tqdm(total=sum(stop - start for *_, start, stop in todo), unit="sample",
@@ -209,7 +211,7 @@ class Runner:
         write_csv(board, spec.out / LEADERBOARD_NAME)
         write_csv(gap_table, spec.out / GAPS_NAME)
         write_csv(unsound, spec.out / VIOLATIONS_NAME)
-        return RunResult(board, gap_table, unsound, computed, solver_stats)
+        return RunResult(board, gap_table, unsound, computed, solver_stats, wanted)
 
     def _new_statistics(self, model: str, method: Method, eps: float,
                         start: int) -> list[dict[str, Any]]:

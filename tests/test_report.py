@@ -3,6 +3,8 @@ on two tiny stand-in networks named like the paper's."""
 
 from __future__ import annotations
 
+import json
+
 import matplotlib.image
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from models import Card, load, save
 from tests.conftest import random_mlp, run_cli
 
 N = 12
+EXACT_N = 6
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def reported(tmp_path_factory):
         save(net, Card(name=name, widths=net.widths, objective="random", seed=seed), folder)
     out = root / "results"
     written, violations = report(out=out, n=N, model_dir=folder, batch_size=6,
-                                 progress=False, echo=lambda line: None)
+                                 progress=False, echo=lambda line: None, exact_n=EXACT_N)
     return folder, out, written, violations
 
 
@@ -35,7 +38,9 @@ def test_every_file_is_written_and_sound(reported):
     _, out, written, violations = reported
     assert violations == 0
     for name in ["leaderboard.csv", "gaps.csv", "table1.csv", "table1.md", "fig2_bounds.png",
-                 "fig3a_sdp_vs_pgd.png", "fig3b_sdp_nn_attacks.png", "sweep/leaderboard.csv"]:
+                 "fig3a_sdp_vs_pgd.png", "fig3b_sdp_nn_attacks.png", "sweep/leaderboard.csv",
+                 "ground_truth.csv", "ground_truth.md", "fig_exact.png",
+                 "exact/leaderboard.csv"]:
         assert (out / name).exists(), name
     for path in out.glob("*.png"):
         image = matplotlib.image.imread(path)
@@ -114,10 +119,43 @@ def test_report_cli_resumes_and_rejects_bad_input(reported, tmp_path):
     folder, out, _, _ = reported
     before = (out / "records.jsonl").read_text()
     result = run_cli("report", "--model-dir", str(folder), "--n", str(N), "--out", str(out),
-                     "--batch-size", "6", "--quiet")
+                     "--batch-size", "6", "--quiet", "--exact-n", str(EXACT_N))
     assert result.returncode == 0, result.stderr
     assert "| SDP-NN |" in result.stdout
     assert (out / "records.jsonl").read_text() == before     # everything reused
     bad = run_cli("report", "--n", "0", "--out", str(tmp_path / "x"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_ground_truth_puts_every_method_beside_the_exact_verdicts(reported):
+    """``ground_truth.csv`` recomputed from the exact run's records, sample by sample."""
+    _, out, written, _ = reported
+    assert {"ground_truth", "fig_exact"} <= set(written)
+    table = pd.read_csv(out / "ground_truth.csv")
+    records = [json.loads(line) for line in
+               (out / "exact" / "records.jsonl").read_text().splitlines()]
+    assert {"milp", "bab", "milp-cex", "apgd-ce", "apgd-dlr", "square", "ensemble",
+            "pgd", "crown"} <= set(table["method"])
+    for model, rows in table.groupby("model"):
+        mine = [r for r in records if r["model"] == model]
+        def success(methods):
+            return {r["sample"] for r in mine if r["method"] in methods and r["decided"]
+                    and r["status"] == "ok"}
+        certified = success({"milp", "bab"})
+        broken = success({r["method"] for r in mine if r["kind"] == "attack"})
+        assert not certified & broken, "a complete verifier certified a broken sample"
+        decided = certified | broken
+        assert (rows["n_decided"] == len(decided)).all() and (rows["n"] == EXACT_N).all()
+        assert rows["exact_error"].iloc[0] == pytest.approx(len(broken) / len(decided))
+        for row in rows.itertuples():
+            hit = success({row.method}) & decided
+            share = len(hit) / len(decided)
+            if row.kind == "verifier":
+                assert row.error_on_decided == pytest.approx(1 - share)
+                assert row.looseness >= -1e-12
+            else:
+                assert row.error_on_decided == pytest.approx(share)
+                assert row.weakness >= -1e-12
+    text = (out / "ground_truth.md").read_text()
+    assert "undecided" in text and "| ensemble | attack |" in text

@@ -7,6 +7,9 @@ per crossing unit (``l < 0 < u``). Rows: ``zhat_k = W_k v_prev + b_k``; ``z = zh
 for active units; for crossing units the triangle ``z >= zhat`` and
 ``z <= u (zhat - l) / (u - l)`` (``z >= 0`` is a column bound), and with binaries the
 exact big-M encoding of Tjeng et al. 2019: ``z <= zhat - l (1 - a)``, ``z <= u a``.
+A last-layer unit whose ``z`` has a cost ``<= 0`` needs no binary: ``z`` feeds only the
+objective, which pushes it down onto ``max(zhat, 0)`` (the rows ``z >= zhat``, ``z >= 0``),
+so :func:`solve_mip` relaxes those binaries per objective (half of them on a margin).
 
 Any row multipliers give a weak-duality upper bound on the LP (or on the MILP's LP
 relaxation, hence on the MILP): :meth:`ReluProgram.certified_max`.
@@ -94,6 +97,8 @@ class ReluProgram:
         columns = self.size + self.num_binaries
         col_lo, col_hi, blocks, row_lo, row_hi = [lo], [hi], [], [], []
         binary = self.size
+        self._last_binaries = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                               np.zeros(0, dtype=np.int64))   # (binary, zhat, z) columns
         for k, (w, b) in enumerate(params[:-1]):
             lower, upper = bounds[k]
             width, pre = w.shape[0], int(starts[k])
@@ -124,6 +129,8 @@ class ReluProgram:
             if binaries:
                 a = binary + np.arange(n)
                 binary += n
+                if k == len(params) - 2:
+                    self._last_binaries = (a, pre + cross, post + cross)
                 specs += [(n, [(post + cross, ones), (pre + cross, -ones), (a, -lc)],
                            np.full(n, -np.inf), -lc),                           # z <= zhat - l(1-a)
                           (n, [(post + cross, ones), (a, -uc)],
@@ -169,6 +176,15 @@ class ReluProgram:
         row = np.zeros(self._output[1].shape[0])
         row[j], row[label] = 1.0, -1.0
         return self.output_objective(row)
+
+    def needed_binaries(self, obj: np.ndarray) -> np.ndarray:
+        """Which binaries ``max obj^T v`` needs (bool, one per binary): all but those of
+        last-layer units whose ``z`` costs ``<= 0`` and whose ``zhat`` costs nothing."""
+        needed = np.ones(self.num_binaries, dtype=bool)
+        binary, pre, post = self._last_binaries
+        free = (obj[post] <= 0) & (obj[pre] == 0)
+        needed[binary[free] - self.size] = False
+        return needed
 
     def certified_max(self, obj: np.ndarray, duals: np.ndarray) -> float:
         """Weak-duality upper bound on ``max obj^T v`` from any row multipliers ``duals``.
@@ -281,8 +297,16 @@ def solve_mip(program: ReluProgram, obj: np.ndarray, *, time_limit: float,
     The upper bound is HiGHS's dual bound plus ``1e-6 (1 + |bound|)`` for its
     tolerances (callers also take the minimum with a certified LP-family bound).
     """
+    import highspy
+
     highs = program._solver()
     highs.changeColsCost(program.columns, np.arange(program.columns, dtype=np.int32), obj)
+    if program.num_binaries:
+        kinds = np.where(program.needed_binaries(obj), highspy.HighsVarType.kInteger,
+                         highspy.HighsVarType.kContinuous)
+        highs.changeColsIntegrality(program.num_binaries,
+                                    np.arange(program.size, program.columns, dtype=np.int32),
+                                    np.array([int(k) for k in kinds], dtype=np.uint8))
     highs.setOptionValue("time_limit", float(max(time_limit, 1e-3)))
     highs.setOptionValue("mip_rel_gap", 0.0)
     highs.setOptionValue("presolve", "off")  # its MIP presolve of dense W rows takes minutes

@@ -1,0 +1,59 @@
+"""The split of every method against exact verdicts (``bench.leaderboard.ground_truth``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.leaderboard import ground_truth, tabulate, to_frame
+
+
+def record(method: str, kind: str, sample: int, decided: bool, bound: float,
+           status: str = "ok", seconds: float = 1.0) -> dict:
+    return {"model": "net", "eps": 0.1, "method": method, "kind": kind, "sample": sample,
+            "label": 0, "bound": bound, "decided": decided, "seconds": seconds,
+            "status": status, "message": "", "config": method, "version": "test",
+            "seed": 0, "model_sha256": "0"}
+
+
+def scenario() -> list[dict]:
+    """Five samples. Exact verifier ``x`` certifies 0 and 1 (4 undecided by it); attack
+    ``a`` breaks 2; attack ``b`` breaks 2 and 3; verifier ``v`` certifies 0; sample 4 is
+    certified by nobody exact and broken by nobody: undecided."""
+    rows = []
+    for s in range(5):
+        rows.append(record("x", "verifier", s, s in (0, 1), -1.0 if s in (0, 1) else 1.0))
+        rows.append(record("v", "verifier", s, s == 0, -0.5 if s == 0 else 2.0))
+        rows.append(record("a", "attack", s, s == 2, 0.5 if s == 2 else -3.0, seconds=2.0))
+        rows.append(record("b", "attack", s, s in (2, 3), 0.5 if s in (2, 3) else -3.0))
+        rows.append(record("n", "verifier", s, None, math.nan, status="n/a"))
+    return rows
+
+
+def test_ground_truth_by_hand():
+    table = ground_truth(to_frame(scenario()), {"x"}).set_index("method")
+    assert set(table.index) == {"x", "v", "a", "b", "n"}
+    assert (table["n"] == 5).all() and (table["n_decided"] == 4).all()
+    assert (table["n_undecided"] == 1).all()
+    assert table["exact_error"].iloc[0] == pytest.approx(0.5)      # 2 of 4 decided broken
+    assert table.loc["v", "error_on_decided"] == pytest.approx(0.75)
+    assert table.loc["v", "looseness"] == pytest.approx(0.25)
+    assert table.loc["x", "looseness"] == pytest.approx(0.0)       # exact: no looseness
+    assert table.loc["a", "weakness"] == pytest.approx(0.25)
+    assert table.loc["b", "weakness"] == pytest.approx(0.0)
+    assert table.loc["a", "seconds_per_sample"] == pytest.approx(2.0)
+    assert math.isnan(table.loc["n", "error_on_decided"])          # n/a is not "all wrong"
+    assert math.isnan(table.loc["a", "looseness"]) and math.isnan(table.loc["v", "weakness"])
+
+
+def test_the_gap_table_uses_the_same_decided_samples():
+    _, gaps, _ = tabulate(scenario(), {"x"})
+    row = gaps.iloc[0]
+    assert row["n_decided"] == 4 and row["exact_error"] == pytest.approx(0.5)
+    assert row["verifier_looseness"] == pytest.approx(0.25)        # v alone: 3 of 4 not certified
+    assert row["attack_weakness"] == pytest.approx(0.0)            # a or b: 2 of 4 broken
+
+
+def test_no_exact_method_no_rows():
+    assert len(ground_truth(to_frame(scenario()), set())) == 0
