@@ -48,10 +48,12 @@ def success_rate(net, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> 
 
 
 def _torchattacks_apgd(net, x, y):
+    """torchattacks expects images ``(N, C, H, W)``: the network gets a flattening front."""
     torchattacks = pytest.importorskip("torchattacks")
-    attack = torchattacks.APGD(net, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce",
+    model = torch.nn.Sequential(torch.nn.Flatten(), net).eval()
+    attack = torchattacks.APGD(model, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce",
                                seed=0)
-    return attack(x, y)
+    return attack(x.view(-1, 1, 28, 28), y).reshape(len(x), -1)
 
 
 def _ours(net, x, y):

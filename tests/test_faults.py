@@ -122,10 +122,17 @@ def _cli(out, *extra):
     return [sys.executable, "-m", "bench", *CLI_RUN, "--out", str(out), *extra]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, sig):
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    """The uninterrupted run both kills are compared with."""
+    clean = tmp_path_factory.mktemp("clean")
     subprocess.run(_cli(clean), check=True, capture_output=True)
+    return clean
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, clean_run, sig):
+    clean, killed = clean_run, tmp_path / "killed"
     process = subprocess.Popen(_cli(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     records = killed / "records.jsonl"
     wait_for = random.Random(int(sig)).randint(50, 400)        # records seen before the kill
