@@ -234,3 +234,16 @@ def test_milp_bounds_general_specifications_soundly_and_agrees_with_bab():
         if verdict == "violated":
             assert not refuted(uppers)
     assert (True, "holds") in outcomes and (False, "violated") in outcomes
+
+
+def test_bab_statistics_reach_solver_stats_for_every_batch(tmp_path, model_dir):
+    """The harness takes the rows a plugin added since its last batch: bab keeps them all
+    (a plugin that restarted its list each batch lost every batch after the first)."""
+    from bench.registry import select
+    from bench.runner import Method
+    from tests.conftest import run_grid
+    (info,) = select("verifier", ["bab"])
+    result = run_grid(tmp_path / "out", model_dir, methods=[Method(info, info.create(
+        {"time_limit": 5.0}))], n=3, eps=(0.05,), batch_size=1, models=("tiny-a",))
+    stats = result.solver_stats
+    assert sorted(stats.loc[stats["method"] == "bab", "sample"]) == [0, 1, 2]

@@ -453,7 +453,6 @@ class BranchAndBound(Configurable):
         the largest upper bound over the final subdomains (``< 0`` everywhere iff
         certified), or CROWN's bound where that is smaller (a sample whose counterexample
         came first keeps CROWN's bounds). The verdicts are in :meth:`statistics`."""
-        self._stats = []
         x = x.to(torch.float64)
         with torch.no_grad():   # sound everywhere; what a sample keeps when bab ends early
             out = margin_upper_bounds(net.float64_copy(), x, y, eps, crown_slope, self.clip)
@@ -474,4 +473,6 @@ class BranchAndBound(Configurable):
         return self._decide(net, prop).uppers
 
     def statistics(self) -> list[dict[str, Any]]:
+        """Every sample's verdict, nodes and seconds so far (the harness takes the new rows
+        after each batch; ``row`` is the index within its batch)."""
         return list(self._stats)
