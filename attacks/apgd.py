@@ -130,7 +130,8 @@ def apgd(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, los
             top_point[rose], top_value[rose], top_grad[rose] = point[rose], value[rose], grad[rose]
             if iteration in marks:
                 period = iteration - last_mark
-                halve = (increases <= RHO * period) | (~halved_at_check & (top_value <= top_at_check))
+                stalled = ~halved_at_check & (top_value <= top_at_check)
+                halve = (increases <= RHO * period) | stalled
                 step[halve] /= 2
                 point[halve], grad[halve] = top_point[halve], top_grad[halve]
                 halved_at_check, top_at_check = halve, top_value.clone()

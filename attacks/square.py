@@ -75,7 +75,8 @@ def _window_mask(rows: int, layout: tuple[int, int, int], size: tuple[int, int]
 def square_attack(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                   queries: int, p_init: float, layout: tuple[int, int, int]
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x (N, d)``, ``y (N,)`` -> ``(points (N, d) in B_eps(x) ∩ [0, 1]^d, worst margins (N,))``."""
+    """``x (N, d)``, ``y (N,)`` -> ``(points (N, d), worst margins (N,))``, the points in
+    ``B_eps(x) ∩ [0, 1]^d``."""
     n, (c, h, w) = len(x), layout
     lo, hi = input_box(x, eps)
     signs = torch.randint(0, 2, (n, c, 1, w), dtype=x.dtype) * 2 - 1

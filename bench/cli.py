@@ -301,11 +301,12 @@ def build_parser() -> Parser:
     rep.add_argument("--batch-size", type=_positive, default=250,
                      help="samples per plugin call (default: 250)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
-    rep.add_argument("--exact-n", type=_count, default=1000,
-                     help="ground truth (exact MILP and today's attacks) on the first N "
-                          "images; 0 skips it (default: 1000)")
-    rep.add_argument("--exact-time-limit", type=_seconds, default=60.0,
-                     metavar="SECONDS", help="per-sample limit of milp and bab there (default: 60)")
+    rep.add_argument("--exact-n", type=_count, default=100,
+                     help="ground truth (exact MILP, bab and today's attacks) on the first N "
+                          "images; 0 skips it (default: 100)")
+    rep.add_argument("--exact-time-limit", type=_seconds, default=15.0,
+                     metavar="SECONDS", help="per-sample limit of milp and bab there "
+                                             "(default: 15)")
     rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a network as ONNX, for other verifiers")
