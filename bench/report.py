@@ -246,7 +246,7 @@ def ground_truth_markdown(table: pd.DataFrame) -> str:
         for row in rows.sort_values(["kind", "method"], ascending=[False, True]).itertuples():
             gap = row.looseness if row.kind == "verifier" else row.weakness
             cells = ("n/a", "n/a") if pd.isna(row.error_on_decided) else (
-                f"{100 * row.error_on_decided:.1f}%", f"{100 * gap:+.1f} pp")
+                f"{100 * row.error_on_decided:.1f}%", f"{round(100 * gap, 1) + 0.0:+.1f} pp")
             lines.append(f"| {row.method} | {row.kind} | {cells[0]} | {cells[1]} | "
                          f"{row.seconds_per_sample:.3g} |")
         lines.append("")
