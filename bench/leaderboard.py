@@ -124,18 +124,24 @@ def _any_success(group: pd.DataFrame, methods: list[str]) -> pd.Series:
     return chosen["success"].groupby(chosen["sample"]).any().reindex(samples, fill_value=False)
 
 
+def _decided(group: pd.DataFrame, verifiers: list[str], attacks: list[str],
+             exact: set[str]) -> tuple[pd.Series, float]:
+    """Per sample, is it decided (certified by an exact verifier or broken by any
+    attack), and the exact error: the fraction of decided samples some attack broke
+    (NaN when none is decided)."""
+    broken = _any_success(group, attacks)
+    decided = _any_success(group, [m for m in verifiers if m in exact]) | broken
+    return decided, float(broken[decided].mean()) if decided.any() else math.nan
+
+
 def _exact_split(group: pd.DataFrame, verifiers: list[str], attacks: list[str],
                  exact: set[str]) -> dict[str, Any]:
     """``n_decided``, ``exact_error``, ``verifier_looseness``, ``attack_weakness``."""
-    exact_verifiers = [m for m in verifiers if m in exact]
-    exact_attacks = [m for m in attacks if m in exact]
-    if not exact_verifiers and not exact_attacks:
+    if not any(m in exact for m in verifiers + attacks):
         return {}
-    decided = _any_success(group, exact_verifiers) | _any_success(group, attacks)
+    decided, exact_error = _decided(group, verifiers, attacks, exact)
     if not decided.any():
         return {"n_decided": 0}
-    broken = _any_success(group, attacks)[decided]
-    exact_error = float(broken.mean())
     out: dict[str, Any] = {"n_decided": int(decided.sum()), "exact_error": exact_error}
     others_v = [m for m in verifiers if m not in exact]
     others_a = [m for m in attacks if m not in exact]
@@ -203,11 +209,8 @@ def ground_truth(frame: pd.DataFrame, exact: set[str]) -> pd.DataFrame:
         attacks = [m.method for m in methods if m.kind == "attack"]
         if not any(m.method in exact for m in methods):
             continue
-        decided = (_any_success(group, [m for m in verifiers if m in exact])
-                   | _any_success(group, attacks))
+        decided, exact_error = _decided(group, verifiers, attacks, exact)
         n, n_decided = len(decided), int(decided.sum())
-        exact_error = (float(_any_success(group, attacks)[decided].mean()) if n_decided
-                       else math.nan)
         for method, kind in methods:
             succeeded = _any_success(group, [method])[decided]
             applies = not (group.loc[group["method"] == method, "status"] == "n/a").all()

@@ -104,7 +104,9 @@ def _pyplot():
 
 
 def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str],
-                  title: str):
+                  title: str, whiskers: pd.DataFrame | None = None):
+    """Bars of ``table`` (fractions, model rows, method columns) in percent; a column of
+    ``whiskers`` (same shape) draws a whisker from its bar up to that value."""
     plt = _pyplot()
     models = _ordered([m for m in table.index])
     methods = [m for m in methods if m in table.columns]
@@ -113,7 +115,11 @@ def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str
     for k, method in enumerate(methods):
         values = [100 * table.loc[model, method] for model in models]
         positions = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(models))]
-        axis.bar(positions, values, width, label=labels.get(method, method))
+        extra = {}
+        if whiskers is not None and method in whiskers.columns:
+            above = [100 * whiskers.loc[model, method] - v for model, v in zip(models, values)]
+            extra = {"yerr": [[0.0] * len(models), above], "capsize": 3}
+        axis.bar(positions, values, width, label=labels.get(method, method), **extra)
     axis.set_xticks(range(len(models)), [m.upper() for m in models])
     axis.set_ylabel(f"error at eps = {MAIN_EPS} (%)")
     axis.set_ylim(0, 100)
@@ -220,13 +226,12 @@ def _unclipped_lp(models: list[str], n: int, out: Path, batch_size: int,
 
 
 def _exact_methods(time_limit: float, warn: Callable[[str], None]) -> list[Method]:
-    """Every default verifier and attack, exact MILP, and the opt-in attacks of today."""
-    exact_options = {"time_limit": time_limit}
-    defaults = select("verifier", None, warn) + select("attack", None, warn)
-    methods = [Method(info, info.create()) for info in defaults]
+    """Every default verifier and attack, the complete methods (with ``time_limit`` per
+    sample) and the opt-in attacks of today."""
+    methods = _methods(None, None, warn)
     for info in select("verifier", EXACT_VERIFIERS) + select("attack", EXTRA_ATTACKS):
-        methods.append(Method(info, info.create(exact_options if info.name in
-                                                ("milp", "milp-cex", "bab") else None)))
+        timed = info.name in (*EXACT_VERIFIERS, "milp-cex")
+        methods.append(Method(info, info.create({"time_limit": time_limit} if timed else None)))
     return methods
 
 
@@ -261,32 +266,22 @@ def figure_exact(board: pd.DataFrame, table: pd.DataFrame, exact: set[str]):
     verifiers, exact error (bar: the fraction known broken; whisker: up to the fraction
     not known safe, i.e. with the undecided samples) and best error of the inexact
     attacks. ``board``: that run's leaderboard; ``table``: :func:`ground_truth`'s."""
-    plt = _pyplot()
     usable = board[(board["status"] != "n/a") & ~board["method"].isin(exact)]
-    models = _ordered(list(table["model"].unique()))
-    certified, attack, low, high = [], [], [], []
-    for model in models:
-        rows = usable[usable["model"] == model]
-        certified.append(100 * rows[rows["kind"] == "verifier"]["error"].min())
-        attack.append(100 * rows[rows["kind"] == "attack"]["error"].max())
-        first = table[table["model"] == model].iloc[0]
+    bars, tops = {}, {}
+    for model, rows in table.groupby("model"):
+        mine = usable[usable["model"] == model]
+        first = rows.iloc[0]
         broken = first["exact_error"] * first["n_decided"] if first["n_decided"] else 0.0
-        low.append(100 * broken / first["n"])
-        high.append(100 * (broken + first["n_undecided"]) / first["n"])
-    figure, axis = plt.subplots(figsize=(9.5, 4))
-    width = 0.27
-    spots = list(range(len(models)))
-    axis.bar([i - width for i in spots], certified, width, label="certified error (best verifier)")
-    axis.bar(spots, low, width, label="exact error (whisker: undecided)",
-             yerr=[[0.0] * len(models), [h - l for h, l in zip(high, low)]], capsize=3)
-    axis.bar([i + width for i in spots], attack, width, label="attack error (best attack)")
-    axis.set_xticks(spots, [m.upper() for m in models])
-    axis.set_ylabel(f"error at eps = {MAIN_EPS} (%)")
-    axis.set_ylim(0, 100)
-    axis.set_title("Certified, exact and attack error per network")
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.tight_layout()
-    return figure
+        bars[model] = {"certified": mine[mine["kind"] == "verifier"]["error"].min(),
+                       "exact": broken / first["n"],
+                       "attack": mine[mine["kind"] == "attack"]["error"].max()}
+        tops[model] = {"exact": (broken + first["n_undecided"]) / first["n"]}
+    labels = {"certified": "certified error (best verifier)",
+              "exact": "exact error (whisker: undecided)",
+              "attack": "attack error (best attack)"}
+    return _grouped_bars(pd.DataFrame.from_dict(bars, orient="index"), list(labels), labels,
+                         "Certified, exact and attack error per network",
+                         whiskers=pd.DataFrame.from_dict(tops, orient="index"))
 
 
 def _ground_truth(models: list[str], n: int, out: Path, batch_size: int,

@@ -302,11 +302,11 @@ def solve_mip(program: ReluProgram, obj: np.ndarray, *, time_limit: float,
     highs = program._solver()
     highs.changeColsCost(program.columns, np.arange(program.columns, dtype=np.int32), obj)
     if program.num_binaries:
-        kinds = np.where(program.needed_binaries(obj), highspy.HighsVarType.kInteger,
-                         highspy.HighsVarType.kContinuous)
+        kinds = np.where(program.needed_binaries(obj), int(highspy.HighsVarType.kInteger),
+                         int(highspy.HighsVarType.kContinuous)).astype(np.uint8)
         highs.changeColsIntegrality(program.num_binaries,
                                     np.arange(program.size, program.columns, dtype=np.int32),
-                                    np.array([int(k) for k in kinds], dtype=np.uint8))
+                                    kinds)
     highs.setOptionValue("time_limit", float(max(time_limit, 1e-3)))
     highs.setOptionValue("mip_rel_gap", 0.0)
     highs.setOptionValue("presolve", "off")  # its MIP presolve of dense W rows takes minutes
