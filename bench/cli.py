@@ -106,6 +106,29 @@ def _positive(text: str) -> int:
     return _integer_at_least(text, 1, "a positive integer")
 
 
+def _add_executor_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--executor", choices=["inprocess", "local", "dask"],
+                        default="inprocess", help=f"where {what} run: in this process "
+                        "(default; starts nothing), on a Dask cluster of --workers local "
+                        "processes, or on a running Dask cluster at --scheduler")
+    parser.add_argument("--workers", type=_positive, metavar="N", help="local worker "
+                        "processes for --executor local (default: one per core)")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="the Dask scheduler "
+                        "for --executor dask (`dask scheduler` prints it)")
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """The chosen executor as a context manager; a misplaced option is a usage error."""
+    from .executors import executor
+
+    if args.workers is not None and args.executor != "local":
+        raise UsageError("--workers is for --executor local")
+    if args.scheduler is not None and args.executor != "dask":
+        raise UsageError("--scheduler is for --executor dask")
+    return executor(args.executor, workers=args.workers, scheduler=args.scheduler,
+                    echo=lambda line: print(line, file=sys.stderr))
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     for kind in GROUPS:
         plugins = discover(kind)
@@ -150,11 +173,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.out = RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
         print(f"writing to {args.out} (rerun with --out {args.out} to resume)",
               file=sys.stderr)
-    spec = RunSpec(models=models, methods=methods, eps=eps, n=args.n,
-                   out=args.out, seed=args.seed, batch_size=args.batch_size,
-                   model_dir=args.model_dir, progress=not args.quiet,
-                   time_limit=args.time_limit, dataset=args.dataset)
-    result = Runner(spec).run()
+    with _executor(args) as chosen:
+        spec = RunSpec(models=models, methods=methods, eps=eps, n=args.n,
+                       out=args.out, seed=args.seed, batch_size=args.batch_size,
+                       model_dir=args.model_dir, progress=not args.quiet,
+                       time_limit=args.time_limit, dataset=args.dataset, executor=chosen)
+        result = Runner(spec).run()
     show = result.leaderboard[["model", "eps", "method", "kind", "error", "ci_low", "ci_high",
                                "mean_bound", "seconds_per_sample", "status"]]
     print(show.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -186,10 +210,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.model_dir is not None and not shipped_names(args.model_dir):
         raise UsageError(f"--model-dir {args.model_dir} holds no networks (NAME.safetensors "
                          "with NAME.json)")
-    written, violations = report(out=args.out, n=args.n, models=args.models,
-                                 model_dir=args.model_dir, batch_size=args.batch_size,
-                                 progress=not args.quiet, exact_n=args.exact_n,
-                                 exact_time_limit=args.exact_time_limit)
+    with _executor(args) as chosen:
+        written, violations = report(out=args.out, n=args.n, models=args.models,
+                                     model_dir=args.model_dir, batch_size=args.batch_size,
+                                     progress=not args.quiet, exact_n=args.exact_n,
+                                     exact_time_limit=args.exact_time_limit, executor=chosen)
     print((args.out / "table1.md").read_text())
     print("wrote " + ", ".join(str(path) for path in written.values()))
     if violations:
@@ -239,7 +264,9 @@ def cmd_vnncomp(args: argparse.Namespace) -> int:
     from .vnncomp import run, score
 
     out = args.out or RUNS_DIR / ("vnncomp-" + time.strftime("%Y%m%d-%H%M%S"))
-    rows = run(args.instances, out, echo=lambda line: print(line, file=sys.stderr))
+    with _executor(args) as chosen:
+        rows = run(args.instances, out, echo=lambda line: print(line, file=sys.stderr),
+                   executor=chosen)
     counts = {r: sum(1 for row in rows if row["result"] == r)
               for r in ("sat", "unsat", "timeout", "unknown", "error")}
     print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; wrote {out / 'results.csv'}")
@@ -290,6 +317,7 @@ def build_parser() -> Parser:
     run.add_argument("--dataset", type=Path, metavar="NPZ", help="test images and labels "
                      "(.npz with 'images' N x ..., uint8 or floats in [0, 1], and 'labels'); "
                      "default: the shipped MNIST test set")
+    _add_executor_options(run, "the batches")
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="the paper's figures and Table 1 (full test set)")
@@ -307,6 +335,7 @@ def build_parser() -> Parser:
     rep.add_argument("--exact-time-limit", type=_seconds, default=15.0,
                      metavar="SECONDS", help="per-sample limit of milp and bab there "
                                              "(default: 15)")
+    _add_executor_options(rep, "the batches")
     rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a network as ONNX, for other verifiers")
@@ -332,6 +361,7 @@ def build_parser() -> Parser:
                      "runs/vnncomp-DATE-TIME); rerunning into it resumes")
     vnn.add_argument("--reference", type=Path, help="CSV onnx,vnnlib,verdict: score the "
                      "results as the competition does and list every disagreement")
+    _add_executor_options(vnn, "the instances")
     vnn.set_defaults(func=cmd_vnncomp)
 
     train = sub.add_parser("train", help="train a shipped network from its recipe")
@@ -347,6 +377,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .executors import ExecutorError
     from .training import TrainingError
     from .vnncomp import VnncompError
 
@@ -354,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (UsageError, RegistryError, DataError, ModelError, RecordsError,
-            TrainingError, VnncompError) as exc:
+            TrainingError, VnncompError, ExecutorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,7 +10,12 @@ One record per (model, method, eps, sample)::
     status     "ok" | "error" | "timeout" | "n/a",
     message    why, when the status is not ok,
     config     the plugin's repr, version  the providing distribution and version,
-    seed       the batch seed.
+    seed       the batch seed,
+    schema     the record format (:data:`SCHEMA`),
+    code       the fingerprint of the plugin's source (:mod:`bench.fingerprint`).
+
+Records of schema 1 (before ``schema`` and ``code`` existed) are read as such, with
+``code`` empty: they carry no fingerprint, so they are reused on the version alone.
 
 A batch of records is appended with one write, flushed and fsynced, so a killed
 run loses at most the batch in flight; a torn last line is ignored on reading.
@@ -28,8 +33,10 @@ from typing import Any, Iterable
 
 RECORDS_NAME = "records.jsonl"
 LOCK_NAME = ".lock"
-FIELDS = ("model", "model_sha256", "method", "kind", "eps", "sample", "label", "bound",
-          "decided", "seconds", "status", "message", "config", "version", "seed")
+SCHEMA = 2
+FIELDS_V1 = ("model", "model_sha256", "method", "kind", "eps", "sample", "label", "bound",
+             "decided", "seconds", "status", "message", "config", "version", "seed")
+FIELDS = FIELDS_V1 + ("schema", "code")
 STATUSES = ("ok", "error", "timeout", "n/a")
 
 Key = tuple[str, str, float, int]
@@ -72,10 +79,15 @@ TYPES = {  # field -> (check, what it must be)
     "bound": (lambda v: v is None or _is_number(v), "a finite number or null"),
     "decided": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "seconds": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "schema": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= SCHEMA,
+               f"an integer from 1 to {SCHEMA} (a newer certbench wrote it?)"),
+    "code": (lambda v: isinstance(v, str), "a string"),
 }
 
 
 def _validate(record: Any, where: str) -> dict[str, Any]:
+    if isinstance(record, dict) and set(record) == set(FIELDS_V1):
+        record = {**record, "schema": 1, "code": ""}
     if not isinstance(record, dict) or set(record) != set(FIELDS):
         raise RecordsError(f"{where}: not a certbench record (fields differ)")
     if record["status"] not in STATUSES or record["kind"] not in ("verifier", "attack"):

@@ -37,6 +37,7 @@ where both complete methods decide, the soundness guard checks that they agree. 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -46,9 +47,10 @@ from models import shipped_names
 
 from models.files import atomic_write
 from .contract import is_exact
+from .executors import Executor
 from .leaderboard import ground_truth, to_frame, write_csv
 from .registry import select
-from .runner import CACHE_DIR, Method, Runner, RunSpec
+from .runner import CACHE_DIR, Method, Runner, RunResult, RunSpec
 
 MAIN_EPS = 0.1
 SWEEP_EPS = [0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2]
@@ -213,16 +215,33 @@ def table1_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _unclipped_lp(models: list[str], n: int, out: Path, batch_size: int,
-                  model_dir: Path | None, progress: bool, echo: Callable[[str], None]):
+@dataclass(frozen=True)
+class _Stages:
+    """What every run of the report shares: images, batching, networks, executor."""
+
+    n: int
+    batch_size: int
+    model_dir: Path | None
+    progress: bool
+    echo: Callable[[str], None]
+    executor: Executor | None = None
+
+    def run(self, models: list[str], methods: list[Method], eps: list[float], out: Path,
+            n: int | None = None, cache: Path | None = None) -> RunResult:
+        return Runner(RunSpec(models=models, methods=methods, eps=eps, n=n or self.n, out=out,
+                              batch_size=self.batch_size, model_dir=self.model_dir,
+                              progress=self.progress, cache=cache, executor=self.executor),
+                      self.echo).run()
+
+
+def _unclipped_lp(models: list[str], out: Path, stages: _Stages) -> RunResult | None:
     """``lp`` with ``clip=False`` on the Table 1 networks (``OUT/lp-unclipped``), or None."""
     chosen = [m for m in ("sdp-nn", "lp-nn") if m in models]
     if not chosen:
         return None
     (info,) = select("verifier", ["lp"])
-    return Runner(RunSpec(models=chosen, methods=[Method(info, info.create({"clip": False}))],
-                          eps=[MAIN_EPS], n=n, out=out / UNCLIPPED, batch_size=batch_size,
-                          model_dir=model_dir, progress=progress), echo).run()
+    return stages.run(chosen, [Method(info, info.create({"clip": False}))], [MAIN_EPS],
+                      out / UNCLIPPED)
 
 
 def _exact_methods(time_limit: float, warn: Callable[[str], None]) -> list[Method]:
@@ -284,14 +303,12 @@ def figure_exact(board: pd.DataFrame, table: pd.DataFrame, exact: set[str]):
                          whiskers=pd.DataFrame.from_dict(tops, orient="index"))
 
 
-def _ground_truth(models: list[str], n: int, out: Path, batch_size: int,
-                  model_dir: Path | None, progress: bool, time_limit: float,
-                  echo: Callable[[str], None]) -> tuple[dict[str, Path], int]:
+def _ground_truth(models: list[str], n: int, out: Path, time_limit: float,
+                  stages: _Stages) -> tuple[dict[str, Path], int]:
     """The ground-truth run into ``OUT/exact`` and its table and figure."""
-    methods = _exact_methods(time_limit, echo)
-    result = Runner(RunSpec(models=models, methods=methods, eps=[MAIN_EPS], n=n,
-                            out=out / EXACT_DIR, batch_size=batch_size, model_dir=model_dir,
-                            progress=progress, cache=out / CACHE_DIR), echo).run()
+    methods = _exact_methods(time_limit, stages.echo)
+    result = stages.run(models, methods, [MAIN_EPS], out / EXACT_DIR, n=n,
+                        cache=out / CACHE_DIR)
     exact = {m.name for m in methods if is_exact(m.plugin)}
     table = ground_truth(to_frame(result.records or []), exact)
     write_csv(table, out / "ground_truth.csv")
@@ -305,17 +322,18 @@ def _ground_truth(models: list[str], n: int, out: Path, batch_size: int,
 def report(*, out: Path, n: int, models: list[str] | None = None,
            model_dir: Path | None = None, batch_size: int = 250, progress: bool = True,
            echo: Callable[[str], None] | None = None, exact_n: int = EXACT_N,
-           exact_time_limit: float = EXACT_TIME_LIMIT) -> tuple[dict[str, Path], int]:
+           exact_time_limit: float = EXACT_TIME_LIMIT,
+           executor: Executor | None = None) -> tuple[dict[str, Path], int]:
     """Run (or resume) the main grid, the sweep and the ground truth on the first
     ``min(n, exact_n)`` images (none when ``exact_n`` is 0), then write tables and figures.
+    Every run goes to ``executor`` (default: in this process).
 
     Returns the files written and the number of soundness violations in all runs.
     """
     echo = echo or (lambda line: print(line, file=sys.stderr))
     models = models or (shipped_names(model_dir) if model_dir else shipped_names())
-    main = Runner(RunSpec(models=models, methods=_methods(None, None, echo), eps=[MAIN_EPS], n=n,
-                          out=out, batch_size=batch_size, model_dir=model_dir,
-                          progress=progress), echo).run()
+    stages = _Stages(n, batch_size, model_dir, progress, echo, executor)
+    main = stages.run(models, _methods(None, None, echo), [MAIN_EPS], out)
     written = {"leaderboard": out / "leaderboard.csv", "gaps": out / "gaps.csv"}
     violations = len(main.violations)
     board = main.leaderboard
@@ -323,16 +341,14 @@ def report(*, out: Path, n: int, models: list[str] | None = None,
         _save_figure(draw(board), out / f"{name}.png")
         written[name] = out / f"{name}.png"
     if SWEEP_MODEL in models:
-        sweep = Runner(RunSpec(models=[SWEEP_MODEL],
-                               methods=_methods([SWEEP_VERIFIER], SWEEP_ATTACKS),
-                               eps=SWEEP_EPS, n=n, out=out / "sweep", batch_size=batch_size,
-                               model_dir=model_dir, progress=progress), echo).run()
+        sweep = stages.run([SWEEP_MODEL], _methods([SWEEP_VERIFIER], SWEEP_ATTACKS),
+                           SWEEP_EPS, out / "sweep")
         violations += len(sweep.violations)
         _save_figure(figure3b(sweep.leaderboard), out / "fig3b_sdp_nn_attacks.png")
         written["fig3b"] = out / "fig3b_sdp_nn_attacks.png"
     else:
         echo(f"{SWEEP_MODEL} is not among the models; Figure 3b skipped")
-    unclipped = _unclipped_lp(models, n, out, batch_size, model_dir, progress, echo)
+    unclipped = _unclipped_lp(models, out, stages)
     if unclipped is not None:
         violations += len(unclipped.violations)
     table = table1(board, None if unclipped is None else unclipped.leaderboard)
@@ -341,8 +357,8 @@ def report(*, out: Path, n: int, models: list[str] | None = None,
     atomic_write(out / "table1.md", lambda handle: handle.write(table1_markdown(table).encode()))
     written["table1"] = out / "table1.md"
     if exact_n > 0:
-        files, unsound = _ground_truth(models, min(n, exact_n), out, batch_size, model_dir,
-                                       progress, exact_time_limit, echo)
+        files, unsound = _ground_truth(models, min(n, exact_n), out, exact_time_limit,
+                                       stages)
         written.update(files)
         violations += unsound
     _pyplot().close("all")

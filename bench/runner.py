@@ -4,7 +4,12 @@ Samples are processed in fixed batches (``batch_size``, aligned on sample index)
 each seeded from ``(seed, weights hash, method, eps, first sample)`` alone, so a batch gives
 the same numbers whether it runs in one go or after an interruption. Records of a
 batch are appended as soon as it finishes; a rerun skips every batch whose records
-exist with the same model weights and plugin configuration.
+exist with the same model weights, plugin configuration, version and code fingerprint.
+
+The runner plans (which batches lack current records), builds tasks
+(:mod:`bench.tasks`: the batches, and the pieces of work they share, such as SDP pair
+solves), hands them to an executor (:mod:`bench.executors`: in process, or Dask
+workers) and stores what comes back; only it writes the records.
 
 Verifiers get ``x`` in float64; attacks get it in float32. The harness projects every
 ``x_adv`` into ``B_eps(x) ∩ [0, 1]^d`` and evaluates margins with a float64 copy of
@@ -13,9 +18,8 @@ the network, so the attack's lower bound ``L`` is exact for the point it found.
 
 from __future__ import annotations
 
-import copy
+import json
 import sys
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +29,18 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from models import MLP, Card, ModelError, weights_summary
-from models import load as load_model
+from models import ModelError
 from models.files import atomic_write
 
 from . import data
-from .contract import hook, is_exact, margins, project, statistics, supports
+from .contract import hook, is_exact, supports
+from .executors import Executor, InProcess
+from .fingerprint import code_fingerprint
 from .leaderboard import tabulate, write_csv
-from .limits import PluginTimeout, time_limit
 from .records import RECORDS_NAME, RecordStore, key_of
 from .registry import PluginInfo
+from .tasks import BatchResult, BatchTask, Loaded, NetworkRef, SharedOutcome, SharedTask
+from .tasks import reference as network_reference
 
 LEADERBOARD_NAME = "leaderboard.csv"
 GAPS_NAME = "gaps.csv"
@@ -58,6 +64,11 @@ class Method:
     def kind(self) -> str:
         return self.info.kind
 
+    @property
+    def code(self) -> str:
+        """Fingerprint of the plugin's source (:func:`bench.fingerprint.code_fingerprint`)."""
+        return code_fingerprint(type(self.plugin))
+
 
 @dataclass
 class RunSpec:
@@ -73,6 +84,7 @@ class RunSpec:
     time_limit: float | None = None     # seconds per sample, applied to each batch call
     dataset: Path | None = None         # a .npz of images and labels (default: MNIST test)
     cache: Path | None = None           # plugins' caches (default: OUT/cache); runs may share it
+    executor: Executor | None = None    # where tasks run (default: in this process)
 
 
 @dataclass
@@ -96,37 +108,6 @@ def batch_seed(seed: int, weights: str, method: str, eps: float, start: int) -> 
     return zlib.crc32(f"{seed}/{weights}/{method}/{eps!r}/{start}".encode())
 
 
-def _evaluate_verifier(method: Method, net: MLP, x64: torch.Tensor, y: torch.Tensor,
-                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``(max_j U, certified)``; raises ``ValueError`` on a malformed output."""
-    with torch.no_grad():
-        upper = method.plugin.bound(net, x64, y, eps)
-    if not isinstance(upper, torch.Tensor) or tuple(upper.shape) != (len(y), net.num_classes):
-        raise ValueError(f"bound returned shape {tuple(getattr(upper, 'shape', ()))}, "
-                         f"expected {(len(y), net.num_classes)}")
-    upper = upper.detach().to(torch.float64)
-    upper = upper.scatter(1, y.view(-1, 1), float("-inf"))
-    worst = upper.amax(dim=1)
-    if torch.isnan(worst).any():
-        raise ValueError("bound returned NaN")
-    return worst, worst < 0
-
-
-def _evaluate_attack(method: Method, net: MLP, net64: MLP, x: torch.Tensor, x64: torch.Tensor,
-                     y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``(max_j L, broken)`` at the projected attack points."""
-    x_adv = method.plugin.perturb(net, x, y, eps)
-    if not isinstance(x_adv, torch.Tensor) or tuple(x_adv.shape) != tuple(x.shape):
-        raise ValueError(f"perturb returned shape {tuple(getattr(x_adv, 'shape', ()))}, "
-                         f"expected {tuple(x.shape)}")
-    x_adv = x_adv.detach().to(torch.float64)
-    if not torch.isfinite(x_adv).all():
-        raise ValueError("perturb returned NaN or infinite points")
-    with torch.no_grad():
-        lower = margins(net64(project(x_adv, x64, eps)), y).amax(dim=1)
-    return lower, lower >= 0
-
-
 def solve_summary(frame: pd.DataFrame) -> str:
     """One line about a batch of solve statistics (gaps, fallbacks, verdicts, time)."""
     parts = [f"{len(frame)} solves"]
@@ -145,65 +126,63 @@ def solve_summary(frame: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def _check_untouched(given: MLP, original_hash: str,
-                     tensors: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
-    """Raise ``ValueError`` if a plugin changed the network or the inputs it was given.
-
-    Each plugin call gets its own copies, so the harness and the other plugins never
-    see such a change; the call that made it is recorded as ``error``.
-    """
-    if weights_summary(given) != original_hash:
-        raise ValueError("the plugin modified the network it was given (its weights' hash "
-                         "changed); its results are discarded")
-    if any(not torch.equal(mine, theirs) for mine, theirs in tensors):
-        raise ValueError("the plugin modified its input tensors in place; its results "
-                         "are discarded")
-
-
 class Runner:
     """Executes a :class:`RunSpec`; ``echo`` receives one-line progress messages."""
 
     def __init__(self, spec: RunSpec, echo: Callable[[str], None] | None = None) -> None:
         self.spec = spec
         self.echo = echo or (lambda line: print(line, file=sys.stderr))
-        self._seen: dict[int, int] = {}
-        self._identity: dict[str, str] = {}      # model -> weights hash (seeds the batches)
 
     def run(self) -> RunResult:
         spec = self.spec
         x64, y, what = self._inputs()
-        x = x64.to(torch.float32)
-        networks = {name: self._load(name) for name in spec.models}
-        self._identity = {name: weights_summary(net) for name, (net, _) in networks.items()}
-        for name, (net, _) in networks.items():
-            if net.input_dim != x.shape[1] or net.num_classes <= int(y.max()):
+        networks = {name: network_reference(name, spec.model_dir) for name in spec.models}
+        for name, (_, loaded) in networks.items():
+            net = loaded.net
+            if net.input_dim != x64.shape[1] or net.num_classes <= int(y.max()):
                 raise ModelError(f"model {name} maps {net.input_dim} inputs to "
-                                 f"{net.num_classes} outputs; {what} has {x.shape[1]} inputs "
-                                 f"per image and labels up to {int(y.max())}")
-        computed = 0
+                                 f"{net.num_classes} outputs; {what} has {x64.shape[1]} "
+                                 f"inputs per image and labels up to {int(y.max())}")
         with RecordStore(spec.out) as store:
             for method in spec.methods:
                 keep = hook(method.plugin, "cache_in")
                 if callable(keep):
                     keep((spec.cache or spec.out / CACHE_DIR) / method.name)
             existing = store.load()
-            todo = self._plan(networks, existing)
-            bar = tqdm(total=sum(stop - start for *_, start, stop in todo), unit="sample",
-                       disable=not spec.progress, file=sys.stderr, dynamic_ncols=True)
-            nets64 = {name: net.float64_copy() for name, (net, _) in networks.items()}
+            pieces, batches = self._tasks(self._plan(networks, existing), networks, x64, y)
             stats: list[dict[str, Any]] = []
-            for model, method, eps, start, stop in todo:
-                net, card = networks[model]
-                bar.set_description(f"{model} {method.name} eps={eps:g}")
-                records = self._batch(model, card, net, nets64[model], method, eps,
-                                      x[start:stop], x64[start:stop], y[start:stop], start)
-                store.append(records)
-                existing.update((key_of(r), r) for r in records)
-                computed += 1
-                bar.update(stop - start)
-                stats += self._new_statistics(model, method, eps, start)
+            seen: set[str] = set()
+            bar = tqdm(total=sum(b.size for b in batches), unit="sample", file=sys.stderr,
+                       disable=not spec.progress, dynamic_ncols=True)
+            piece_bar = tqdm(total=len(pieces), unit="piece", desc="shared work",
+                             file=sys.stderr, disable=not spec.progress or not pieces,
+                             dynamic_ncols=True, leave=False)
+
+            def batch_done(task: BatchTask, result: BatchResult) -> None:
+                store.append(result.records)
+                existing.update((key_of(r), r) for r in result.records)
+                for line in result.messages:
+                    self.echo(line)
+                fresh = [row for row in result.statistics
+                         if json.dumps(row, sort_keys=True, default=str) not in seen]
+                seen.update(json.dumps(row, sort_keys=True, default=str) for row in fresh)
+                if fresh:
+                    self.echo(f"{task.method} on {task.model}: "
+                              f"{solve_summary(pd.DataFrame(fresh))}")
+                stats.extend(fresh)
+                bar.set_description(f"{task.model} {task.method} eps={task.eps:g}")
+                bar.update(task.size)
+
+            def piece_done(task: SharedTask, outcome: SharedOutcome) -> None:
+                if outcome.status != "ok":
+                    self.echo(f"shared work {task.key.split('/', 1)[1]}: {outcome.message}")
+                piece_bar.update(1)
+
+            (spec.executor or InProcess()).execute(pieces, batches, batch_done, piece_done)
+            piece_bar.close()
             bar.close()
-            solver_stats = self._write_statistics(stats, self._identity)
+            solver_stats = self._write_statistics(
+                stats, {name: loaded.identity for name, (_, loaded) in networks.items()})
         exact = {m.name for m in spec.methods if is_exact(m.plugin)}
         wanted = [existing[(model, m.name, float(eps), i)] for model in spec.models
                   for eps in spec.eps for m in spec.methods for i in range(spec.n)]
@@ -211,27 +190,37 @@ class Runner:
         write_csv(board, spec.out / LEADERBOARD_NAME)
         write_csv(gap_table, spec.out / GAPS_NAME)
         write_csv(unsound, spec.out / VIOLATIONS_NAME)
-        return RunResult(board, gap_table, unsound, computed, solver_stats, wanted)
+        return RunResult(board, gap_table, unsound, len(batches), solver_stats, wanted)
 
-    def _new_statistics(self, model: str, method: Method, eps: float,
-                        start: int) -> list[dict[str, Any]]:
-        """Per-solve statistics a plugin gathered since the last call (``statistics()``).
-
-        A row with ``row`` (its index within the batch) is per sample: it gets ``eps``
-        and ``sample`` (the test-set index) in its place.
-        """
-        seen = self._seen.get(id(method.plugin), 0)
-        rows = statistics(method.plugin)[seen:]
-        self._seen[id(method.plugin)] = seen + len(rows)
-        if rows:
-            self.echo(f"{method.name} on {model}: {solve_summary(pd.DataFrame(rows))}")
-        out = []
-        for row in rows:
-            row = dict(row)
-            if "row" in row:
-                row = {"eps": float(eps), "sample": start + int(row.pop("row")), **row}
-            out.append({"model": model, "method": method.name, **row})
-        return out
+    def _tasks(self, todo: list[tuple[str, Method, float, int, int]],
+               networks: dict[str, tuple[NetworkRef, Loaded]], x64: torch.Tensor,
+               y: torch.Tensor) -> tuple[dict[str, SharedTask], list[BatchTask]]:
+        """The batches to run, and the pieces of shared work they need (each once per
+        network; a piece's seconds are charged to the first batch that needs it)."""
+        pieces: dict[str, SharedTask] = {}
+        batches = []
+        for model, method, eps, start, stop in todo:
+            ref, loaded = networks[model]
+            x_b, y_b = x64[start:stop], y[start:stop]
+            limit = self.spec.time_limit * (stop - start) if self.spec.time_limit else None
+            shared, charged = [], []
+            declare = hook(method.plugin, "shared_work")
+            if callable(declare) and (method.kind != "verifier"
+                                      or supports(method.plugin, loaded.net)):
+                for key, work in declare(loaded.net, x_b, y_b, eps).items():
+                    full = f"{loaded.identity}/{key}"
+                    if full not in pieces:
+                        pieces[full] = SharedTask(ref, full, work, limit)
+                        charged.append(full)
+                    shared.append(full)
+            batches.append(BatchTask(
+                network=ref, model=model, method=method.name, kind=method.kind,
+                plugin=method.plugin, config=repr(method.plugin), origin=method.info.origin,
+                code=method.code,
+                eps=float(eps), start=start, x64=x_b, y=y_b,
+                seed=batch_seed(self.spec.seed, loaded.identity, method.name, eps, start),
+                limit=limit, shared=tuple(shared), charged=tuple(charged)))
+        return pieces, batches
 
     def _write_statistics(self, rows: list[dict[str, Any]],
                           current: dict[str, str]) -> pd.DataFrame | None:
@@ -256,11 +245,6 @@ class Runner:
         new = new.drop_duplicates(subset=keys, keep="last")
         write_csv(new, path)
         return new
-
-    def _load(self, name: str) -> tuple[MLP, Card]:
-        if self.spec.model_dir is None:
-            return load_model(name)
-        return load_model(name, self.spec.model_dir)
 
     def _inputs(self) -> tuple[torch.Tensor, torch.Tensor, str]:
         """``(x (n, d) float64, y (n,), description)`` of the first ``n`` test images, and
@@ -290,67 +274,29 @@ class Runner:
             atomic_write(marker, lambda handle: handle.write(text))
         return x64, y, name
 
-    def _plan(self, networks: dict[str, tuple[MLP, Card]],
+    def _plan(self, networks: dict[str, tuple[NetworkRef, Loaded]],
               existing: dict) -> list[tuple[str, Method, float, int, int]]:
         """Batches with at least one sample lacking a current record: none yet, or one of
-        other weights, plugin configuration or version, another seed, or one that failed
+        other weights, plugin configuration, version or code (a record of schema 1 has
+        no code fingerprint and is judged by the rest), another seed, or one that failed
         (``error`` and ``timeout`` are retried, e.g. under a larger ``--time-limit``)."""
         todo = []
-        for model, (_, card) in networks.items():
+        for model, (ref, loaded) in networks.items():
             for eps in self.spec.eps:
                 for method in self.spec.methods:
-                    config = repr(method.plugin)
+                    config, code = repr(method.plugin), method.code
                     for start in range(0, self.spec.n, self.spec.batch_size):
                         stop = min(start + self.spec.batch_size, self.spec.n)
-                        seed = batch_seed(self.spec.seed, self._identity[model], method.name,
+                        seed = batch_seed(self.spec.seed, loaded.identity, method.name,
                                           eps, start)
                         for i in range(start, stop):
                             record = existing.get((model, method.name, float(eps), i))
                             if (record is None or record["config"] != config
-                                    or record["model_sha256"] != card.weights_sha256
+                                    or record["model_sha256"] != ref.weights_sha256
                                     or record["version"] != method.info.origin
+                                    or record["code"] not in ("", code)
                                     or record["seed"] != seed
                                     or record["status"] in ("error", "timeout")):
                                 todo.append((model, method, eps, start, stop))
                                 break
         return todo
-
-    def _batch(self, model: str, card: Card, net: MLP, net64: MLP, method: Method,
-               eps: float, x: torch.Tensor, x64: torch.Tensor, y: torch.Tensor,
-               start: int) -> list[dict[str, Any]]:
-        seed = batch_seed(self.spec.seed, self._identity[model], method.name, eps, start)
-        torch.manual_seed(seed)
-        status, message = "ok", ""
-        bound = torch.full((len(y),), float("nan"), dtype=torch.float64)
-        decided: list[bool | None] = [None] * len(y)
-        began = time.perf_counter()
-        if method.kind == "verifier" and not supports(method.plugin, net):
-            status, message = "n/a", f"{method.name} does not support this network"
-        else:
-            limit = self.spec.time_limit * len(y) if self.spec.time_limit else None
-            own_net, own_x, own_x64, own_y = copy.deepcopy(net), x.clone(), x64.clone(), y.clone()
-            try:
-                with time_limit(limit):
-                    if method.kind == "verifier":
-                        bound, flags = _evaluate_verifier(method, own_net, own_x64, own_y, eps)
-                    else:
-                        bound, flags = _evaluate_attack(method, own_net, net64, own_x, x64,
-                                                        own_y, eps)
-                _check_untouched(own_net, self._identity[model],
-                                 ((own_x, x), (own_x64, x64), (own_y, y)))
-                decided = [bool(v) for v in flags]
-            except PluginTimeout as exc:
-                status, message = "timeout", str(exc)
-                self.echo(f"{method.name} on {model} eps={eps:g} samples {start}.."
-                          f"{start + len(y) - 1}: {message}")
-            except Exception as exc:  # a failing plugin is recorded, the grid goes on
-                status, message = "error", f"{type(exc).__name__}: {exc}"[:500]
-                self.echo(f"{method.name} on {model} eps={eps:g} samples {start}.."
-                          f"{start + len(y) - 1}: {message}")
-        seconds = (time.perf_counter() - began) / len(y)
-        return [{"model": model, "model_sha256": card.weights_sha256, "method": method.name,
-                 "kind": method.kind, "eps": float(eps), "sample": start + i,
-                 "label": int(y[i]), "bound": float(bound[i]), "decided": decided[i],
-                 "seconds": seconds, "status": status, "message": message,
-                 "config": repr(method.plugin), "version": method.info.origin, "seed": seed}
-                for i in range(len(y))]

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -214,10 +215,60 @@ def counterexample_text(x: np.ndarray, y: np.ndarray) -> str:
     return "(" + "\n".join(parts) + ")\n"
 
 
+GRACE = 10.0    # seconds past an instance's timeout before the executor stops it
+
+
+@dataclass
+class InstanceTask:
+    """One instance as a task (:mod:`bench.executors`): everything to answer it."""
+
+    index: int
+    item: Instance
+    onnx_path: Path
+    vnnlib_path: Path
+    weights_sha256: str
+    seed: int = 0
+
+    @property
+    def limit(self) -> float:
+        """The hard limit: the portfolio stops itself at the timeout; this catches a
+        stage that cannot be interrupted (one long bound computation)."""
+        return self.item.timeout + GRACE
+
+    def timed_out(self) -> Answer:
+        return Answer("timeout", 0.0, self.limit, message="stopped by the executor")
+
+    def lost(self, message: str) -> Answer:
+        return Answer("error", 0.0, 0.0, message=message)
+
+
+def answer(task: InstanceTask) -> Answer:
+    """The portfolio on one instance; an exception is the answer ``error``."""
+    from .limits import PluginTimeout, time_limit
+    from .tasks import NetworkRef
+
+    try:
+        started = time.perf_counter()
+        with time_limit(task.limit):
+            net = NetworkRef(str(task.onnx_path), None, task.weights_sha256).load().net
+            prepare = time.perf_counter() - started
+            prop = read_vnnlib(task.vnnlib_path, num_inputs=net.input_dim,
+                               num_outputs=net.num_classes)
+            result = solve(net, prop, task.item.timeout, task.onnx_path, default_verifiers(),
+                           task.seed)
+        result.prepare_time = prepare
+        return result
+    except PluginTimeout:
+        return task.timed_out()
+    except Exception as exc:     # noqa: BLE001 (one broken instance is "error", the rest run)
+        return Answer("error", 0.0, 0.0, message=f"{type(exc).__name__}: {exc}")
+
+
 def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
-        seed: int = 0) -> list[dict]:
-    """Answer every instance (resuming), write ``OUT/results.csv``; return its rows."""
-    from models import load
+        seed: int = 0, executor: Any = None) -> list[dict]:
+    """Answer every instance (resuming) on ``executor`` (default: in this process),
+    writing ``OUT/results.csv`` as answers arrive; return its rows in instance order."""
+    from .executors import InProcess
 
     instances = read_instances(instances_csv)
     root = Path(instances_csv).resolve().parent
@@ -227,41 +278,40 @@ def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
     if path.exists():
         for row in csv.DictReader(path.read_text().splitlines()):
             done[(row["onnx"], row["vnnlib"])] = row
-    networks: dict[str, tuple[MLP, float]] = {}
-    verifiers = default_verifiers()
-    rows = []
+    digests: dict[Path, str] = {}
+    tasks = []
     for index, item in enumerate(instances):
-        key = (item.onnx, item.vnnlib)
-        if key in done:
-            rows.append(done[key])
+        if (item.onnx, item.vnnlib) in done:
             continue
-        try:
-            started = time.perf_counter()
-            onnx_path = (root / item.onnx).resolve()
-            if item.onnx not in networks:
-                net, _ = load(str(onnx_path))
-                networks[item.onnx] = (net, time.perf_counter() - started)
-            net, prepare = networks[item.onnx]
-            prop = read_vnnlib(root / item.vnnlib, num_inputs=net.input_dim,
-                               num_outputs=net.num_classes)
-            answer = solve(net, prop, item.timeout, onnx_path, verifiers, seed)
-            answer.prepare_time = prepare
-        except Exception as exc:     # noqa: BLE001 (one broken instance is "error", the rest run)
-            answer = Answer("error", 0.0, 0.0, message=f"{type(exc).__name__}: {exc}")
-        if answer.counterexample is not None:
-            text = counterexample_text(*answer.counterexample).encode()
-            atomic_write(out / "counterexamples" / f"{index}.counterexample",
+        onnx_path = (root / item.onnx).resolve()
+        if onnx_path not in digests:
+            try:
+                digests[onnx_path] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+            except OSError as exc:
+                digests[onnx_path] = f"unreadable: {exc.strerror}"
+        tasks.append(InstanceTask(index, item, onnx_path, root / item.vnnlib,
+                                  digests[onnx_path], seed))
+    nodes: dict[tuple[str, str], int] = {}
+
+    def finished(task: InstanceTask, result: Answer) -> None:
+        item = task.item
+        if result.counterexample is not None:
+            text = counterexample_text(*result.counterexample).encode()
+            atomic_write(out / "counterexamples" / f"{task.index}.counterexample",
                          lambda handle: handle.write(text))
-        row = {"onnx": item.onnx, "vnnlib": item.vnnlib,
-               "prepare_time": f"{answer.prepare_time:.4f}", "result": answer.result,
-               "run_time": f"{answer.run_time:.4f}"}
-        rows.append({**row, "nodes": answer.nodes})
-        done[key] = row
-        echo(f"{index + 1}/{len(instances)} {item.onnx} {item.vnnlib}: {answer.result} "
-             f"({answer.run_time:.2f} s){'; ' + answer.message if answer.message else ''}")
+        done[(item.onnx, item.vnnlib)] = {
+            "onnx": item.onnx, "vnnlib": item.vnnlib,
+            "prepare_time": f"{result.prepare_time:.4f}", "result": result.result,
+            "run_time": f"{result.run_time:.4f}"}
+        nodes[(item.onnx, item.vnnlib)] = result.nodes
+        echo(f"{task.index + 1}/{len(instances)} {item.onnx} {item.vnnlib}: {result.result} "
+             f"({result.run_time:.2f} s){'; ' + result.message if result.message else ''}")
         _write_results(path, [done[(i.onnx, i.vnnlib)] for i in instances
                               if (i.onnx, i.vnnlib) in done])
-    return rows
+
+    (executor or InProcess()).map(answer, tasks, finished)
+    return [{**done[(i.onnx, i.vnnlib)], "nodes": nodes[(i.onnx, i.vnnlib)]}
+            if (i.onnx, i.vnnlib) in nodes else done[(i.onnx, i.vnnlib)] for i in instances]
 
 
 def _write_results(path: Path, rows: list[dict]) -> None:

@@ -194,7 +194,8 @@ def test_integer_weights_and_a_wrong_output_count_are_one_line(case, tmp_path):
 FIELD_VALUES = {"eps": ["abc", None, -1, float("inf"), True], "sample": ["x", -3, 1.5, None],
                 "decided": ["no", 1, 0.0], "bound": ["hello", True, [1]],
                 "seconds": ["s", -1.0], "label": ["7", None], "seed": [1.5, "0"],
-                "config": [3, None], "model": [1]}
+                "config": [3, None], "model": [1], "schema": [3, "2", True, 0],
+                "code": [None, 5]}
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -205,7 +206,8 @@ def test_records_with_wrong_value_types_are_one_line(field, data, ):
     good = {"model": "nt-nn", "model_sha256": "0" * 64, "method": "spectral",
             "kind": "verifier", "eps": 0.1, "sample": 0, "label": 7, "bound": 1.5,
             "decided": False, "seconds": 0.01, "status": "ok", "message": "",
-            "config": "Spectral()", "version": "certbench 0.1.0", "seed": 1}
+            "config": "Spectral()", "version": "certbench 0.1.0", "seed": 1, "schema": 2,
+            "code": "0123456789abcdef"}
     assert set(good) == set(FIELDS)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"

@@ -13,9 +13,11 @@ leaves the rest ``unknown`` with an interval.
 
 The verifier returns per class the upper bound (the MILP dual bound, or the LP-family
 bound where no MILP ran). The points it finds are the attack ``milp-cex``
-(:mod:`attacks.milp_cex`), evaluated by the harness like any attack; both share one
-solve per sample through :data:`SHARED_VERDICTS`. ``statistics()`` gives per sample
-the verdict, the interval, nodes and seconds.
+(:mod:`attacks.milp_cex`), evaluated by the harness like any attack. Both declare a
+batch's solves as one piece of shared work under the same key (:class:`SharedVerdicts`),
+so in a run with both the harness solves each batch once, on any worker, and hands
+the verdicts to both. ``statistics()`` gives per sample the verdict, the interval,
+nodes and seconds.
 """
 
 from __future__ import annotations
@@ -98,10 +100,6 @@ class VerdictCache:
         self._rounded.clear()
 
 
-SHARED_VERDICTS = VerdictCache()
-"""The verdicts ``milp`` and ``milp-cex`` share within a process (one solve per sample)."""
-
-
 def seed_points(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, clip: bool,
                 steps: int = 30, apgd_seed: bool = True) -> torch.Tensor:
     """Primal heuristic: ``(N, d)`` float64 points in the box, the better per sample of
@@ -131,7 +129,7 @@ def seed_points(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, clip: bo
 
 
 def solve_samples(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-                  time_limit: float, clip: bool, cache: VerdictCache | None = SHARED_VERDICTS,
+                  time_limit: float, clip: bool, cache: VerdictCache | None = None,
                   apgd_seed: bool = True) -> list[SampleVerdict]:
     """MILP verdicts for ``x (N, d)``, ``y (N,)``, cached per weights, eps, input and label.
 
@@ -227,12 +225,23 @@ def _solve_one(params, make_program: Callable[[], ReluProgram], label: int,
                          time.perf_counter() - began, milps)
 
 
-class MILP(Configurable):
-    """Exact upper bound ``U (N, K)`` (float64) by MILP; opt-in, per-sample time limit."""
+def _verdicts_of(x: torch.Tensor, y: torch.Tensor, eps: float, time_limit: float, clip: bool,
+                 apgd_seed: bool, net: MLP) -> list[tuple[tuple, torch.Tensor, SampleVerdict]]:
+    """A batch's solves as a piece of shared work: ``(cache key, x_n, verdict)`` rows."""
+    verdicts = solve_samples(net, x, y, eps, time_limit=time_limit, clip=clip,
+                             apgd_seed=apgd_seed)
+    net_key = weights_summary(net)
+    return [(VerdictCache.key(net_key, eps, (time_limit, clip, apgd_seed), x[n], int(y[n])),
+             x[n], verdict) for n, verdict in enumerate(verdicts)]
 
-    name = "milp"
-    opt_in = True
-    exact = True
+
+class SharedVerdicts(Configurable):
+    """Options and verdict cache of ``milp`` and ``milp-cex``: one MILP search per sample.
+
+    ``shared_work`` names a batch's solves by everything they depend on (options, eps,
+    the float64 inputs and labels), so the two plugins declare the same piece and the
+    harness computes it once; ``use_shared`` puts its verdicts in this plugin's cache.
+    """
 
     def __init__(self, *, time_limit: float = 60.0, clip: bool = True,
                  apgd_seed: bool = True) -> None:
@@ -241,12 +250,45 @@ class MILP(Configurable):
         self.time_limit = time_limit
         self.clip = clip
         self.apgd_seed = apgd_seed
+        self._verdicts = VerdictCache()
+
+    def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor,
+                    eps: float) -> dict[str, Callable[[MLP], list]]:
+        x64 = x.detach().to(torch.float64).clone()
+        digest = hashlib.sha256(x64.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:24]
+        key = (f"milp-verdicts/{self.time_limit!r}/{self.clip}/{self.apgd_seed}/{eps!r}/"
+               f"{digest}")
+        return {key: partial(_verdicts_of, x64, y.clone(), eps, self.time_limit, self.clip,
+                             self.apgd_seed)}
+
+    def use_shared(self, net: MLP, results: dict[str, Any]) -> None:
+        for rows in results.values():
+            for key, x_n, verdict in rows:
+                self._verdicts.put(key, x_n, verdict)
+
+    def verdicts(self, net: MLP, x: torch.Tensor, y: torch.Tensor,
+                 eps: float) -> list[SampleVerdict]:
+        """The cached verdicts of ``x (N, d)`` (float64, or an attack's float32 copy),
+        solving those not cached."""
+        return solve_samples(net, x, y, eps, time_limit=self.time_limit, clip=self.clip,
+                             cache=self._verdicts, apgd_seed=self.apgd_seed)
+
+
+class MILP(SharedVerdicts):
+    """Exact upper bound ``U (N, K)`` (float64) by MILP; opt-in, per-sample time limit."""
+
+    name = "milp"
+    opt_in = True
+    exact = True
+
+    def __init__(self, *, time_limit: float = 60.0, clip: bool = True,
+                 apgd_seed: bool = True) -> None:
+        super().__init__(time_limit=time_limit, clip=clip, apgd_seed=apgd_seed)
         self._stats: list[dict[str, Any]] = []
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64, ``U[n, y_n] = -inf``."""
-        verdicts = solve_samples(net, x, y, eps, time_limit=self.time_limit, clip=self.clip,
-                                 apgd_seed=self.apgd_seed)
+        verdicts = self.verdicts(net, x, y, eps)
         for row, v in enumerate(verdicts):
             self._stats.append({"row": row, "verdict": v.verdict, "lower": v.lower,
                                 "upper": float(np.max(v.upper)), "nodes": v.nodes,

@@ -3,34 +3,43 @@
 ``U[n, j] = f_j(x_n) - f_{y_n}(x_n) + eps / 4 * value[y_n, j]`` where ``value[i, j]`` is a
 certified upper bound on ``SDP(M(V_j - V_i, W))`` (see :mod:`verifiers.sdp_core`). It
 depends on the weights only, so it is computed once per unordered class pair
-(``SDP(M(v)) = SDP(M(-v))``) and cached per weights hash; every batch after the
+(``SDP(M(v)) = SDP(M(-v))``) and kept per weights hash; every batch after the
 first costs one forward pass.
 
-Given a folder (the ``cache_in`` hook; the harness passes ``OUT/cache/NAME``), each pair's
-certified value is saved there as it is solved, per weights hash and configuration, so
-an interrupted run or a batch past its time limit keeps the pairs already solved. A
-progress bar over the pairs shows on a terminal.
+The pairs are solved in fixed groups of :data:`PAIRS_PER_PIECE` (the ``shared_work``
+hook): the harness computes each group once per network, on any worker, and hands the
+rows to ``use_shared``. A group's pairs and seed do not depend on where or with what
+it runs, so the table is the same on one process or a cluster. Given a folder (the
+``cache_in`` hook; the harness passes ``OUT/cache/NAME``), each group's rows are merged
+into one file per weights hash and configuration as the group finishes (under a file
+lock, as workers may share the folder), so an interrupted run keeps the pairs solved.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from bench.contract import Configurable, margins
 from models import MLP, weights_summary
 from models.files import atomic_write
 
 from .sdp_core import Solution, class_pairs
+
+
+PAIRS_PER_PIECE = 3
+"""Pairs per piece of shared work: 15 pieces for 10 classes, so two workers share them
+evenly; on one process three pairs at a time solve no slower than all 45 batched."""
 
 
 class PairwiseSDPBound(Configurable):
@@ -49,17 +58,14 @@ class PairwiseSDPBound(Configurable):
         self._folder = Path(folder)
 
     def solve_pairs(self, net: MLP, weight: np.ndarray, v: np.ndarray,
-                    pairs: list[tuple[int, int]],
-                    on_done: Callable[[int, Solution], None] | None = None) -> list[Solution]:
-        """Certified solutions for ``v (P, m)`` (``v_p = V_j - V_i`` for ``pairs[p]``);
-        ``on_done(p, solution)`` as each finishes."""
+                    pairs: list[tuple[int, int]]) -> list[Solution]:
+        """Certified solutions for ``v (P, m)`` (``v_p = V_j - V_i`` for ``pairs[p]``)."""
         raise NotImplementedError
 
     def _saved_path(self, key: str) -> Path | None:
         if self._folder is None:
             return None
-        config = hashlib.sha256(repr(self).encode()).hexdigest()[:12]
-        return self._folder / f"{key}-{config}.json"
+        return self._folder / f"{key}-{self._config_tag()}.json"
 
     def _load_saved(self, key: str) -> dict[str, dict[str, Any]]:
         path = self._saved_path(key)
@@ -73,56 +79,84 @@ class PairwiseSDPBound(Configurable):
                 and isinstance(row.get("certified"), float) and math.isfinite(row["certified"])}
 
     def _save(self, key: str, rows: dict[str, dict[str, Any]]) -> None:
+        """Merge ``rows`` into the saved file, under a lock (workers may share it)."""
         path = self._saved_path(key)
-        if path is not None:
-            text = json.dumps(rows, sort_keys=True).encode()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {**self._load_saved(key), **rows}
+            text = json.dumps(merged, sort_keys=True).encode()
             atomic_write(path, lambda handle: handle.write(text))
 
-    def pair_values(self, net: MLP) -> np.ndarray:
-        """``(K, K)`` symmetric table of certified SDP values (diagonal 0)."""
+    def _config_tag(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+
+    def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor,
+                    eps: float) -> dict[str, Callable[[MLP], dict[str, dict[str, Any]]]]:
+        """One piece per group of pairs (independent of ``x``, ``y`` and ``eps``)."""
+        if not self.supports(net) or weights_summary(net) in self._tables:
+            return {}
+        count = len(class_pairs(net.num_classes))
+        return {f"{self.name}/{self._config_tag()}/pairs/{g}": partial(self.solve_group, g)
+                for g in range(math.ceil(count / PAIRS_PER_PIECE))}
+
+    def solve_group(self, group: int, net: MLP) -> dict[str, dict[str, Any]]:
+        """Rows (``primal, certified, rel_gap, iterations, seconds, status``) of the pairs
+        of group ``group``, by ``"i-j"``: read from the cache folder or solved (and saved)."""
         key = weights_summary(net)
-        if key in self._tables:
-            return self._tables[key]
+        pairs = class_pairs(net.num_classes)[group * PAIRS_PER_PIECE:
+                                             (group + 1) * PAIRS_PER_PIECE]
+        saved = self._load_saved(key)
+        rows = {f"{i}-{j}": saved[f"{i}-{j}"] for i, j in pairs if f"{i}-{j}" in saved}
+        todo = [(i, j) for i, j in pairs if f"{i}-{j}" not in rows]
+        if not todo:
+            return rows
         weight, _, last, _ = net.one_hidden_layer()
         w = weight.detach().to(torch.float64).cpu().numpy()
         v = last.detach().to(torch.float64).cpu().numpy()
-        pairs = class_pairs(v.shape[0])
-        rows = self._load_saved(key)
-        todo = [p for p, (i, j) in enumerate(pairs) if f"{i}-{j}" not in rows]
-        if todo:
-            bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="pair",
-                       desc=f"{self.name} pairs", file=sys.stderr, disable=None, leave=False)
+        # numpy's BLAS single-threaded: its pool and torch's fought over two cores
+        with threadpool_limits(1, user_api="blas"):
+            solutions = self.solve_pairs(net, w, np.stack([v[j] - v[i] for i, j in todo]),
+                                         todo)
+        for (i, j), solution in zip(todo, solutions):
+            rows[f"{i}-{j}"] = {"primal": solution.primal, "certified": solution.certified,
+                                "rel_gap": solution.rel_gap,
+                                "iterations": solution.iterations,
+                                "seconds": solution.seconds, "status": solution.status}
+            if solution.status.startswith("fallback"):
+                print(f"{self.name}: pair {i}-{j} {solution.status}; using the looser "
+                      "Gershgorin certificate", file=sys.stderr)
+        self._save(key, rows)
+        return rows
 
-            def done(index: int, solution: Solution) -> None:
-                i, j = pairs[todo[index]]
-                rows[f"{i}-{j}"] = {"primal": solution.primal,
-                                    "certified": solution.certified,
-                                    "rel_gap": solution.rel_gap,
-                                    "iterations": solution.iterations,
-                                    "seconds": solution.seconds, "status": solution.status}
-                self._save(key, rows)
-                bar.update(1)
-                if solution.status.startswith("fallback"):
-                    print(f"{self.name}: pair {i}-{j} {solution.status}; using the "
-                          "looser Gershgorin certificate", file=sys.stderr)
-            try:   # numpy's BLAS single-threaded: its pool and torch's fought over two cores
-                with threadpool_limits(1, user_api="blas"):
-                    solutions = self.solve_pairs(net, w, np.stack(
-                        [v[j] - v[i] for i, j in [pairs[p] for p in todo]]),
-                        [pairs[p] for p in todo], done)
-            finally:
-                bar.close()
-            for index, solution in enumerate(solutions):     # solvers that skip on_done
-                i, j = pairs[todo[index]]
-                if f"{i}-{j}" not in rows:
-                    done(index, solution)
-        table = np.zeros((v.shape[0], v.shape[0]))
+    def use_shared(self, net: MLP, results: dict[str, Any]) -> None:
+        """Assemble the pair table from the groups' rows (keys of :meth:`shared_work`)."""
+        key = weights_summary(net)
+        if key in self._tables:
+            return
+        rows: dict[str, dict[str, Any]] = {}
+        for piece in results.values():
+            rows.update(piece)
+        pairs = class_pairs(net.num_classes)
+        missing = [f"{i}-{j}" for i, j in pairs if f"{i}-{j}" not in rows]
+        if missing:
+            raise ValueError(f"{self.name}: no solution for pairs {', '.join(missing)}")
+        table = np.zeros((net.num_classes, net.num_classes))
         for i, j in pairs:
             row = rows[f"{i}-{j}"]
             table[i, j] = table[j, i] = row["certified"]
             self._stats.append({"weights": key, "pair": f"{i}-{j}", **row})
         self._tables[key] = table
-        return table
+
+    def pair_values(self, net: MLP) -> np.ndarray:
+        """``(K, K)`` symmetric table of certified SDP values (diagonal 0)."""
+        key = weights_summary(net)
+        if key not in self._tables:
+            pieces = self.shared_work(net, torch.empty(0), torch.empty(0), 0.0)
+            self.use_shared(net, {name: work(net) for name, work in pieces.items()})
+        return self._tables[key]
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64 upper bound, ``U[n, y_n] = -inf``."""

@@ -9,8 +9,6 @@ value, hence sound.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from models import MLP
@@ -48,20 +46,13 @@ class SDP(PairwiseSDPBound):
         self.seed = seed
 
     def solve_pairs(self, net: MLP, weight: np.ndarray, v: np.ndarray,
-                    pairs: list[tuple[int, int]],
-                    on_done: Callable[[int, Solution], None] | None = None) -> list[Solution]:
+                    pairs: list[tuple[int, int]]) -> list[Solution]:
         if self.backend == "cvxpy":
-            out = []
-            for index, row in enumerate(v):
-                out.append(solve_cvxpy(pair_block(weight, row), solver=self.solver,
-                                       eps=self.solver_eps))
-                if on_done is not None:
-                    on_done(index, out[-1])
-            return out
+            return [solve_cvxpy(pair_block(weight, row), solver=self.solver,
+                                eps=self.solver_eps) for row in v]
         try:
             solutions = solve_pairs(weight, v, rank=self.rank, target_gap=self.target_gap,
-                                    max_iters=self.max_iters, seed=self.seed,
-                                    on_done=on_done)
+                                    max_iters=self.max_iters, seed=self.seed)
         except (ArithmeticError, np.linalg.LinAlgError, RuntimeError) as exc:
             return [fallback(pair_block(weight, row), f"{type(exc).__name__}: {exc}")
                     for row in v]

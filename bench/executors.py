@@ -1,0 +1,227 @@
+"""Where the grid's tasks run: in this process, or on Dask workers (local or a cluster).
+
+Every executor runs the same pure task functions (:mod:`bench.tasks`) and hands each
+result to the driver's callbacks as it arrives; only the driver writes records.
+
+- :class:`InProcess` (``--executor inprocess``, the default): tasks in order in this
+  process, no other process started; a task's limit is enforced by ``SIGALRM``.
+- :class:`DaskExecutor`: ``--executor local --workers N`` starts a ``LocalCluster`` of
+  N single-threaded worker processes (torch gets ``cores / N`` threads each);
+  ``--executor dask --scheduler tcp://HOST:PORT`` uses a running cluster. Shared pieces
+  are submitted first and feed the batches that need them (Dask passes the result
+  along, so workers never repeat a piece). Limits and faults are the executor's:
+  a task past its limit kills its own worker process (its nanny starts a fresh one)
+  after flagging a Dask ``Event``, and is recorded as ``timeout`` without running
+  again; a worker killed for any other reason (SIGKILL, out of memory) has its tasks
+  retried on the others by the scheduler (up to ``distributed.scheduler.allowed-
+  failures`` times; past that the batch is recorded as ``error``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol
+
+from .tasks import BatchResult, BatchTask, SharedOutcome, SharedTask, run_batch, run_shared
+
+EXECUTORS = ("inprocess", "local", "dask")
+
+BatchDone = Callable[[BatchTask, BatchResult], None]
+PieceDone = Callable[[SharedTask, SharedOutcome], None]
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot start (Dask missing, no scheduler at the address): one line."""
+
+
+class Executor(Protocol):
+    workers: int
+
+    def execute(self, pieces: dict[str, SharedTask], batches: list[BatchTask],
+                batch_done: BatchDone, piece_done: PieceDone) -> None:
+        """Run every batch (and the pieces they need); call back as each finishes."""
+
+
+class InProcess:
+    """Tasks one after another in this process (today's behaviour; nothing started)."""
+
+    workers = 1
+
+    def execute(self, pieces: dict[str, SharedTask], batches: list[BatchTask],
+                batch_done: BatchDone, piece_done: PieceDone) -> None:
+        remaining = _uses(batches)
+        outcomes: dict[str, SharedOutcome] = {}
+        for batch in batches:
+            for key in batch.shared:
+                if key not in outcomes:
+                    outcomes[key] = run_shared(pieces[key])
+                    piece_done(pieces[key], outcomes[key])
+            result = run_batch(batch, *[outcomes[key] for key in batch.shared])
+            for key in batch.shared:          # free a piece once no batch needs it
+                remaining[key] -= 1
+                if remaining[key] == 0:
+                    del outcomes[key]
+            batch_done(batch, result)
+        for key in [k for k in pieces if k not in remaining]:     # pieces no batch needs
+            piece_done(pieces[key], run_shared(pieces[key]))
+
+
+    def map(self, function: Callable[[Any], Any], tasks: list[Any],
+            done: Callable[[Any, Any], None]) -> None:
+        """``done(task, function(task))`` for each task, in order."""
+        for task in tasks:
+            done(task, function(task))
+
+
+def _uses(batches: list[BatchTask]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for batch in batches:
+        for key in batch.shared:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _kill_own_worker(flag: Any) -> None:
+    """Past the limit: flag the task as timed out, then end this worker process (a
+    running C call cannot be interrupted any other way; the nanny starts a new one)."""
+    try:
+        flag.set()
+    finally:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def guarded(function: Callable[..., Any], task: Any, flag_name: str, *args: Any) -> Any:
+    """Run ``function(task, *args)`` on a Dask worker under ``task.limit``.
+
+    If an earlier attempt of this task was stopped at its limit (its ``Event`` is set),
+    return ``task.timed_out()`` without running it again.
+    """
+    if task.limit is None:
+        return function(task, *args)
+    from distributed import Event
+
+    flag = Event(flag_name)
+    if flag.is_set():
+        return task.timed_out()
+    timer = threading.Timer(task.limit, _kill_own_worker, args=(flag,))
+    timer.daemon = True
+    timer.start()
+    try:
+        return function(task, *args)
+    finally:
+        timer.cancel()
+
+
+class DaskExecutor:
+    """Tasks on the workers of a Dask ``client``."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.workers = max(1, len(client.scheduler_info().get("workers", {})))
+
+    def execute(self, pieces: dict[str, SharedTask], batches: list[BatchTask],
+                batch_done: BatchDone, piece_done: PieceDone) -> None:
+        from distributed import as_completed
+
+        run = uuid.uuid4().hex[:12]           # task keys of this run, apart from others'
+        futures: dict[str, Any] = {}
+        owner: dict[Any, tuple[str, Any]] = {}
+        for number, key in enumerate(pieces):
+            name = f"certbench-{run}-shared-{number}"
+            futures[key] = self.client.submit(guarded, run_shared, pieces[key], name,
+                                              key=name, pure=False)
+            owner[futures[key]] = ("piece", pieces[key])
+        for number, batch in enumerate(batches):
+            name = f"certbench-{run}-batch-{number}"
+            future = self.client.submit(guarded, run_batch, batch, name,
+                                        *[futures[key] for key in batch.shared],
+                                        key=name, pure=False)
+            owner[future] = ("batch", batch)
+        del futures                           # pieces are released once their batches end
+        for future in as_completed(list(owner)):
+            kind, task = owner.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:          # noqa: BLE001 - KilledWorker, a lost worker
+                message = f"{type(exc).__name__}: {exc}"[:500]
+                result = (SharedOutcome("error", message=message) if kind == "piece"
+                          else task.failed("error", message))
+            if kind == "piece":
+                piece_done(task, result)
+            else:
+                batch_done(task, result)
+            future.release()
+
+
+    def map(self, function: Callable[[Any], Any], tasks: list[Any],
+            done: Callable[[Any, Any], None]) -> None:
+        """``done(task, function(task))`` for each task as it finishes, on the workers
+        under each task's ``limit``; a task lost with its workers gets
+        ``task.lost(message)``."""
+        from distributed import as_completed
+
+        run = uuid.uuid4().hex[:12]
+        owner = {}
+        for number, task in enumerate(tasks):
+            name = f"certbench-{run}-task-{number}"
+            owner[self.client.submit(guarded, function, task, name, key=name,
+                                     pure=False)] = task
+        for future in as_completed(list(owner)):
+            task = owner.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:          # noqa: BLE001 - KilledWorker, a lost worker
+                result = task.lost(f"{type(exc).__name__}: {exc}"[:500])
+            done(task, result)
+            future.release()
+
+
+@contextmanager
+def executor(kind: str = "inprocess", *, workers: int | None = None,
+             scheduler: str | None = None,
+             echo: Callable[[str], None] = print) -> Iterator[Executor]:
+    """The executor ``kind`` (see the module doc), shut down on leaving."""
+    if kind == "inprocess":
+        yield InProcess()
+        return
+    if kind not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {kind!r}; one of {', '.join(EXECUTORS)}")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ExecutorError("the Dask executors need dask.distributed: pip install "
+                            "'dask[distributed]'") from None
+    if kind == "local":
+        count = workers or os.cpu_count() or 1
+        threads = max(1, (os.cpu_count() or 1) // count)
+        cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.CRITICAL,
+                               env={"OMP_NUM_THREADS": str(threads),
+                                    "MKL_NUM_THREADS": str(threads)})
+        client = Client(cluster)
+        echo(f"Dask: {count} local workers ({threads} thread{'s' * (threads > 1)} each); "
+             f"dashboard {client.dashboard_link}")
+        try:
+            yield DaskExecutor(client)
+        finally:
+            client.close()
+            cluster.close()
+        return
+    if not scheduler:
+        raise ExecutorError("--executor dask needs --scheduler tcp://HOST:PORT (start one "
+                            "with `dask scheduler`)")
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise ExecutorError(f"no Dask scheduler at {scheduler} ({exc})") from None
+    found = len(client.scheduler_info().get("workers", {}))
+    echo(f"Dask: scheduler {scheduler}, {found} workers; dashboard {client.dashboard_link}")
+    try:
+        yield DaskExecutor(client)
+    finally:
+        client.close()
