@@ -113,6 +113,9 @@ def _add_executor_options(parser: argparse.ArgumentParser, what: str) -> None:
                         "processes, or on a running Dask cluster at --scheduler")
     parser.add_argument("--workers", type=_positive, metavar="N", help="local worker "
                         "processes for --executor local (default: one per core)")
+    parser.add_argument("--worker-threads", type=_positive, metavar="T", help="torch threads "
+                        "per task on Dask workers (default: cores / workers locally, the "
+                        "workers' own setting on a cluster)")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="the Dask scheduler "
                         "for --executor dask (`dask scheduler` prints it)")
 
@@ -125,8 +128,10 @@ def _executor(args: argparse.Namespace) -> Any:
         raise UsageError("--workers is for --executor local")
     if args.scheduler is not None and args.executor != "dask":
         raise UsageError("--scheduler is for --executor dask")
-    return executor(args.executor, workers=args.workers, scheduler=args.scheduler,
-                    echo=lambda line: print(line, file=sys.stderr))
+    if args.worker_threads is not None and args.executor == "inprocess":
+        raise UsageError("--worker-threads is for --executor local or dask")
+    return executor(args.executor, workers=args.workers, threads=args.worker_threads,
+                    scheduler=args.scheduler, echo=lambda line: print(line, file=sys.stderr))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

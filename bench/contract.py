@@ -113,11 +113,13 @@ HOOKS: dict[str, Hook] = {
     "cache_in": Hook("plugin", "cache_in(folder: Path) -> None  (where it may persist "
                      "precomputation, e.g. SDP pair solves, so a resumed run reuses it; "
                      "the harness passes OUT/cache/NAME)", 1),
-    "shared_work": Hook("plugin", "shared_work(net, x (N, d) float64, y (N,), eps) -> "
-                        "dict[str, Callable[[net], Any]]  (pieces of a batch's work that "
+    "shared_work": Hook("plugin", "shared_work(net, x (N, d) float64, y (N,), eps, workers) "
+                        "-> dict[str, Callable[[net], Any]]  (pieces of a batch's work that "
                         "other batches or plugins may share, e.g. SDP pair solves, by a key "
                         "naming all they depend on beside the network; each key is computed "
-                        "once per network, perhaps on another worker; picklable)", 4),
+                        "once per network, perhaps on another worker; picklable; workers "
+                        "(1 in process) hints how finely to split work whose result does "
+                        "not depend on the split)", 5),
     "use_shared": Hook("plugin", "use_shared(net, results: dict[str, Any]) -> None  (before "
                        "bound or perturb: the results of the batch's shared_work pieces)", 2),
     "opt_in": Hook("plugin", "opt_in: bool  (class attribute; True keeps it out of the "

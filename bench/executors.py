@@ -95,12 +95,18 @@ def _kill_own_worker(flag: Any) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def guarded(function: Callable[..., Any], task: Any, flag_name: str, *args: Any) -> Any:
-    """Run ``function(task, *args)`` on a Dask worker under ``task.limit``.
+def guarded(function: Callable[..., Any], task: Any, flag_name: str, threads: int | None,
+            *args: Any) -> Any:
+    """Run ``function(task, *args)`` on a Dask worker under ``task.limit``, with torch on
+    ``threads`` threads (``None``: as the worker is).
 
     If an earlier attempt of this task was stopped at its limit (its ``Event`` is set),
     return ``task.timed_out()`` without running it again.
     """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if task.limit is None:
         return function(task, *args)
     from distributed import Event
@@ -120,8 +126,9 @@ def guarded(function: Callable[..., Any], task: Any, flag_name: str, *args: Any)
 class DaskExecutor:
     """Tasks on the workers of a Dask ``client``."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, threads: int | None = None) -> None:
         self.client = client
+        self.threads = threads              # torch threads per task (None: the worker's)
         self.workers = max(1, len(client.scheduler_info().get("workers", {})))
 
     def execute(self, pieces: dict[str, SharedTask], batches: list[BatchTask],
@@ -134,11 +141,11 @@ class DaskExecutor:
         for number, key in enumerate(pieces):
             name = f"certbench-{run}-shared-{number}"
             futures[key] = self.client.submit(guarded, run_shared, pieces[key], name,
-                                              key=name, pure=False)
+                                              self.threads, key=name, pure=False)
             owner[futures[key]] = ("piece", pieces[key])
         for number, batch in enumerate(batches):
             name = f"certbench-{run}-batch-{number}"
-            future = self.client.submit(guarded, run_batch, batch, name,
+            future = self.client.submit(guarded, run_batch, batch, name, self.threads,
                                         *[futures[key] for key in batch.shared],
                                         key=name, pure=False)
             owner[future] = ("batch", batch)
@@ -169,7 +176,7 @@ class DaskExecutor:
         owner = {}
         for number, task in enumerate(tasks):
             name = f"certbench-{run}-task-{number}"
-            owner[self.client.submit(guarded, function, task, name, key=name,
+            owner[self.client.submit(guarded, function, task, name, self.threads, key=name,
                                      pure=False)] = task
         for future in as_completed(list(owner)):
             task = owner.pop(future)
@@ -183,9 +190,11 @@ class DaskExecutor:
 
 @contextmanager
 def executor(kind: str = "inprocess", *, workers: int | None = None,
-             scheduler: str | None = None,
+             threads: int | None = None, scheduler: str | None = None,
              echo: Callable[[str], None] = print) -> Iterator[Executor]:
-    """The executor ``kind`` (see the module doc), shut down on leaving."""
+    """The executor ``kind`` (see the module doc), shut down on leaving. ``threads``: torch
+    threads per task on the workers (default: cores / workers locally, the worker's own
+    setting on a cluster)."""
     if kind == "inprocess":
         yield InProcess()
         return
@@ -198,16 +207,15 @@ def executor(kind: str = "inprocess", *, workers: int | None = None,
                             "'dask[distributed]'") from None
     if kind == "local":
         count = workers or os.cpu_count() or 1
-        threads = max(1, (os.cpu_count() or 1) // count)
+        threads = threads or max(1, (os.cpu_count() or 1) // count)
         cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.CRITICAL,
-                               env={"OMP_NUM_THREADS": str(threads),
-                                    "MKL_NUM_THREADS": str(threads)})
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
         client = Client(cluster)
+        client.wait_for_workers(count)
         echo(f"Dask: {count} local workers ({threads} thread{'s' * (threads > 1)} each); "
              f"dashboard {client.dashboard_link}")
         try:
-            yield DaskExecutor(client)
+            yield DaskExecutor(client, threads)
         finally:
             client.close()
             cluster.close()
@@ -221,7 +229,10 @@ def executor(kind: str = "inprocess", *, workers: int | None = None,
         raise ExecutorError(f"no Dask scheduler at {scheduler} ({exc})") from None
     found = len(client.scheduler_info().get("workers", {}))
     echo(f"Dask: scheduler {scheduler}, {found} workers; dashboard {client.dashboard_link}")
+    if found == 0:
+        echo("Dask: no workers yet; tasks wait until one connects (`dask worker "
+             f"{scheduler}`)")
     try:
-        yield DaskExecutor(client)
+        yield DaskExecutor(client, threads)
     finally:
         client.close()

@@ -199,6 +199,7 @@ class Runner:
         network; a piece's seconds are charged to the first batch that needs it)."""
         pieces: dict[str, SharedTask] = {}
         batches = []
+        workers = (self.spec.executor or InProcess()).workers
         for model, method, eps, start, stop in todo:
             ref, loaded = networks[model]
             x_b, y_b = x64[start:stop], y[start:stop]
@@ -207,7 +208,7 @@ class Runner:
             declare = hook(method.plugin, "shared_work")
             if callable(declare) and (method.kind != "verifier"
                                       or supports(method.plugin, loaded.net)):
-                for key, work in declare(loaded.net, x_b, y_b, eps).items():
+                for key, work in declare(loaded.net, x_b, y_b, eps, workers).items():
                     full = f"{loaded.identity}/{key}"
                     if full not in pieces:
                         pieces[full] = SharedTask(ref, full, work, limit)

@@ -187,3 +187,23 @@ def test_default_grid_on_two_local_workers_equals_in_process(tmp_path):
                             csv_without_timings(tmp_path / "local")):
         pd.testing.assert_frame_equal(ours, theirs)
     assert_same_records(tmp_path / "inprocess", tmp_path / "local")
+
+
+def test_vnncomp_instances_on_dask_answer_as_in_process(tmp_path, cluster):
+    """``bench vnncomp`` with instances on the workers: the same answers as in process,
+    a broken instance is ``error`` and the rest complete."""
+    from bench.executors import DaskExecutor
+    from bench.vnncomp import run
+    code, _, err = invoke(["export", "lp-nn", "--onnx", str(tmp_path / "lp-nn.onnx"),
+                           "--properties", "3", "--eps", "0.1", "--timeout", "30"])
+    assert code == 0, err
+    (tmp_path / "broken.vnnlib").write_text("(declare-const X_0 Real)\n(assert (<= X_0")
+    with open(tmp_path / "instances.csv", "a") as handle:
+        handle.write("lp-nn.onnx,broken.vnnlib,30\n")
+    quiet = lambda line: None  # noqa: E731
+    inproc = run(tmp_path / "instances.csv", tmp_path / "inprocess", echo=quiet)
+    on_dask = run(tmp_path / "instances.csv", tmp_path / "dask", echo=quiet,
+                  executor=DaskExecutor(cluster))
+    assert [r["result"] for r in on_dask] == [r["result"] for r in inproc]
+    assert inproc[-1]["result"] == "error" and "error" not in [r["result"] for r in inproc[:-1]]
+    assert (tmp_path / "dask" / "results.csv").read_text().count("\n") == 5

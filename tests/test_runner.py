@@ -71,3 +71,71 @@ def test_wilson_interval_matches_reference_values():
                                                           method="wilson")
         assert wilson_interval(successes, n) == pytest.approx(
             (reference.low, reference.high), abs=1e-6)
+
+
+PLUGIN_SOURCE = '''
+import torch
+
+class Bump:
+    name = "bump"
+
+    def __repr__(self):
+        return "Bump()"
+
+    def bound(self, net, x, y, eps):
+        return torch.full((len(y), net.num_classes), {value}, dtype=torch.float64)
+'''
+
+
+def test_an_edited_plugin_is_recomputed_and_an_unchanged_one_is_not(tmp_path, model_dir,
+                                                                     monkeypatch):
+    """The records keep a fingerprint of the plugin's source: editing the source (same
+    name, configuration and version) recomputes its batches; leaving it does not."""
+    import importlib
+    import sys
+
+    from bench.fingerprint import code_fingerprint
+    from tests.conftest import fake_method
+    package = tmp_path / "src"
+    package.mkdir()
+    (package / "bump_plugin.py").write_text(PLUGIN_SOURCE.format(value=1.0))
+    monkeypatch.syspath_prepend(str(package))
+
+    def run(source_value: float):
+        (package / "bump_plugin.py").write_text(PLUGIN_SOURCE.format(value=source_value))
+        sys.modules.pop("bump_plugin", None)
+        code_fingerprint.cache_clear()
+        module = importlib.import_module("bump_plugin")
+        return run_grid(tmp_path / "out", model_dir, [fake_method(module.Bump())], n=8,
+                        eps=(0.1,))
+    first = run(1.0)
+    assert first.computed_batches == 2 and set(first.leaderboard["error"]) == {1.0}
+    assert run(1.0).computed_batches == 0
+    edited = run(-1.0)                              # the same repr, another result
+    assert edited.computed_batches == 2 and set(edited.leaderboard["error"]) == {0.0}
+
+
+def test_records_of_schema_1_are_read_and_reused(tmp_path, model_dir):
+    """A results folder written before records had ``schema`` and ``code`` still
+    resumes: its records are read (as schema 1, no fingerprint) and not recomputed."""
+    import json
+    first = run_grid(tmp_path, model_dir, n=16, eps=(0.1,))
+    path = tmp_path / "records.jsonl"
+    old = [{k: v for k, v in json.loads(line).items() if k not in ("schema", "code")}
+           for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    again = run_grid(tmp_path, model_dir, n=16, eps=(0.1,))
+    assert again.computed_batches == 0 and first.computed_batches > 0
+    pd.testing.assert_frame_equal(first.leaderboard.drop(columns=["seconds_per_sample"]),
+                                  again.leaderboard.drop(columns=["seconds_per_sample"]))
+
+
+def test_the_fingerprint_covers_the_modules_a_plugin_uses():
+    from bench.fingerprint import reached_modules
+    import verifiers.sdp  # noqa: F401
+    reached = reached_modules("verifiers.sdp")
+    assert {"verifiers.sdp", "verifiers.sdp_core", "verifiers.pairwise_sdp",
+            "bench.contract", "models.mlp"} <= set(reached)
+    assert not any(name.split(".")[0] in ("torch", "numpy", "bench.runner")
+                   for name in reached)
+    assert "bench.runner" not in reached and "bench.cli" not in reached

@@ -252,8 +252,9 @@ class SharedVerdicts(Configurable):
         self.apgd_seed = apgd_seed
         self._verdicts = VerdictCache()
 
-    def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor,
-                    eps: float) -> dict[str, Callable[[MLP], list]]:
+    def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
+                    workers: int) -> dict[str, Callable[[MLP], list]]:
+        """One piece: the batch's solves (``workers`` does not matter: one batch)."""
         x64 = x.detach().to(torch.float64).clone()
         digest = hashlib.sha256(x64.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:24]
         key = (f"milp-verdicts/{self.time_limit!r}/{self.clip}/{self.apgd_seed}/{eps!r}/"

@@ -6,12 +6,14 @@ depends on the weights only, so it is computed once per unordered class pair
 (``SDP(M(v)) = SDP(M(-v))``) and kept per weights hash; every batch after the
 first costs one forward pass.
 
-The pairs are solved in fixed groups of :data:`PAIRS_PER_PIECE` (the ``shared_work``
-hook): the harness computes each group once per network, on any worker, and hands the
-rows to ``use_shared``. A group's pairs and seed do not depend on where or with what
-it runs, so the table is the same on one process or a cluster. Given a folder (the
-``cache_in`` hook; the harness passes ``OUT/cache/NAME``), each group's rows are merged
-into one file per weights hash and configuration as the group finishes (under a file
+The pairs are solved in one piece per worker (the ``shared_work`` hook; one piece in
+process, where all pairs batched solve fastest): the harness computes each piece once
+per network, on any worker, and hands the rows to ``use_shared``. Each pair's solve is
+seeded by the pair alone, so its certificate is the same whichever pairs share its
+batch and however many threads run it: the table is the same on one process or a
+cluster. Given a folder (the
+``cache_in`` hook; the harness passes ``OUT/cache/NAME``), each piece's rows are merged
+into one file per weights hash and configuration as the piece finishes (under a file
 lock, as workers may share the folder), so an interrupted run keeps the pairs solved.
 """
 
@@ -35,11 +37,6 @@ from models import MLP, weights_summary
 from models.files import atomic_write
 
 from .sdp_core import Solution, class_pairs
-
-
-PAIRS_PER_PIECE = 3
-"""Pairs per piece of shared work: 15 pieces for 10 classes, so two workers share them
-evenly; on one process three pairs at a time solve no slower than all 45 batched."""
 
 
 class PairwiseSDPBound(Configurable):
@@ -93,21 +90,25 @@ class PairwiseSDPBound(Configurable):
     def _config_tag(self) -> str:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
 
-    def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor,
-                    eps: float) -> dict[str, Callable[[MLP], dict[str, dict[str, Any]]]]:
-        """One piece per group of pairs (independent of ``x``, ``y`` and ``eps``)."""
+    def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
+                    workers: int) -> dict[str, Callable[[MLP], dict[str, dict[str, Any]]]]:
+        """The pairs in ``workers`` contiguous pieces (one in process: batched pairs run
+        fastest there); independent of ``x``, ``y`` and ``eps``. Each pair's solve is
+        seeded by the pair, so the table does not depend on the split."""
         if not self.supports(net) or weights_summary(net) in self._tables:
             return {}
         count = len(class_pairs(net.num_classes))
-        return {f"{self.name}/{self._config_tag()}/pairs/{g}": partial(self.solve_group, g)
-                for g in range(math.ceil(count / PAIRS_PER_PIECE))}
+        bounds = np.linspace(0, count, min(count, max(1, workers)) + 1).round().astype(int)
+        return {f"{self.name}/{self._config_tag()}/pairs/{start}-{stop}":
+                partial(self.solve_group, int(start), int(stop))
+                for start, stop in zip(bounds[:-1], bounds[1:])}
 
-    def solve_group(self, group: int, net: MLP) -> dict[str, dict[str, Any]]:
-        """Rows (``primal, certified, rel_gap, iterations, seconds, status``) of the pairs
-        of group ``group``, by ``"i-j"``: read from the cache folder or solved (and saved)."""
+    def solve_group(self, start: int, stop: int, net: MLP) -> dict[str, dict[str, Any]]:
+        """Rows (``primal, certified, rel_gap, iterations, seconds, status``) of pairs
+        ``start .. stop - 1`` (in :func:`class_pairs` order), by ``"i-j"``: read from the
+        cache folder or solved (and saved)."""
         key = weights_summary(net)
-        pairs = class_pairs(net.num_classes)[group * PAIRS_PER_PIECE:
-                                             (group + 1) * PAIRS_PER_PIECE]
+        pairs = class_pairs(net.num_classes)[start:stop]
         saved = self._load_saved(key)
         rows = {f"{i}-{j}": saved[f"{i}-{j}"] for i, j in pairs if f"{i}-{j}" in saved}
         todo = [(i, j) for i, j in pairs if f"{i}-{j}" not in rows]
@@ -154,7 +155,7 @@ class PairwiseSDPBound(Configurable):
         """``(K, K)`` symmetric table of certified SDP values (diagonal 0)."""
         key = weights_summary(net)
         if key not in self._tables:
-            pieces = self.shared_work(net, torch.empty(0), torch.empty(0), 0.0)
+            pieces = self.shared_work(net, torch.empty(0), torch.empty(0), 0.0, 1)
             self.use_shared(net, {name: work(net) for name, work in pieces.items()})
         return self._tables[key]
 

@@ -14,7 +14,7 @@ import numpy as np
 from models import MLP
 
 from .pairwise_sdp import PairwiseSDPBound
-from .sdp_core import Solution, fallback, pair_block, solve_pairs
+from .sdp_core import Solution, fallback, pair_block, pair_seed, solve_pairs
 from .sdp_cvxpy import check_solver, solve_cvxpy
 
 BACKENDS = ("mixing", "cvxpy")
@@ -52,7 +52,8 @@ class SDP(PairwiseSDPBound):
                                 eps=self.solver_eps) for row in v]
         try:
             solutions = solve_pairs(weight, v, rank=self.rank, target_gap=self.target_gap,
-                                    max_iters=self.max_iters, seed=self.seed)
+                                    max_iters=self.max_iters,
+                                    seeds=[pair_seed(self.seed, i, j) for i, j in pairs])
         except (ArithmeticError, np.linalg.LinAlgError, RuntimeError) as exc:
             return [fallback(pair_block(weight, row), f"{type(exc).__name__}: {exc}")
                     for row in v]

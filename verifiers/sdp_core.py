@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -207,6 +208,25 @@ def unit_columns(count: int, rank: int, width: int, generator: torch.Generator,
     return (side / _column_norms(side)[:, None, :]).to(dtype)
 
 
+def initial_factors(count: int, rank: int, width: int, seed: int,
+                    seeds: list[int] | None = None,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Starting factors ``(count, rank, width)``: from one generator seeded ``seed``, or
+    with ``seeds`` (one per row) each row from its own, so a row's start, and with it its
+    whole solve, does not depend on which other rows share the batch."""
+    if seeds is None:
+        return unit_columns(count, rank, width, torch.Generator().manual_seed(seed), dtype)
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} rows")
+    return torch.cat([unit_columns(1, rank, width, torch.Generator().manual_seed(s), dtype)
+                      for s in seeds])
+
+
+def pair_seed(seed: int, i: int, j: int) -> int:
+    """The seed of class pair ``(i, j)``'s solve, from the verifier's ``seed``."""
+    return zlib.crc32(f"{seed}/{i}-{j}".encode())
+
+
 def _column_norms(side: torch.Tensor) -> torch.Tensor:
     """Norms of the unit-vector columns of ``side (P, k, n)``: ``(P, n)``.
 
@@ -278,13 +298,13 @@ def primal_objective(weight: torch.Tensor, v: torch.Tensor, side_t: torch.Tensor
 
 
 def first_order_duals(weight: np.ndarray, v: np.ndarray, *, steps: int = 30, rank: int = 8,
-                      seed: int = 0) -> np.ndarray:
+                      seed: int = 0, seeds: list[int] | None = None) -> np.ndarray:
     """Dual vectors ``c (P, D)`` after ``steps`` mixing rounds at rank ``rank`` (cheap, loose).
 
-    ``weight (m, d)``, ``v (P, m)``; float64.
+    ``weight (m, d)``, ``v (P, m)``; float64. ``seeds``: see :func:`initial_factors`.
     """
     w, vv = torch.as_tensor(weight, dtype=torch.float64), torch.as_tensor(v, dtype=torch.float64)
-    side_s = unit_columns(len(vv), rank, w.shape[0] + 1, torch.Generator().manual_seed(seed))
+    side_s = initial_factors(len(vv), rank, w.shape[0] + 1, seed, seeds)
     side_t, side_s, _ = mixing_rounds(w, vv, side_s, max(1, steps))
     return mixing_dual(w, vv, side_t, side_s).numpy()
 
@@ -314,7 +334,7 @@ def _certify(w64: torch.Tensor, v64: torch.Tensor, side_s: torch.Tensor
 def solve_pairs(weight: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor, *,
                 rank: int | None = None, target_gap: float = 1e-5, max_iters: int = 5000,
                 relax: float = 0.8, first_check: int = 250, chunk: int = 25, seed: int = 0,
-                dtype: torch.dtype | None = None,
+                seeds: list[int] | None = None, dtype: torch.dtype | None = None,
                 on_done: Callable[[int, Solution], None] | None = None) -> list[Solution]:
     """Solve ``SDP(M(W, v_p))`` for every row of ``v (P, m)`` (``W (m, d)``) and certify each.
 
@@ -324,7 +344,10 @@ def solve_pairs(weight: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor,
     rounds, then when the geometric decay of its certified gap predicts the target,
     and leaves the batch once its certified relative gap is ``<= target_gap`` (status
     ``optimal``) or after ``max_iters`` rounds (``max_iters``, with the best
-    certificate found). ``on_done(p, solution)`` is called as each pair finishes; its
+    certificate found). With ``seeds`` (one per pair, :func:`pair_seed`) each pair starts
+    from its own generator, and its solution is the same whichever pairs share the batch
+    and however many threads run it (checked to the bit). ``on_done(p, solution)`` is
+    called as each pair finishes; its
     ``seconds`` is the time since the previous pair finished (they add up to the total).
     Every ``Solution`` satisfies ``primal <= SDP <= certified``.
 
@@ -336,18 +359,18 @@ def solve_pairs(weight: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor,
     with threadpool_limits(1, user_api="blas"):
         return _solve_pairs(weight, v, rank=rank, target_gap=target_gap, max_iters=max_iters,
                             relax=relax, first_check=first_check, chunk=chunk, seed=seed,
-                            dtype=dtype, on_done=on_done)
+                            seeds=seeds, dtype=dtype, on_done=on_done)
 
 
 def _solve_pairs(weight, v, *, rank, target_gap, max_iters, relax, first_check, chunk, seed,
-                 dtype, on_done) -> list[Solution]:
+                 seeds, dtype, on_done) -> list[Solution]:
     began = time.perf_counter()
     w64 = torch.as_tensor(weight, dtype=torch.float64)
     v64 = torch.as_tensor(v, dtype=torch.float64).reshape(-1, w64.shape[0])
     count, (m, d) = len(v64), w64.shape
     k = rank or default_rank(1 + d + m)
     w, vv = w64.to(dtype), v64.to(dtype)
-    side_s = unit_columns(count, k, m + 1, torch.Generator().manual_seed(seed), dtype)
+    side_s = initial_factors(count, k, m + 1, seed, seeds, dtype)
     done_iters = torch.zeros(count, dtype=torch.long)
     next_check = torch.full((count,), min(first_check, max_iters), dtype=torch.long)
     history: list[list[tuple[int, float]]] = [[] for _ in range(count)]

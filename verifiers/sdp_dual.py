@@ -16,7 +16,8 @@ import numpy as np
 from models import MLP
 
 from .pairwise_sdp import PairwiseSDPBound
-from .sdp_core import Solution, certified_value, dual_key, first_order_duals, pair_block
+from .sdp_core import (Solution, certified_value, dual_key, first_order_duals, pair_block,
+                       pair_seed)
 
 
 class SDPDual(PairwiseSDPBound):
@@ -50,7 +51,7 @@ class SDPDual(PairwiseSDPBound):
         missing = [p for p, c in enumerate(trained) if c is None]
         if missing:
             quick = first_order_duals(weight, v[missing], steps=self.steps, rank=self.rank,
-                                      seed=self.seed)
+                                      seeds=[pair_seed(self.seed, *pairs[p]) for p in missing])
             for row, p in enumerate(missing):
                 trained[p] = quick[row]
         share = (time.perf_counter() - began) / len(pairs)   # the batched first-order rounds
