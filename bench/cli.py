@@ -107,7 +107,9 @@ def _positive(text: str) -> int:
 
 
 def _add_executor_options(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--executor", choices=["inprocess", "local", "dask"],
+    from .executors import EXECUTORS
+
+    parser.add_argument("--executor", choices=EXECUTORS,
                         default="inprocess", help=f"where {what} run: in this process "
                         "(default; starts nothing), on a Dask cluster of --workers local "
                         "processes, or on a running Dask cluster at --scheduler")

@@ -22,6 +22,7 @@ import json
 import sys
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +40,8 @@ from .fingerprint import code_fingerprint
 from .leaderboard import tabulate, write_csv
 from .records import RECORDS_NAME, RecordStore, key_of
 from .registry import PluginInfo
-from .tasks import BatchResult, BatchTask, Loaded, NetworkRef, SharedOutcome, SharedTask
+from .tasks import (BatchResult, BatchTask, Loaded, NetworkRef, SharedOutcome, SharedTask,
+                    failing)
 from .tasks import reference as network_reference
 
 LEADERBOARD_NAME = "leaderboard.csv"
@@ -208,7 +210,12 @@ class Runner:
             declare = hook(method.plugin, "shared_work")
             if callable(declare) and (method.kind != "verifier"
                                       or supports(method.plugin, loaded.net)):
-                for key, work in declare(loaded.net, x_b, y_b, eps, workers).items():
+                try:
+                    declared = dict(declare(loaded.net, x_b, y_b, eps, workers))
+                except Exception as exc:     # noqa: BLE001 - recorded as error by the batch
+                    declared = {f"failed/{method.name}/{eps!r}/{start}":
+                                partial(failing, f"shared_work: {type(exc).__name__}: {exc}")}
+                for key, work in declared.items():
                     full = f"{loaded.identity}/{key}"
                     if full not in pieces:
                         pieces[full] = SharedTask(ref, full, work, limit)

@@ -122,6 +122,11 @@ class SharedTask:
                              "(shared work)", seconds=self.limit or 0.0)
 
 
+def failing(message: str, net: MLP) -> Any:
+    """The work of a piece the plugin could not declare: fails with ``message``."""
+    raise RuntimeError(message)
+
+
 def run_shared(task: SharedTask) -> SharedOutcome:
     """Compute one piece on a private copy of the network."""
     began = time.perf_counter()

@@ -7,8 +7,11 @@ each ``sat`` a counterexample file ``counterexamples/INDEX.counterexample`` in t
 competition's form ``((X_0 v) ... (Y_0 v) ...)``.
 
 The portfolio per instance, cheapest first, stopping at the first decisive answer; the
-instance's timeout is checked between stages and inside branch and bound (a bound
-computation already running is not cut short; a hard limit belongs to the executor):
+instance's timeout is checked between stages and inside branch and bound. A stage that
+cannot be interrupted there (one long bound computation) is stopped by the executor
+:data:`GRACE` seconds past the timeout (``SIGALRM`` in process; on Dask workers the
+worker process is ended) and the answer is ``timeout``. With ``--executor local`` or
+``dask`` the instances run in parallel on the workers:
 
 1. an attack: signed-gradient ascent inside the box on each unsafe group's smallest row
    ``min_i c_i . f(x) - d_i``, from the box's centre and random starts

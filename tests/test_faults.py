@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -114,7 +115,7 @@ def test_atomic_csv_write_leaves_the_old_file_on_failure(tmp_path):
 
 
 CLI_RUN = ["run", "--verifiers", "spectral,frobenius", "--attacks", "fgsm,pgd", "--models",
-           "nt-nn", "--n", "120",
+           "nt-nn", "--n", "80",
            "--batch-size", "10", "--eps", "0.05", "0.1", "--set", "pgd.restarts=2", "--quiet"]
 
 
@@ -135,7 +136,7 @@ def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, clean_run, sig):
     clean, killed = clean_run, tmp_path / "killed"
     process = subprocess.Popen(_cli(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     records = killed / "records.jsonl"
-    wait_for = random.Random(int(sig)).randint(50, 400)        # records seen before the kill
+    wait_for = random.Random(int(sig)).randint(40, 260)        # records seen (of 640) before
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None:
         if records.exists() and records.read_bytes().count(b"\n") >= wait_for:
@@ -150,3 +151,30 @@ def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, clean_run, sig):
     assert done.returncode == 0, done.stderr
     for a, b in zip(csv_without_timings(clean), csv_without_timings(killed)):
         pd.testing.assert_frame_equal(a, b)
+
+
+class DeclaresBadly:
+    """A plugin whose ``shared_work`` raises while the run is planned."""
+
+    name = "declares-badly"
+
+    def __repr__(self):
+        return "DeclaresBadly()"
+
+    def shared_work(self, net, x, y, eps, workers):
+        raise RuntimeError("cannot split")
+
+    def bound(self, net, x, y, eps):
+        raise AssertionError("never called: its shared work failed")
+
+
+def test_shared_work_that_fails_is_an_error_of_its_batches(tmp_path, model_dir):
+    result = run_grid(tmp_path, model_dir, grid_methods(verifiers=("spectral",),
+                                                        attacks=("fgsm",))
+                      + [fake_method(DeclaresBadly())], n=8, eps=(0.1,))
+    board = result.leaderboard.set_index("method")
+    assert set(board.loc["declares-badly", "status"]) == {"error"}
+    assert set(board.drop(index="declares-badly")["status"]) == {"ok"}
+    rows = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert all("shared_work: RuntimeError: cannot split" in r["message"] for r in rows
+               if r["method"] == "declares-badly")
