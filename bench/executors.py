@@ -19,6 +19,7 @@ result to the driver's callbacks as it arrives; only the driver writes records.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -95,6 +96,25 @@ def _kill_own_worker(flag: Any) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3       # glibc mallopt parameters
+
+
+def undo_malloc_trim() -> None:
+    """On a worker started with ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets 65536), let
+    glibc keep freed memory again: with it set, every large torch temporary was mapped
+    afresh and SDP rounds ran 1.75x slower; these thresholds (64 MiB mapped, 256 MiB
+    kept) brought them back to normal speed. Elsewhere, or off glibc, nothing happens."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    except (OSError, AttributeError):
+        pass
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_")          # once per process
+
+
 def guarded(function: Callable[..., Any], task: Any, flag_name: str, threads: int | None,
             *args: Any) -> Any:
     """Run ``function(task, *args)`` on a Dask worker under ``task.limit``, with torch on
@@ -103,6 +123,7 @@ def guarded(function: Callable[..., Any], task: Any, flag_name: str, threads: in
     If an earlier attempt of this task was stopped at its limit (its ``Event`` is set),
     return ``task.timed_out()`` without running it again.
     """
+    undo_malloc_trim()
     if threads is not None:
         import torch
 
@@ -194,8 +215,9 @@ def local_cluster(workers: int, dashboard: bool = True) -> tuple[Any, Any]:
     Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` in a worker's environment (and
     in the environment of the process that runs them): glibc then returns freed memory
     at once and maps large blocks afresh each time, which made torch's SDP rounds 1.75x
-    slower here. These workers start with no such variable; torch's threads are set per
-    task (:func:`guarded`).
+    slower here. These workers start with no such variable (on other workers
+    :func:`undo_malloc_trim` corrects it); torch's threads are set per task
+    (:func:`guarded`).
     """
     import dask
     from distributed import Client, LocalCluster

@@ -209,3 +209,21 @@ def test_vnncomp_instances_on_dask_answer_as_in_process(tmp_path, cluster):
     assert [r["result"] for r in on_dask] == [r["result"] for r in inproc]
     assert inproc[-1]["result"] == "error" and "error" not in [r["result"] for r in inproc[:-1]]
     assert (tmp_path / "dask" / "results.csv").read_text().count("\n") == 3
+
+
+def test_the_default_path_starts_no_cluster_and_no_process(tmp_path, model_dir, monkeypatch):
+    """No ``--executor``: the grid runs in this process; any attempt to start a Dask
+    client, cluster or child process fails the run."""
+    import multiprocessing
+    before = set(multiprocessing.active_children())      # the module's cluster, if up
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the in-process path started something")
+    monkeypatch.setattr(distributed.Client, "__init__", refuse)
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", refuse)
+    monkeypatch.setattr(multiprocessing.Process, "start", refuse)
+    code, _, err = invoke(["run", "--model-dir", str(model_dir), "--models", "tiny-a",
+                           "--n", "6", "--verifiers", "sdp,milp", "--attacks", "pgd,milp-cex",
+                           "--quiet", "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    assert set(multiprocessing.active_children()) <= before

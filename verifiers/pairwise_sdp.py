@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from bench.contract import Configurable, margins
 from models import MLP, weights_summary
@@ -55,8 +56,10 @@ class PairwiseSDPBound(Configurable):
         self._folder = Path(folder)
 
     def solve_pairs(self, net: MLP, weight: np.ndarray, v: np.ndarray,
-                    pairs: list[tuple[int, int]]) -> list[Solution]:
-        """Certified solutions for ``v (P, m)`` (``v_p = V_j - V_i`` for ``pairs[p]``)."""
+                    pairs: list[tuple[int, int]],
+                    on_done: Callable[[int, Solution], None] | None = None) -> list[Solution]:
+        """Certified solutions for ``v (P, m)`` (``v_p = V_j - V_i`` for ``pairs[p]``);
+        ``on_done(p, solution)`` as each finishes, where the solver can tell."""
         raise NotImplementedError
 
     def _saved_path(self, key: str) -> Path | None:
@@ -117,10 +120,15 @@ class PairwiseSDPBound(Configurable):
         weight, _, last, _ = net.one_hidden_layer()
         w = weight.detach().to(torch.float64).cpu().numpy()
         v = last.detach().to(torch.float64).cpu().numpy()
+        bar = tqdm(total=len(todo), unit="pair", desc=f"{self.name} pairs", file=sys.stderr,
+                   disable=None, leave=False)           # shown on a terminal only
         # numpy's BLAS single-threaded: its pool and torch's fought over two cores
-        with threadpool_limits(1, user_api="blas"):
-            solutions = self.solve_pairs(net, w, np.stack([v[j] - v[i] for i, j in todo]),
-                                         todo)
+        try:
+            with threadpool_limits(1, user_api="blas"):
+                solutions = self.solve_pairs(net, w, np.stack([v[j] - v[i] for i, j in todo]),
+                                             todo, lambda index, solution: bar.update(1))
+        finally:
+            bar.close()
         for (i, j), solution in zip(todo, solutions):
             rows[f"{i}-{j}"] = {"primal": solution.primal, "certified": solution.certified,
                                 "rel_gap": solution.rel_gap,

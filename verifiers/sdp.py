@@ -9,6 +9,8 @@ value, hence sound.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from models import MLP
@@ -46,14 +48,21 @@ class SDP(PairwiseSDPBound):
         self.seed = seed
 
     def solve_pairs(self, net: MLP, weight: np.ndarray, v: np.ndarray,
-                    pairs: list[tuple[int, int]]) -> list[Solution]:
+                    pairs: list[tuple[int, int]],
+                    on_done: Callable[[int, Solution], None] | None = None) -> list[Solution]:
         if self.backend == "cvxpy":
-            return [solve_cvxpy(pair_block(weight, row), solver=self.solver,
-                                eps=self.solver_eps) for row in v]
+            out = []
+            for index, row in enumerate(v):
+                out.append(solve_cvxpy(pair_block(weight, row), solver=self.solver,
+                                       eps=self.solver_eps))
+                if on_done is not None:
+                    on_done(index, out[-1])
+            return out
         try:
             solutions = solve_pairs(weight, v, rank=self.rank, target_gap=self.target_gap,
                                     max_iters=self.max_iters,
-                                    seeds=[pair_seed(self.seed, i, j) for i, j in pairs])
+                                    seeds=[pair_seed(self.seed, i, j) for i, j in pairs],
+                                    on_done=on_done)
         except (ArithmeticError, np.linalg.LinAlgError, RuntimeError) as exc:
             return [fallback(pair_block(weight, row), f"{type(exc).__name__}: {exc}")
                     for row in v]
