@@ -58,7 +58,7 @@ def worst_margins(net: MLP, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 ATTACKS = [APGDCrossEntropy(steps=30), APGDDifferenceOfLogitsRatio(steps=30),
            APGDDifferenceOfLogitsRatio(steps=30, targeted=False), Square(queries=1500),
-           Ensemble(members="square,apgd-ce")]
+           Ensemble(members="square,apgd-ce", restarts=1)]
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=repr)
@@ -113,7 +113,7 @@ def test_ensemble_is_never_weaker_than_a_member_on_any_sample():
     and inside the ensemble, so the comparison is per sample and exact."""
     net = random_mlp([20, 16, 5], seed=7, scale=1.5)
     x, y = random_inputs(64, 20, 5, seed=8)
-    ensemble = Ensemble(members="fgsm,cw")
+    ensemble = Ensemble(members="fgsm,cw", restarts=1)
     together = worst_margins(net, project(ensemble.perturb(net, x, y, EPS), x, EPS), y)
     for member in ensemble._members:
         alone = worst_margins(net, project(member.perturb(net, x, y, EPS), x, EPS), y)
@@ -158,7 +158,14 @@ def test_square_schedule_and_layout():
 @pytest.mark.parametrize("options, message", [({"members": ""}, "at least one"),
                                               ({"members": "pgd,pgd"}, "distinct"),
                                               ({"members": "ensemble"}, "distinct"),
-                                              ({"members": "nope"}, "unknown")])
+                                              ({"members": "nope"}, "unknown"),
+                                              ({"restarts": 0}, "restarts must be")])
 def test_ensemble_rejects_bad_members(options, message):
     with pytest.raises(ValueError, match=message):
         Ensemble(**options)
+
+
+def test_ensemble_gives_its_restarts_to_every_member_that_has_them():
+    ensemble = Ensemble(members="apgd-dlr,square", restarts=3)
+    assert [member.restarts for member in ensemble._members] == [3, 3]
+    assert "restarts=3" in repr(ensemble) and Ensemble().restarts == 5
