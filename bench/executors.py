@@ -154,53 +154,41 @@ class DaskExecutor:
 
     def execute(self, pieces: dict[str, SharedTask], batches: list[BatchTask],
                 batch_done: BatchDone, piece_done: PieceDone) -> None:
-        from distributed import as_completed
-
         run = uuid.uuid4().hex[:12]           # task keys of this run, apart from others'
-        futures: dict[str, Any] = {}
-        owner: dict[Any, tuple[str, Any]] = {}
-        for number, key in enumerate(pieces):
-            name = f"certbench-{run}-shared-{number}"
-            futures[key] = self.client.submit(guarded, run_shared, pieces[key], name,
-                                              self.threads, key=name, pure=False)
-            owner[futures[key]] = ("piece", pieces[key])
+        futures = {key: self._submit(run_shared, piece, f"certbench-{run}-shared-{number}")
+                   for number, (key, piece) in enumerate(pieces.items())}
+        owner: dict[Any, tuple[Any, Callable[[Any, Any], None]]] = {
+            future: (pieces[key], piece_done) for key, future in futures.items()}
         for number, batch in enumerate(batches):
-            name = f"certbench-{run}-batch-{number}"
-            future = self.client.submit(guarded, run_batch, batch, name, self.threads,
-                                        *[futures[key] for key in batch.shared],
-                                        key=name, pure=False)
-            owner[future] = ("batch", batch)
+            future = self._submit(run_batch, batch, f"certbench-{run}-batch-{number}",
+                                  *[futures[key] for key in batch.shared])
+            owner[future] = (batch, batch_done)
         del futures                           # pieces are released once their batches end
-        for future in as_completed(list(owner)):
-            kind, task = owner.pop(future)
-            try:
-                result = future.result()
-            except Exception as exc:          # noqa: BLE001 - KilledWorker, a lost worker
-                message = f"{type(exc).__name__}: {exc}"[:500]
-                result = (SharedOutcome("error", message=message) if kind == "piece"
-                          else task.failed("error", message))
-            if kind == "piece":
-                piece_done(task, result)
-            else:
-                batch_done(task, result)
-            future.release()
-
+        self._collect(owner)
 
     def map(self, function: Callable[[Any], Any], tasks: list[Any],
             done: Callable[[Any, Any], None]) -> None:
         """``done(task, function(task))`` for each task as it finishes, on the workers
         under each task's ``limit``; a task lost with its workers gets
         ``task.lost(message)``."""
+        run = uuid.uuid4().hex[:12]
+        self._collect({self._submit(function, task, f"certbench-{run}-task-{number}"):
+                       (task, done) for number, task in enumerate(tasks)})
+
+    def _submit(self, function: Callable[..., Any], task: Any, name: str,
+                *inputs: Any) -> Any:
+        """``function(task, *inputs)`` on a worker, guarded; ``inputs`` may be futures."""
+        return self.client.submit(guarded, function, task, name, self.threads, *inputs,
+                                  key=name, pure=False)
+
+    @staticmethod
+    def _collect(owner: dict[Any, tuple[Any, Callable[[Any, Any], None]]]) -> None:
+        """Hand each future's result to its callback as it finishes; a task whose
+        workers were lost (``KilledWorker`` and the like) gets ``task.lost(message)``."""
         from distributed import as_completed
 
-        run = uuid.uuid4().hex[:12]
-        owner = {}
-        for number, task in enumerate(tasks):
-            name = f"certbench-{run}-task-{number}"
-            owner[self.client.submit(guarded, function, task, name, self.threads, key=name,
-                                     pure=False)] = task
         for future in as_completed(list(owner)):
-            task = owner.pop(future)
+            task, done = owner.pop(future)
             try:
                 result = future.result()
             except Exception as exc:          # noqa: BLE001 - KilledWorker, a lost worker

@@ -165,9 +165,12 @@ class Runner:
                 existing.update((key_of(r), r) for r in result.records)
                 for line in result.messages:
                     self.echo(line)
-                fresh = [row for row in result.statistics
-                         if json.dumps(row, sort_keys=True, default=str) not in seen]
-                seen.update(json.dumps(row, sort_keys=True, default=str) for row in fresh)
+                fresh = []        # a row many batches repeat (an SDP pair's) counts once
+                for row in result.statistics:
+                    text = json.dumps(row, sort_keys=True, default=str)
+                    if text not in seen:
+                        seen.add(text)
+                        fresh.append(row)
                 if fresh:
                     self.echo(f"{task.method} on {task.model}: "
                               f"{solve_summary(pd.DataFrame(fresh))}")

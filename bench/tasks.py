@@ -121,6 +121,10 @@ class SharedTask:
         return SharedOutcome("timeout", message=f"time limit of {self.limit:g} s exceeded "
                              "(shared work)", seconds=self.limit or 0.0)
 
+    def lost(self, message: str) -> SharedOutcome:
+        """The outcome when the executor lost the task (its workers died)."""
+        return SharedOutcome("error", message=message)
+
 
 def failing(message: str, net: MLP) -> Any:
     """The work of a piece the plugin could not declare: fails with ``message``."""
@@ -202,6 +206,10 @@ class BatchTask:
     def timed_out(self) -> BatchResult:
         return self.failed("timeout", f"time limit of {self.limit:g} s exceeded",
                            self.limit or 0.0)
+
+    def lost(self, message: str) -> BatchResult:
+        """The records when the executor lost the task (its workers died)."""
+        return self.failed("error", message)
 
 
 def run_batch(task: BatchTask, *outcomes: SharedOutcome) -> BatchResult:

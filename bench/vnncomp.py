@@ -52,6 +52,8 @@ from models.files import atomic_write
 from verifiers.bab import attack_property, decide
 
 from .contract import Property, project_box, refuted
+from .limits import PluginTimeout, time_limit
+from .tasks import NetworkRef
 from .vnnlib import read_vnnlib
 
 RESULT_FIELDS = ["onnx", "vnnlib", "prepare_time", "result", "run_time"]
@@ -247,9 +249,6 @@ class InstanceTask:
 
 def answer(task: InstanceTask) -> Answer:
     """The portfolio on one instance; an exception is the answer ``error``."""
-    from .limits import PluginTimeout, time_limit
-    from .tasks import NetworkRef
-
     try:
         started = time.perf_counter()
         with time_limit(task.limit):
