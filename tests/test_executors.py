@@ -148,12 +148,12 @@ class Stuck:
 def test_a_task_past_its_limit_is_recorded_as_timeout_and_the_rest_completes(
         tmp_path, model_dir, cluster):
     """Each stuck batch's worker is stopped at the limit (0.05 s x 8 samples) and the
-    batch recorded as ``timeout``, without running again; every other cell is ``ok``."""
-    began = time.perf_counter()
+    batch recorded as ``timeout``, without running again; every other cell is ``ok``.
+    (Had the executor not stopped it, the stuck call would end after a minute with an
+    AssertionError, recorded as ``error``, not ``timeout``.)"""
     result = dask_grid(cluster, tmp_path / "out", model_dir,
                        grid_methods(verifiers=("spectral",), attacks=("pgd",))
                        + [fake_method(Stuck())], n=8, time_limit=0.05)
-    assert time.perf_counter() - began < 50       # not the minute of the stuck call
     board = result.leaderboard.set_index(["model", "method"])
     assert set(board.loc[(slice(None), "stuck"), "status"]) == {"timeout"}
     others = board.drop(index="stuck", level="method")
