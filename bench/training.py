@@ -78,6 +78,12 @@ for _depth in (2, 4, 6):
     RECIPES[f"fc-{_depth}x256-at"] = Recipe(
         f"fc-{_depth}x256-at", "adversarial", widths=_widths, epochs=6, batch_size=128,
         extra={"lam": 0.5, "eps": 0.05, "step": 0.0125, "steps": 8})
+# A foreign network for the multi-layer SDP (the NeurIPS 2018 setting): two hidden layers,
+# PGD adversarial training at eps 0.1 (40 steps of 0.01, Madry et al.'s schedule scaled to
+# the radius), trained for no certificate; not shipped, trained on first use.
+RECIPES["pgd-2x200"] = Recipe("pgd-2x200", "adversarial", widths=(784, 200, 200, 10),
+                              epochs=20, batch_size=128, decay_every=15,
+                              extra={"lam": 1.0, "eps": 0.1, "step": 0.01, "steps": 40})
 
 
 class TrainingError(RuntimeError):

@@ -70,5 +70,5 @@ def test_quick_training_is_reproducible(idx_dir, tmp_path):
 
 
 def test_unknown_recipe(tmp_path):
-    with pytest.raises(TrainingError, match="trainable: at-nn, fc-2x256, fc-2x256-at, fc-4x256, .*, sdp-nn, spe-nn"):
+    with pytest.raises(TrainingError, match="trainable: at-nn, fc-2x256, fc-2x256-at, fc-4x256, .*, pgd-2x200, sdp-nn, spe-nn"):
         train("nope", out_dir=tmp_path)
