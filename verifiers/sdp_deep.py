@@ -142,12 +142,16 @@ class SDPDeep(Configurable):
         result = torch.minimum(flat[index], certified)
         flat[index] = result
         flat[~live] = 0.0
-        seconds = (time.perf_counter() - began) / max(len(index), 1)
-        for i, b in enumerate(index.tolist()):
-            self._stats.append({"row": first_row + b // rows, "spec_row": b % rows,
-                                "linear": float(linear.reshape(-1)[b]),
-                                "sdp_certified": float(certified[i]),
-                                "bound": float(result[i]), "seconds": seconds})
+        seconds = (time.perf_counter() - began) / n
+        sample = index // rows
+        for i in range(n):
+            mine = sample == i
+            if bool(mine.any()):
+                self._stats.append({
+                    "row": first_row + i,
+                    "linear": float(linear.reshape(-1)[index[mine]].max()),
+                    "sdp_certified": float(certified[mine].max()),
+                    "bound": float(result[mine].max()), "seconds": seconds})
         return flat.reshape(n, rows)
 
     def _cvxpy(self, rel: Relaxation) -> torch.Tensor:
@@ -162,5 +166,6 @@ class SDPDeep(Configurable):
         return out
 
     def statistics(self) -> list[dict[str, Any]]:
-        """Per (sample, wrong class): the linear start, the SDP certificate, the bound."""
+        """Per sample, over its specification rows: the largest linear bound, SDP
+        certificate and reported bound, and the seconds spent."""
         return list(self._stats)
