@@ -205,13 +205,18 @@ def statistics(plugin: object) -> list[dict[str, Any]]:
     return list(report()) if callable(report) else []
 
 
-def check_options(**checks: tuple[Any, str]) -> None:
+def check_options(**checks: tuple[Any, str | tuple[str, ...]]) -> None:
     """Validate keyword options when a plugin is built: ``name=(value, rule)`` with rule
-    ``"int>=1"``, ``"int>=0"``, ``"number>0"``, ``"number>=0"`` or ``"bool"``.
+    ``"int>=1"``, ``"int>=0"``, ``"number>0"``, ``"number>=0"``, ``"bool"``, or a tuple
+    of the allowed values (a choice).
 
     Raises ``ValueError`` naming the option (the registry turns it into one line, exit 1).
     """
     for name, (value, rule) in checks.items():
+        if isinstance(rule, tuple):
+            if value not in rule:
+                raise ValueError(f"{name} must be one of {', '.join(rule)}, got {value!r}")
+            continue
         if rule == "bool":
             ok = isinstance(value, bool)
         elif rule.startswith("int"):

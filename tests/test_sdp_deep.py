@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.contract import Property, input_box, margins
+from bench.contract import Property, input_box
 from tests.conftest import assert_sound, invoke, random_inputs, random_mlp
 from verifiers.linear_bounds import layer_params, margin_spec
 from verifiers.lp import LP
@@ -35,8 +35,7 @@ def _problem(widths: list[int], seed: int, count: int = 3):
     spec = margin_spec(y, widths[-1], torch.float64)
     alpha = optimise_upper(params, bounds, spec, lo, hi, iterations=10)
     rel, crossing = build(params, bounds, lo, hi, spec)
-    start, linear = linear_start(rel, params, bounds, spec,
-                                 [s.double() for s in alpha.slopes], crossing)
+    start, linear = linear_start(rel, bounds, alpha, crossing), alpha.upper.reshape(-1)
     live = torch.nonzero(spec.abs().sum(-1).reshape(-1) > 0).flatten()
     exact = torch.as_tensor(exact_class_margins(net, x.double(), y, EPS)).reshape(-1)
     return (net, x, y, rel.select(live), start.select(live), linear[live], exact[live],

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from bench.contract import check_options
 from models import MLP
 
 from .pairwise_sdp import PairwiseSDPBound
@@ -31,8 +32,7 @@ class SDP(PairwiseSDPBound):
                  target_gap: float = 1e-5, max_iters: int = 5000, rank: int | None = None,
                  solver_eps: float = 1e-6, seed: int = 0) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check_options(backend=(backend, BACKENDS))
         if backend == "cvxpy":
             check_solver(solver)
         if not 0 < target_gap < 1:

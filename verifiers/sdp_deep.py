@@ -66,14 +66,10 @@ class SDPDeep(Configurable):
     def __init__(self, *, backend: str = "lbfgs", iterations: int = 200,
                  intermediate: str = "alpha-crown", intermediate_iterations: int = 20,
                  chunk: int = 16, solver: str = "SCS", clip: bool = True) -> None:
-        check_options(iterations=(iterations, "int>=0"),
+        check_options(backend=(backend, BACKENDS), intermediate=(intermediate, INTERMEDIATE),
+                      iterations=(iterations, "int>=0"),
                       intermediate_iterations=(intermediate_iterations, "int>=0"),
                       chunk=(chunk, "int>=1"), clip=(clip, "bool"))
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if intermediate not in INTERMEDIATE:
-            raise ValueError(f"intermediate must be one of {', '.join(INTERMEDIATE)}, "
-                             f"got {intermediate!r}")
         if backend == "cvxpy":
             check_solver(solver)
         self.backend = backend
@@ -131,8 +127,7 @@ class SDPDeep(Configurable):
         live = spec.abs().sum(-1).reshape(-1) > 0
         index = torch.arange(n * rows)[live]
         rel, crossing = build(params, bounds, lo, hi, spec)
-        slopes = [s.to(torch.float64).clamp(0, 1) for s in alpha.slopes]
-        start, _ = linear_start(rel, params, bounds, spec, slopes, crossing)
+        start = linear_start(rel, bounds, alpha, crossing)
         rel, start = rel.select(index), start.select(index)
         if self.backend == "cvxpy":
             certified = self._cvxpy(rel)

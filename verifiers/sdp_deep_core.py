@@ -57,7 +57,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .linear_bounds import Bounds, backward_upper, lower_slopes
+from .linear_bounds import Bounds, lower_slopes
+from .optimised_bounds import Optimised
 
 EPS64 = torch.finfo(torch.float64).eps
 GROUPS = ("pos", "pre", "up", "quad", "box")     # one per crossing unit, (B, n) each
@@ -301,16 +302,17 @@ def _products(rel: Relaxation, mult: Multipliers, x: torch.Tensor, c: torch.Tens
 
 
 def _scaled_floor(rel: Relaxation, mult: Multipliers, system: torch.Tensor,
-                  diag_c: torch.Tensor) -> torch.Tensor:
+                  hidden: torch.Tensor) -> torch.Tensor:
     """``sigma (B,)`` in ``(0, 1/2]`` with ``S >= sigma diag(S)`` certified in float64, or 0.
 
     With ``D`` the diagonal, ``S >= sigma D`` iff ``D_c^-1/2 (S' - K sigma/(1 - sigma))
-    D_c^-1/2 - sigma I >= 0`` (``K`` what eliminating the inputs took off); its lowest
-    eigenvalue must exceed a rounding allowance on the entries."""
-    scale = diag_c.rsqrt()
+    D_c^-1/2 - sigma I >= 0``, with ``K = S_cc - S'`` what eliminating the inputs took off
+    (``hidden`` is ``S_cc``); its lowest eigenvalue must exceed a rounding allowance on
+    the entries."""
+    scale = torch.diagonal(hidden, dim1=1, dim2=2).rsqrt()
     scaled = system * scale[:, :, None] * scale[:, None, :]
     sigma = (0.5 * torch.linalg.eigvalsh(scaled)[:, 0]).clamp(min=0, max=0.5)
-    taken = coupling(rel, mult, mult.box_in)
+    taken = hidden - system
     unsigned = mult.quad.abs()[:, :, None] * rel.inputs.abs() / mult.box_in.sqrt()[:, None, :]
     absolute = hidden_block(rel, Multipliers(mult.pos, mult.pre, mult.up, mult.quad.abs(),
                                              mult.box, mult.box_in)).abs() \
@@ -353,31 +355,28 @@ def certify(rel: Relaxation, mult: Multipliers, margin: float = 1e-7) -> torch.T
             + (x.abs() * abs_x).sum(-1) + (c.abs() * abs_c).sum(-1)
         r_x = (a_x - 2 * s_x).abs() + count * EPS64 * (a_x_abs + 2 * abs_x)
         r_c = ((a_c - 2 * s_c).abs() + count * EPS64 * (a_c_abs + 2 * abs_c)) * rel.alive
-        diag_c = torch.diagonal(hidden_block(rel, mult), dim1=1, dim2=2)
-        sigma = _scaled_floor(rel, mult, system, diag_c)
+        hidden = hidden_block(rel, mult)
+        diag_c = torch.diagonal(hidden, dim1=1, dim2=2)
+        sigma = _scaled_floor(rel, mult, system, hidden)
         residual = (r_x ** 2 / mult.box_in).sum(-1) + (r_c ** 2 / diag_c).sum(-1)
         bound = value + 4 * count * EPS64 * magnitude + residual / (4 * sigma)
         ok = (info == 0) & (sigma > 0) & torch.isfinite(bound)
         return torch.where(ok, bound, torch.full_like(bound, torch.inf))
 
 
-def linear_start(rel: Relaxation, params, bounds: Bounds, spec: torch.Tensor,
-                 slopes: list[torch.Tensor], crossing: list[torch.Tensor],
-                 box_floor: float = 1e-3) -> tuple[Multipliers, torch.Tensor]:
-    """The LP family's dual point for lower slopes ``slopes`` (per hidden layer ``(N, S,
-    m_k)`` in ``[0, 1]``) and its bound ``(B,)`` (the backward pass of
-    :func:`verifiers.linear_bounds.backward_upper` on ``spec (N, S, K)``). Hidden box
-    multipliers are ``box_floor`` times the unit's coefficient over its width, which costs
-    about ``box_floor / 4`` of the linear bound's spread."""
-    n_samples, rows = spec.shape[:2]
-    lo, hi = rel.lo.reshape(n_samples, rows, -1)[:, 0], rel.hi.reshape(n_samples, rows, -1)[:, 0]
-    record: list[torch.Tensor] = []
-    upper = backward_upper(params, bounds, spec, lo, hi, slopes=slopes, record=record)
-    coefs = record[:-1][::-1]                 # coefficient on z_k before relaxation (N, S, m_k)
+def linear_start(rel: Relaxation, bounds: Bounds, linear: Optimised,
+                 crossing: list[torch.Tensor], box_floor: float = 1e-3) -> Multipliers:
+    """The LP family's dual point behind ``linear`` (the outcome of
+    :func:`verifiers.optimised_bounds.optimise_upper` on the same problems ``(N, S)``: its
+    lower slopes and the float64 coefficients of its final backward pass), in ``rel``'s
+    variables; its dual value is ``linear.upper`` plus the cost of the hidden box
+    multipliers, ``box_floor`` times the unit's coefficient over its width (about
+    ``box_floor / 4`` of the linear bound's spread)."""
+    rows = linear.upper.shape[1]
     size, n = rel.size, rel.g_c.shape[1]
     groups = {name: torch.zeros(size, n + 1, dtype=torch.float64) for name in GROUPS}
-    for k, coef in enumerate(coefs):
-        alpha = lower_slopes(*bounds[k], slopes[k])                      # (N, S, m_k)
+    for k, coef in enumerate(linear.coefs):      # on z_k before its relaxation (N, S, m_k)
+        alpha = lower_slopes(*bounds[k], linear.slopes[k].to(torch.float64))
         target = crossing[k][:, None, :].expand(-1, rows, -1).reshape(size, -1)
         target = torch.where(target >= 0, target, torch.full_like(target, n))
         coef, alpha = coef.reshape(size, -1), alpha.reshape(size, -1)
@@ -387,12 +386,12 @@ def linear_start(rel: Relaxation, params, bounds: Bounds, spec: torch.Tensor,
         groups["up"].scatter_(1, target, coef.clamp(min=0))
         groups["box"].scatter_(1, target, box_floor * coef.abs())
     box = groups["box"][:, :n] / rel.upper.clamp(min=1e-6)
-    coef_x = record[-1].reshape(size, -1)
+    coef_x = linear.input_coef.reshape(size, -1)
     box_in = coef_x.abs() / (rel.hi - rel.lo).clamp(min=1e-9)
     box_in = box_in.clamp(min=1e-9 * box_in.mean(-1, keepdim=True).clamp(min=1e-9))
     mult = Multipliers(groups["pos"][:, :n], groups["pre"][:, :n], groups["up"][:, :n],
                        torch.zeros(size, n, dtype=torch.float64), box, box_in)
-    return project(rel, mult, torch.zeros(size, 1, dtype=torch.float64)), upper.reshape(-1)
+    return project(rel, mult, torch.zeros(size, 1, dtype=torch.float64))
 
 
 def optimise(rel: Relaxation, start: Multipliers, *, iterations: int, stages: int = 3,
