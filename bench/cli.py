@@ -273,7 +273,7 @@ def cmd_vnncomp(args: argparse.Namespace) -> int:
     out = args.out or RUNS_DIR / ("vnncomp-" + time.strftime("%Y%m%d-%H%M%S"))
     with _executor(args) as chosen:
         rows = run(args.instances, out, echo=lambda line: print(line, file=sys.stderr),
-                   executor=chosen)
+                   executor=chosen, device=args.device)
     counts = {r: sum(1 for row in rows if row["result"] == r)
               for r in ("sat", "unsat", "timeout", "unknown", "error")}
     print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; wrote {out / 'results.csv'}")
@@ -368,6 +368,8 @@ def build_parser() -> Parser:
                      "runs/vnncomp-DATE-TIME); rerunning into it resumes")
     vnn.add_argument("--reference", type=Path, help="CSV onnx,vnnlib,verdict: score the "
                      "results as the competition does and list every disagreement")
+    vnn.add_argument("--device", default="cpu", help="torch device of branch and bound: "
+                     "cpu (default) or cuda[:N] where torch sees a GPU")
     _add_executor_options(vnn, "the instances")
     vnn.set_defaults(func=cmd_vnncomp)
 

@@ -51,7 +51,7 @@ from models.files import atomic_write
 
 from verifiers.bab import attack_property, decide
 
-from .contract import Property, project_box, refuted
+from .contract import Property, project_box, refuted, torch_device
 from .limits import PluginTimeout, time_limit
 from .tasks import NetworkRef
 from .vnnlib import read_vnnlib
@@ -134,8 +134,10 @@ def _session(onnx_path: str):
 
 
 def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
-          verifiers: list | None = None, seed: int = 0, complete: bool = True) -> Answer:
-    """The portfolio on one instance (see the module doc)."""
+          verifiers: list | None = None, seed: int = 0, complete: bool = True,
+          device: str = "cpu") -> Answer:
+    """The portfolio on one instance (see the module doc); branch and bound runs on
+    ``device``."""
     began = time.perf_counter()
     elapsed = lambda: time.perf_counter() - began                      # noqa: E731
     net64 = net.float64_copy().requires_grad_(False)
@@ -160,7 +162,8 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
             return Answer("unsat", 0.0, elapsed())
     nodes = 0
     if complete and elapsed() < timeout:
-        outcome = decide(net, prop, time_limit=timeout - elapsed(), seed=seed, restarts=0)
+        outcome = decide(net, prop, time_limit=timeout - elapsed(), seed=seed, restarts=0,
+                         device=device)
         nodes = outcome.nodes
         if outcome.verdict == "holds":
             return Answer("unsat", 0.0, elapsed(), message=f"bab: {nodes} subdomains",
@@ -233,6 +236,7 @@ class InstanceTask:
     vnnlib_path: Path
     weights_sha256: str
     seed: int = 0
+    device: str = "cpu"
 
     @property
     def limit(self) -> float:
@@ -257,7 +261,7 @@ def answer(task: InstanceTask) -> Answer:
             prop = read_vnnlib(task.vnnlib_path, num_inputs=net.input_dim,
                                num_outputs=net.num_classes)
             result = solve(net, prop, task.item.timeout, task.onnx_path, default_verifiers(),
-                           task.seed)
+                           task.seed, device=task.device)
         result.prepare_time = prepare
         return result
     except PluginTimeout:
@@ -267,9 +271,14 @@ def answer(task: InstanceTask) -> Answer:
 
 
 def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
-        seed: int = 0, executor: Any = None) -> list[dict]:
+        seed: int = 0, executor: Any = None, device: str = "cpu") -> list[dict]:
     """Answer every instance (resuming) on ``executor`` (default: in this process),
-    writing ``OUT/results.csv`` as answers arrive; return its rows in instance order."""
+    writing ``OUT/results.csv`` as answers arrive; return its rows in instance order.
+    Branch and bound runs on ``device`` (checked here, before any instance)."""
+    try:
+        torch_device(device)
+    except ValueError as exc:
+        raise VnncompError(str(exc)) from None
     from .executors import InProcess
 
     instances = read_instances(instances_csv)
@@ -292,7 +301,7 @@ def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
             except OSError as exc:
                 digests[onnx_path] = f"unreadable: {exc.strerror}"
         tasks.append(InstanceTask(index, item, onnx_path, root / item.vnnlib,
-                                  digests[onnx_path], seed))
+                                  digests[onnx_path], seed, device))
     nodes: dict[tuple[str, str], int] = {}
 
     def finished(task: InstanceTask, result: Answer) -> None:

@@ -87,6 +87,16 @@ def test_bab_agrees_with_milp_and_both_verdicts_occur():
     assert seen == {"holds", "violated"} and branched > 0
 
 
+def test_a_device_torch_cannot_use_is_refused_in_one_line():
+    assert BranchAndBound(device="cpu").device == "cpu"
+    for bad in ("tpu", 0, "cuda:x"):
+        with pytest.raises(ValueError, match="device"):
+            BranchAndBound(device=bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no such CUDA device"):
+            BranchAndBound(device="cuda")
+
+
 def test_bab_without_bound_optimisation_needs_and_trusts_its_linear_leaves():
     """No slope or multiplier steps and tiny batches: the tree goes down to subdomains
     without unstable units, which the LP leaves settle; every verdict is still exact."""

@@ -96,6 +96,14 @@ def test_a_bad_instances_file_is_one_line(tmp_path):
     assert code == 1 and err.count("\n") == 1 and "expected onnx,vnnlib,timeout" in err
 
 
+def test_an_unusable_device_is_one_line_before_any_instance(tmp_path):
+    (tmp_path / "instances.csv").write_text("a.onnx,b.vnnlib,10\n")
+    code, _, err = invoke(["vnncomp", str(tmp_path / "instances.csv"), "--out",
+                           str(tmp_path / "out"), "--device", "tpu"])
+    assert code == 1 and err.count("\n") == 1 and "device" in err
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
 def test_the_portfolio_decides_what_the_incomplete_verifiers_leave_open(tmp_path):
     """Tiny deep networks at radii where crown, lp and ibp all fail: branch and bound
     inside the portfolio settles each instance, in agreement with exact MILP margins."""

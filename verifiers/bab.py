@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.contract import Configurable, Property, check_options, signed_ascent
+from bench.contract import Configurable, Property, check_options, signed_ascent, torch_device
 from models import MLP
 
 from .linear_bounds import (Bounds, backward_upper, crown_slope, layer_params,
@@ -132,6 +132,7 @@ def attack_property(net64: MLP, prop: Property, *, restarts: int, steps: int,
     row, from the box's centre and ``restarts - 1`` uniform random starts per group, all
     groups in one batch; step ``max(hi - lo) / 8``.
     """
+    device = net64.linears[0].weight.device
     generator = torch.Generator().manual_seed(seed)
     lo, hi = prop.lo.to(torch.float64), prop.hi.to(torch.float64)
     rows, offsets, sizes = split_rows(prop)
@@ -140,6 +141,9 @@ def attack_property(net64: MLP, prop: Property, *, restarts: int, steps: int,
         max(restarts - 1, 0), len(lo), generator=generator, dtype=torch.float64)])
     starts = per_group.repeat(len(sizes), 1)
     group_of_start = torch.arange(len(sizes)).repeat_interleave(len(per_group))
+    lo, hi, rows, offsets, starts, owner, group_of_start = (
+        t.to(device) for t in (lo, hi, rows.to(torch.float64), offsets.to(torch.float64),
+                               starts, owner, group_of_start))
     foreign = group_of_start[:, None] != owner[None, :]          # (P, R): not its rows
 
     def violation(points: torch.Tensor) -> torch.Tensor:
@@ -166,17 +170,19 @@ def linear_leaf(params, domains: Domains, index: int, lo: torch.Tensor, hi: torc
     maximiser of the row with the largest LP value (a counterexample candidate)."""
     from scipy.optimize import linprog
 
+    params = [(w.cpu(), b.cpu()) for w, b in params]     # HiGHS works on host arrays
+    lo, hi, rows, offsets = lo.cpu(), hi.cpu(), rows.cpu(), offsets.cpu()
     weight = torch.eye(len(lo), dtype=torch.float64)     # zhat_k = weight x + shift
     shift = torch.zeros(len(lo), dtype=torch.float64)
     constraints, limits = [], []
     for k, (w, b) in enumerate(params[:-1]):
         weight, shift = w @ weight, w @ shift + b
-        sigma = domains.sigma[k][index]
+        sigma = domains.sigma[k][index].cpu()
         split = sigma != 0
         if split.any():        # sigma * (weight x + shift) >= 0
             constraints.append(-(sigma[split, None] * weight[split]))
             limits.append(sigma[split] * shift[split])
-        active = (domains.lower[k][index] >= 0).to(torch.float64)
+        active = (domains.lower[k][index] >= 0).to(torch.float64).cpu()
         weight, shift = active[:, None] * weight, active * shift
     w_last, b_last = params[-1]
     out_weight, out_shift = w_last @ weight, w_last @ shift + b_last
@@ -215,9 +221,11 @@ def split_children(parents: Domains, choice: torch.Tensor | None = None
         choice = torch.cat(parents.scores, dim=1).argmax(dim=1)
     widths = [s.shape[1] for s in parents.scores]
     starts = np.cumsum([0] + widths)
-    twice = torch.arange(len(parents)).repeat(2)
+    device = parents.value.device
+    twice = torch.arange(len(parents), device=device).repeat(2)
     children = parents.take(twice)
-    side = torch.cat([torch.ones(len(parents)), -torch.ones(len(parents))]).to(torch.float64)
+    side = torch.cat([torch.ones(len(parents), dtype=torch.float64, device=device),
+                      -torch.ones(len(parents), dtype=torch.float64, device=device)])
     for k in range(len(widths)):
         inside = (choice >= starts[k]) & (choice < starts[k + 1])
         if not inside.any():
@@ -280,7 +288,7 @@ def refine_intermediate(params, domains: Domains, lo: torch.Tensor, hi: torch.Te
     subdomain by CROWN on its own (split-clamped) bounds of the layers before, intersected
     with the inherited ones and clamped to the splits again. Returns ``(D,)`` bool: the
     subdomains found empty (some unit's lower bound above its upper bound)."""
-    empty = torch.zeros(len(domains), dtype=torch.bool)
+    empty = torch.zeros(len(domains), dtype=torch.bool, device=lo.device)
     for k in range(max(first, 1), len(params) - 1):
         width = params[k][0].shape[0]
         for start in range(0, len(domains), chunk):
@@ -288,7 +296,8 @@ def refine_intermediate(params, domains: Domains, lo: torch.Tensor, hi: torch.Te
             count = len(domains.value[part])
             bounds = [(low[part], up[part]) for low, up in zip(domains.lower[:k],
                                                                domains.upper[:k])]
-            eye = torch.eye(width, dtype=lo.dtype).expand(count, width, width)
+            eye = torch.eye(width, dtype=lo.dtype, device=lo.device).expand(count, width,
+                                                                            width)
             box_lo, box_hi = lo[None].expand(count, -1), hi[None].expand(count, -1)
             with torch.no_grad():
                 both = backward_upper(params[:k + 1], bounds, torch.cat([eye, -eye], dim=1),
@@ -325,21 +334,27 @@ def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
 def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
            iterations: int = 20, branch_iterations: int = 10, restarts: int = 16,
            attack_steps: int = 100, max_domains: int = 50_000, seed: int = 0,
-           refine: bool = False, branch_candidates: int = BRANCH_CANDIDATES) -> BabOutcome:
-    """Settle ``prop`` on ``net`` within about ``time_limit`` seconds (see the module doc)."""
+           refine: bool = False, branch_candidates: int = BRANCH_CANDIDATES,
+           device: str = "cpu") -> BabOutcome:
+    """Settle ``prop`` on ``net`` within about ``time_limit`` seconds (see the module doc).
+    Bounds and subdomains live on ``device`` (``cpu``, or ``cuda`` where torch sees one);
+    the returned tensors are on the CPU."""
     began = time.perf_counter()
-    net64 = net.float64_copy().requires_grad_(False)
+    on = torch_device(device)
+    net64 = net.float64_copy().requires_grad_(False).to(on)
     params = layer_params(net64, torch.float64)
-    lo, hi = prop.lo.to(torch.float64), prop.hi.to(torch.float64)
+    lo, hi = prop.lo.to(on, torch.float64), prop.hi.to(on, torch.float64)
     nodes, leaves_open = 0, 0
     stats: dict[str, Any] = {"linear_leaves": 0}
 
     def done(verdict: str, uppers: list[torch.Tensor], point: torch.Tensor | None = None
              ) -> BabOutcome:
         stats["open_leaves"] = leaves_open
-        return BabOutcome(verdict, uppers, point, nodes, time.perf_counter() - began, stats)
+        return BabOutcome(verdict, [u.cpu() for u in uppers],
+                          None if point is None else point.cpu(), nodes,
+                          time.perf_counter() - began, stats)
 
-    groups = [(m.to(torch.float64), d.to(torch.float64)) for m, d in prop.groups]
+    groups = [(m.to(on, torch.float64), d.to(on, torch.float64)) for m, d in prop.groups]
     inf_bounds = [torch.full((len(d),), torch.inf, dtype=torch.float64) for _, d in groups]
     if restarts > 0:                                                  # 1. attack
         point, value = attack_property(net64, prop, restarts=restarts, steps=attack_steps,
@@ -355,7 +370,7 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
     for rows, offsets in groups:
         root = Domains([l for l, _ in bounds], [u for _, u in bounds],
                        [torch.zeros_like(l) for l, _ in bounds], None, None, [],
-                       torch.zeros(1, len(offsets)), torch.zeros(1))
+                       torch.zeros(1, len(offsets), device=on), torch.zeros(1, device=on))
         root, candidates = bound_domains(params, root, lo, hi, rows, offsets, iterations)
         uppers.append(root.rows[0])
         roots.append(root)
@@ -367,7 +382,7 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
     for g in order:                                                    # 3. branch
         rows, offsets = groups[g]
         pool = roots[g]
-        closed_max = torch.full((len(offsets),), -torch.inf, dtype=torch.float64)
+        closed_max = torch.full((len(offsets),), -torch.inf, dtype=torch.float64, device=on)
         while True:
             open_ = pool.value >= 0
             closed = ~open_
@@ -390,11 +405,12 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
                 leaf, point = linear_leaf(params, head, index, lo, hi, rows, offsets)
                 stats["linear_leaves"] += 1
                 if point is not None:
-                    x = torch.from_numpy(point).clamp(lo, hi)
+                    x = torch.from_numpy(point).to(on).clamp(lo, hi)
                     if float(forward_worst(net64, x[None], rows, offsets)[0]) >= 0:
                         return done("violated", inf_bounds, x)
                 if bool((leaf < 0).any()):
-                    closed_max = torch.maximum(closed_max, torch.minimum(head.rows[index], leaf))
+                    closed_max = torch.maximum(closed_max,
+                                               torch.minimum(head.rows[index], leaf.to(on)))
                 else:
                     leaves_open += 1
             if leaves_open:
@@ -433,20 +449,23 @@ class BranchAndBound(Configurable):
     exact = True
 
     def __init__(self, *, time_limit: float = 60.0, batch: int = 256, iterations: int = 20,
-                 branch_iterations: int = 10, clip: bool = True) -> None:
+                 branch_iterations: int = 10, clip: bool = True, device: str = "cpu") -> None:
         check_options(time_limit=(time_limit, "number>0"), batch=(batch, "int>=1"),
                       iterations=(iterations, "int>=0"),
                       branch_iterations=(branch_iterations, "int>=0"), clip=(clip, "bool"))
+        torch_device(device)
         self.time_limit = time_limit
         self.batch = batch
         self.iterations = iterations
         self.branch_iterations = branch_iterations
         self.clip = clip
+        self.device = device
         self._stats: list[dict[str, Any]] = []
 
     def _decide(self, net: MLP, prop: Property) -> BabOutcome:
         return decide(net, prop, time_limit=self.time_limit, batch=self.batch,
-                      iterations=self.iterations, branch_iterations=self.branch_iterations)
+                      iterations=self.iterations, branch_iterations=self.branch_iterations,
+                      device=self.device)
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64, ``U[n, y_n] = -inf``: per class

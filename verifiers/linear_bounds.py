@@ -145,7 +145,7 @@ def linear_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, rule: SlopeR
             bounds.append(interval_bounds(params[:1], lo, hi)[0])
             continue
         width = params[k][0].shape[0]
-        eye = torch.eye(width, dtype=lo.dtype).expand(n, width, width)
+        eye = torch.eye(width, dtype=lo.dtype, device=lo.device).expand(n, width, width)
         both = backward_upper(params[:k + 1], bounds, torch.cat([eye, -eye], dim=1), lo, hi,
                               rule)
         lower, upper = -both[:, width:], both[:, :width]

@@ -89,10 +89,10 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
     free = [slope.detach().float().clone().requires_grad_(True) for slope in slopes]
     multipliers = None
     if sigmas is not None:
-        starts = betas if betas is not None else [torch.zeros(n, rows, sigma.shape[1])
-                                                  for sigma in sigmas]
+        starts = betas if betas is not None else [
+            torch.zeros(n, rows, sigma.shape[1], device=lo.device) for sigma in sigmas]
         multipliers = [beta.detach().float().clone().requires_grad_(True) for beta in starts]
-    best_value = torch.full((n, rows), torch.inf)
+    best_value = torch.full((n, rows), torch.inf, device=lo.device)
     best_slopes = [slope.detach().clone() for slope in free]
     best_betas = None if multipliers is None else [b.detach().clone() for b in multipliers]
     tensors = free + (multipliers or [])
@@ -146,7 +146,8 @@ def optimised_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *,
             bounds.append(intervals[0])
             continue
         width = params[k][0].shape[0]
-        eye = torch.eye(width, dtype=lo.dtype).expand(lo.shape[0], width, width)
+        eye = torch.eye(width, dtype=lo.dtype, device=lo.device)
+        eye = eye.expand(lo.shape[0], width, width)
         spec = torch.cat([eye, -eye], dim=1)
         with torch.no_grad():
             both = backward_upper(params[:k + 1], bounds, spec, lo, hi, crown_slope)
