@@ -66,13 +66,16 @@ def _instances():
         yield trial, net, x, y, eps
 
 
-def test_bab_agrees_with_milp_and_both_verdicts_occur():
+@pytest.mark.parametrize("candidates", [1, 4])
+def test_bab_agrees_with_milp_and_both_verdicts_occur(candidates):
+    """With the intercept score alone (the default) and with strong branching."""
     seen, branched = set(), 0
     for trial, net, x, y, eps in _instances():
         worst = float(torch.as_tensor(exact_class_margins(net, x, y, eps)).max())
         prop = Property.robustness(x[0], int(y), eps, 3)
         # CROWN slopes at the root (no optimisation), so the tree has to branch
-        outcome = decide(net, prop, time_limit=60, batch=32, iterations=0)
+        outcome = decide(net, prop, time_limit=60, batch=32, iterations=0,
+                         branch_candidates=candidates)
         truth = "holds" if worst < 0 else "violated"
         assert outcome.verdict == truth, (trial, outcome.verdict, worst)
         seen.add(truth)
