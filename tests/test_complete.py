@@ -66,7 +66,7 @@ def _instances():
         yield trial, net, x, y, eps
 
 
-@pytest.mark.parametrize("candidates", [1, 4])
+@pytest.mark.parametrize("candidates", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_bab_agrees_with_milp_and_both_verdicts_occur(candidates):
     """With the intercept score alone (the default) and with strong branching."""
     seen, branched = set(), 0

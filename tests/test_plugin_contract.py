@@ -39,8 +39,8 @@ def test_verifier_contract(info, net_and_data):
     assert (clean <= upper + 1e-9).all()
     again = plugin.bound(net, x.double(), y, EPS)
     assert torch.equal(upper, again)
-    from_float32 = plugin.bound(net, x, y, EPS)        # float64 out whatever comes in
-    assert from_float32.dtype == torch.float64 and from_float32.shape == (16, 5)
+    from_float32 = plugin.bound(net, x[:4], y[:4], EPS)  # float64 out whatever comes in
+    assert from_float32.dtype == torch.float64 and from_float32.shape == (4, 5)
 
 
 @pytest.mark.parametrize("info", ATTACKS, ids=lambda i: i.name)
