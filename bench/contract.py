@@ -235,19 +235,16 @@ def check_options(**checks: tuple[Any, str | tuple[str, ...]]) -> None:
 def torch_device(name: str) -> torch.device:
     """The torch device ``name`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...) if torch can
     compute on it here; otherwise ``ValueError`` naming it (one line, as for options)."""
-    if not isinstance(name, str):
-        raise ValueError(f"device must be a torch device such as cpu or cuda, got {name!r}")
     try:
-        device = torch.device(name)
+        device = torch.device(name) if isinstance(name, str) else None
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be a torch device such as cpu or cuda, got {name!r}") \
-            from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {name!r}")
     if device.type == "cuda" and not (torch.cuda.is_available()
                                       and (device.index or 0) < torch.cuda.device_count()):
         raise ValueError(f"device {name!r}: torch sees no such CUDA device here "
                          f"({torch.cuda.device_count()} available)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda[:N], got {name!r}")
     return device
 
 
