@@ -20,6 +20,7 @@ from verifiers.sdp_deep import SDPDeep, intermediate_bounds
 from verifiers.sdp_deep_core import (Multipliers, build, certify, dual_value, linear_start,
                                      optimise)
 from verifiers.sdp_deep_cvxpy import solve_primal
+from verifiers.sdp_deep_ipm import optimise_ipm
 
 EPS = 0.2
 
@@ -80,7 +81,46 @@ def test_the_affine_substitution_reproduces_the_network(solved):
     assert torch.allclose(objective, (spec * logits).sum(-1), atol=1e-10)
 
 
-def test_certified_value_is_above_the_exact_maximum_and_at_the_sdp_optimum(solved):
+@pytest.fixture(scope="module")
+def clarabel(solved):
+    """Per problem of ``solved``: Clarabel's primal SDP value and its multipliers."""
+    rel = solved[3]
+    out = []
+    for b in range(rel.size):
+        primal, multipliers, status = solve_primal(rel.select(torch.tensor([b])),
+                                                   solver="CLARABEL")
+        assert status == "optimal"
+        out.append((primal, multipliers))
+    return out
+
+
+def test_the_interior_point_solver_reaches_the_sdp_optimum(solved, clarabel):
+    """The primal-dual solver's dual point, certified, is the SDP's optimum (Clarabel's
+    primal value) to 1e-4, never below it, in float64; searched in float32 it still
+    certifies a sound bound within 1e-2."""
+    *_, rel, start, linear, exact, best, certified, _ = solved
+    primal = torch.tensor([value for value, _ in clarabel], dtype=torch.float64)
+    for dtype, tolerance in ((torch.float64, 1e-4), (torch.float32, 1e-2)):
+        bound = certify(rel, optimise_ipm(rel, start, dtype=dtype))
+        assert (bound >= primal - 1e-6 * (1 + primal.abs())).all()
+        assert (bound >= exact - 1e-9).all()
+        assert ((bound - primal) <= tolerance * (1 + primal.abs())).all()
+
+
+def test_the_interior_point_solver_decides_a_target(solved, clarabel):
+    """With a target, a problem whose SDP optimum is clearly below it is certified below
+    it; one whose optimum is above can only end above it (the bound is sound)."""
+    *_, rel, start, linear, exact, best, certified, _ = solved
+    primal = torch.tensor([value for value, _ in clarabel], dtype=torch.float64)
+    target = float(primal.median())
+    bound = certify(rel, optimise_ipm(rel, start, target=target, dtype=torch.float32))
+    below = primal < target - 1e-2 * (1 + abs(target))
+    assert below.any() and (~below).any()
+    assert (bound[below] < target).all()
+    assert (bound >= primal - 1e-6 * (1 + primal.abs())).all()
+
+
+def test_certified_value_is_above_the_exact_maximum_and_at_the_sdp_optimum(solved, clarabel):
     *_, rel, start, linear, exact, best, certified, _ = solved
     assert (certified >= exact - 1e-9).all()
     assert torch.isfinite(certified).all()
@@ -89,10 +129,7 @@ def test_certified_value_is_above_the_exact_maximum_and_at_the_sdp_optimum(solve
     assert ok.all() and torch.allclose(certified, value, atol=1e-6)
     # the primal SDP through cvxpy (Clarabel): the certificate is above it, and close
     gaps = []
-    for b in range(rel.size):
-        primal, multipliers, status = solve_primal(rel.select(torch.tensor([b])),
-                                                   solver="CLARABEL")
-        assert status == "optimal"
+    for b, (primal, multipliers) in enumerate(clarabel):
         assert primal >= float(exact[b]) - 1e-6
         assert float(certified[b]) >= primal - 1e-6
         gaps.append((float(certified[b]) - primal) / (1 + abs(primal)))
@@ -100,7 +137,7 @@ def test_certified_value_is_above_the_exact_maximum_and_at_the_sdp_optimum(solve
         cvx_certified = float(certify(rel.select(torch.tensor([b])), multipliers)[0])
         assert cvx_certified >= float(exact[b]) - 1e-9
         assert abs(cvx_certified - primal) <= 1e-5 * (1 + abs(primal))
-    # our first-order solve stops near the optimum, not at it (measured: mean 0.2-0.6%,
+    # the first-order solve stops near the optimum, not at it (measured: mean 0.2-0.6%,
     # worst 1.5% of 1 + |value| on these networks at 300 iterations)
     assert np.mean(gaps) <= 0.01 and max(gaps) <= 0.03
 
@@ -137,12 +174,13 @@ def test_bad_multipliers_still_certify_a_looser_bound(solved):
 def test_the_plugin_is_sound_against_sampling_pgd_and_milp():
     net = random_mlp([8, 10, 8, 4], seed=5, scale=1.5)
     x, y = random_inputs(6, 8, 4, seed=6)
-    upper = SDPDeep(iterations=100).bound(net, x, y, 0.1)
-    assert_sound(upper, net, x, y, 0.1, atol=1e-9)
     exact = torch.as_tensor(exact_class_margins(net, x.double(), y, 0.1))
     finite = torch.isfinite(exact)
-    assert (upper[finite] >= exact[finite] - 1e-9).all()
-    assert torch.isneginf(upper.gather(1, y[:, None])).all()
+    for verifier in (SDPDeep(), SDPDeep(decide=False), SDPDeep(backend="lbfgs")):
+        upper = verifier.bound(net, x, y, 0.1)
+        assert_sound(upper, net, x, y, 0.1, atol=1e-9)
+        assert (upper[finite] >= exact[finite] - 1e-9).all()
+        assert torch.isneginf(upper.gather(1, y[:, None])).all()
 
 
 def test_one_hidden_layer_relations_to_lp_lp_exact_and_sdp():
@@ -151,14 +189,14 @@ def test_one_hidden_layer_relations_to_lp_lp_exact_and_sdp():
     ``sdp`` (ICLR) is a different relaxation: only its soundness is asserted here."""
     net = random_mlp([6, 10, 4], seed=11, scale=1.5)
     x, y = random_inputs(8, 6, 4, seed=12)
-    deep = SDPDeep(iterations=200).bound(net, x, y, 0.15)
+    deep = SDPDeep(decide=False, precision="float64").bound(net, x, y, 0.15)
     lp = LP().bound(net, x.double(), y, 0.15)
     lp_exact = LPExact().bound(net, x.double(), y, 0.15)
     exact = torch.as_tensor(exact_class_margins(net, x.double(), y, 0.15))
     iclr = SDP().bound(net, x.double(), y, 0.15)
     wrong = torch.isfinite(exact)
     assert (deep[wrong] <= lp[wrong] + 1e-9).all()
-    # the SDP's optimum is <= the exact LP; our solve stops near it (1e-3 allowance)
+    # the SDP's optimum is <= the exact LP; the solve stops near it (1e-3 allowance)
     assert (deep[wrong] <= lp_exact[wrong] + 1e-3 * (1 + lp_exact[wrong].abs())).all()
     for bound in (deep, lp_exact, iclr):
         assert (bound[wrong] >= exact[wrong] - 1e-9).all()
@@ -169,21 +207,23 @@ def test_one_hidden_layer_relations_to_lp_lp_exact_and_sdp():
 def test_the_cvxpy_backend_certifies_through_the_plugin():
     net = random_mlp([4, 5, 4, 3], seed=2, scale=1.5)
     x, y = random_inputs(2, 4, 3, seed=3)
-    native = SDPDeep(iterations=300).bound(net, x, y, EPS)
+    native = SDPDeep(decide=False, precision="float64").bound(net, x, y, EPS)
+    first_order = SDPDeep(backend="lbfgs", iterations=300).bound(net, x, y, EPS)
     cvx = SDPDeep(backend="cvxpy", solver="CLARABEL").bound(net, x, y, EPS)
     exact = torch.as_tensor(exact_class_margins(net, x.double(), y, EPS))
     wrong = torch.isfinite(exact)
     assert (cvx[wrong] >= exact[wrong] - 1e-9).all()
-    assert (native[wrong] >= cvx[wrong] - 1e-6).all()     # both certify the same SDP
-    assert torch.allclose(native[wrong], cvx[wrong], atol=0.03)
+    for mine, tolerance in ((native, 1e-3), (first_order, 0.03)):   # both certify the SDP
+        assert (mine[wrong] >= cvx[wrong] - 1e-6).all()
+        assert torch.allclose(mine[wrong], cvx[wrong], atol=tolerance)
 
 
 def test_general_properties_and_their_groups():
     net = random_mlp([5, 6, 5, 3], seed=7, scale=1.5)
     x, y = random_inputs(1, 5, 3, seed=8)
     prop = Property.robustness(x[0], int(y[0]), 0.1, 3)
-    per_group = SDPDeep(iterations=100).bound_property(net, prop)
-    margins_ = SDPDeep(iterations=100).bound(net, x, y, 0.1)[0]
+    per_group = SDPDeep(decide=False).bound_property(net, prop)
+    margins_ = SDPDeep(decide=False).bound(net, x, y, 0.1)[0]
     others = [j for j in range(3) if j != int(y[0])]
     assert torch.allclose(torch.cat(per_group), margins_[others], atol=1e-6)
 
@@ -193,6 +233,9 @@ def test_options_and_repr():
         SDPDeep(backend="mosek-native")
     with pytest.raises(ValueError, match="intermediate"):
         SDPDeep(intermediate="lp")
+    with pytest.raises(ValueError, match="precision"):
+        SDPDeep(precision="float16")
+    assert SDPDeep().iterations == 40 and SDPDeep(backend="lbfgs").iterations == 200
     text = repr(SDPDeep())
     assert "triangle" in text and "alpha-crown" in text
 

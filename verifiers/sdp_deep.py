@@ -5,13 +5,21 @@ with the ReLU as ``z >= 0, z >= zhat, z * z = z * zhat``, the triangle's upper l
 the boxes ``(z - l)(u - z) >= 0`` from the intermediate bounds (see
 :mod:`verifiers.sdp_deep_core`). Backends:
 
-- ``lbfgs`` (default): our solver on the Lagrangian dual, batched over samples and
-  rows: the inputs are eliminated in closed form, the hidden units by one Cholesky
-  factor, and the multipliers found by projected L-BFGS from the LP family's dual point;
+- ``ipm`` (default): our primal-dual interior-point solver (:mod:`.sdp_deep_ipm`),
+  ``iterations`` (40) Mehrotra steps from the LP family's dual point, the search in
+  ``precision`` (float32). With ``decide`` (default) it solves to decide ``margin <= 0``
+  per sample, not for the tightest value: rows the linear bounds already put below 0
+  are left out, a sample that a cheap signed-gradient ascent breaks is left out, the
+  row with the largest linear bound goes first and the others only if it is certified,
+  and a row stops once certified below 0. ``decide=False`` solves every row to the
+  optimum;
+- ``lbfgs``: a first-order search on the Lagrangian dual (projected L-BFGS with a log-det
+  barrier, ``iterations`` 200), batched over samples and rows: the inputs are
+  eliminated in closed form, the hidden units by one Cholesky factor;
 - ``cvxpy``: the primal SDP written out for a cvxpy solver (SCS, Clarabel, MOSEK);
   small networks only, to cross-check.
 
-Either way the bound is what a dual point certifies in float64 (never a solver's
+Every way the bound is what a dual point certifies in float64 (never a solver's
 objective), and it is the smallest of that certificate and the linear bounds (LP and
 alpha-CROWN with the same intermediate bounds), which are certificates of the same
 relaxation: so ``sdp-deep`` is never looser than ``lp`` with its bounds.
@@ -30,7 +38,7 @@ from typing import Any
 
 import torch
 
-from bench.contract import Configurable, Property, check_options, input_box
+from bench.contract import Configurable, Property, check_options, input_box, margins
 from models import MLP
 
 from .linear_bounds import (Bounds, backward_upper, crown_slope, finish_margins,
@@ -38,9 +46,13 @@ from .linear_bounds import (Bounds, backward_upper, crown_slope, finish_margins,
                             wong_kolter_slope)
 from .optimised_bounds import optimise_upper, optimised_layer_bounds
 from .sdp_cvxpy import check_solver
-from .sdp_deep_core import Relaxation, build, certify, linear_start, optimise
+from .milp import seed_points
+from .sdp_deep_core import Multipliers, Relaxation, build, certify, linear_start, optimise
+from .sdp_deep_ipm import optimise_ipm
 
-BACKENDS = ("lbfgs", "cvxpy")
+BACKENDS = ("ipm", "lbfgs", "cvxpy")
+ITERATIONS = {"ipm": 40, "lbfgs": 200, "cvxpy": 0}    # defaults per backend
+PRECISIONS = ("float32", "float64")
 MEMORY = 512 * 2 ** 20      # bytes of constraint rows per batched solve
 INTERMEDIATE = ("alpha-crown", "crown")
 
@@ -63,19 +75,23 @@ class SDPDeep(Configurable):
     name = "sdp-deep"
     opt_in = True     # seconds per sample: asked for by name, not in the default grid
 
-    def __init__(self, *, backend: str = "lbfgs", iterations: int = 200,
+    def __init__(self, *, backend: str = "ipm", iterations: int | None = None,
                  intermediate: str = "alpha-crown", intermediate_iterations: int = 20,
-                 chunk: int = 16, solver: str = "SCS", clip: bool = True) -> None:
+                 decide: bool = True, precision: str = "float32", chunk: int = 16,
+                 solver: str = "SCS", clip: bool = True) -> None:
+        iterations = ITERATIONS.get(backend, 0) if iterations is None else iterations
         check_options(backend=(backend, BACKENDS), intermediate=(intermediate, INTERMEDIATE),
-                      iterations=(iterations, "int>=0"),
+                      precision=(precision, PRECISIONS), iterations=(iterations, "int>=0"),
                       intermediate_iterations=(intermediate_iterations, "int>=0"),
-                      chunk=(chunk, "int>=1"), clip=(clip, "bool"))
+                      decide=(decide, "bool"), chunk=(chunk, "int>=1"), clip=(clip, "bool"))
         if backend == "cvxpy":
             check_solver(solver)
         self.backend = backend
         self.iterations = iterations
         self.intermediate = intermediate
         self.intermediate_iterations = intermediate_iterations
+        self.decide = decide
+        self.precision = precision
         self.chunk = chunk
         self.solver = solver
         self.clip = clip
@@ -97,7 +113,12 @@ class SDPDeep(Configurable):
             ys = y[start:start + per_solve]
             lo, hi = input_box(xs, eps, self.clip)
             spec = margin_spec(ys, net.num_classes, torch.float64)
-            upper = self.upper(net, lo, hi, spec, first_row=start)
+            skip = None
+            if self.decide and self.backend == "ipm":     # a counterexample: nothing to decide
+                with torch.no_grad():
+                    found = seed_points(net, xs, ys, eps, self.clip, apgd_seed=False)
+                    skip = margins(net.float64_copy()(found), ys).amax(dim=1) >= 0
+            upper = self.upper(net, lo, hi, spec, first_row=start, skip=skip)
             out.append(finish_margins(upper, ys))
         return torch.cat(out) if out else torch.empty(0, net.num_classes, dtype=torch.float64)
 
@@ -109,9 +130,11 @@ class SDPDeep(Configurable):
         return list((upper[0] - offsets).split(sizes))
 
     def upper(self, net: MLP, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
-              first_row: int = 0) -> torch.Tensor:
+              first_row: int = 0, skip: torch.Tensor | None = None) -> torch.Tensor:
         """Upper bounds ``(N, S)`` on ``spec (N, S, K) . f(x)`` over the boxes ``lo, hi (N, d)``.
-        Rows of ``spec`` that are zero (a sample's own class) get ``0``."""
+        Rows of ``spec`` that are zero (a sample's own class) get ``0``. Samples flagged in
+        ``skip (N,)`` (known to reach ``>= 0`` on some row) keep their linear bounds when
+        ``decide`` is on."""
         began = time.perf_counter()
         with torch.no_grad():
             params = [(w.detach(), b.detach()) for w, b in layer_params(net, torch.float64)]
@@ -131,6 +154,9 @@ class SDPDeep(Configurable):
         rel, start = rel.select(index), start.select(index)
         if self.backend == "cvxpy":
             certified = self._cvxpy(rel)
+        elif self.backend == "ipm":
+            certified = self._ipm(rel, start, index // rows, linear.reshape(-1)[index],
+                                  skip[index // rows] if skip is not None else None)
         else:
             certified = certify(rel, optimise(rel, start, iterations=self.iterations))
         flat = linear.reshape(-1).clone()
@@ -148,6 +174,37 @@ class SDPDeep(Configurable):
                     "sdp_certified": float(certified[mine].max()),
                     "bound": float(result[mine].max()), "seconds": seconds})
         return flat.reshape(n, rows)
+
+    def _ipm(self, rel: Relaxation, start: Multipliers, sample: torch.Tensor,
+             linear: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """Certified bounds ``(B,)`` from the interior-point solver (:mod:`.sdp_deep_ipm`).
+
+        Without ``decide``, every problem is solved to ``iterations``. With it, a sample's
+        problems are solved to decide ``max <= 0``: those already below 0 by the linear
+        bound, and every problem of a ``skip`` sample, are left out; the one with the
+        largest linear bound goes first and alone, each problem stops once certified below
+        0, and the others follow (batched) only if it was certified. The bounds are sound
+        either way; with ``decide`` they are the tightest only where that was needed."""
+        dtype = getattr(torch, self.precision)
+        if not self.decide:
+            return certify(rel, optimise_ipm(rel, start, iterations=self.iterations,
+                                             dtype=dtype))
+        out = torch.full((rel.size,), torch.inf, dtype=torch.float64)
+        todo = linear > 0
+        if skip is not None:
+            todo &= ~skip
+        for s in torch.unique(sample[todo]).tolist():
+            mine = torch.nonzero(todo & (sample == s)).flatten()
+            mine = mine[torch.argsort(linear[mine], descending=True)]
+            for part in (mine[:1], mine[1:]):
+                if len(part) == 0:
+                    break
+                found = optimise_ipm(rel.select(part), start.select(part),
+                                     iterations=self.iterations, target=0.0, dtype=dtype)
+                out[part] = certify(rel.select(part), found)
+                if not bool((out[part] < 0).all()):
+                    break
+        return out
 
     def _cvxpy(self, rel: Relaxation) -> torch.Tensor:
         from .sdp_deep_cvxpy import solve_primal
