@@ -19,7 +19,7 @@ the boxes ``(z - l)(u - z) >= 0`` from the intermediate bounds (see
 - ``cvxpy``: the primal SDP written out for a cvxpy solver (SCS, Clarabel, MOSEK);
   small networks only, to cross-check.
 
-Every way the bound is what a dual point certifies in float64 (never a solver's
+Whatever the backend, the bound is what a dual point certifies in float64 (never a solver's
 objective), and it is the smallest of that certificate and the linear bounds (LP and
 alpha-CROWN with the same intermediate bounds), which are certificates of the same
 relaxation: so ``sdp-deep`` is never looser than ``lp`` with its bounds.
