@@ -64,12 +64,12 @@ def optimise_ipm(rel: Relaxation, start: Multipliers, *, iterations: int = 40,
     tightest bounds."""
     out = [t.clone() for t in start.tensors()]
     counts = rel.alive.sum(-1).long()
+    labels = torch.arange(rel.size) if groups is None else groups
     for n in torch.unique(counts).tolist():
         if n == 0:
             continue
         rows = torch.nonzero(counts == n).flatten()
         sub, begin = _trim(rel.select(rows), start.select(rows), n)
-        labels = torch.arange(rel.size) if groups is None else groups
         reached = _solve(sub, begin, iterations, tolerance, target, labels[rows], dtype)
         finite = torch.stack([torch.isfinite(t).all(-1) for t in reached.tensors()]).all(0)
         reached = Multipliers(*[torch.where(finite[:, None], r, b)
@@ -162,9 +162,8 @@ class _Layout:
             for a in range(3):
                 for b in range(3):
                     out[:, trio[a], trio[b]] += torch.diag_embed(weight * row[a] * row[b])
-        rest = torch.cat([q[:, 3 * n:]], dim=1)
         tail = slice(self.slices["box"].start, self.size)
-        out[:, tail, tail] += torch.diag_embed(rest)
+        out[:, tail, tail] += torch.diag_embed(q[:, 3 * n:])
         return out
 
     def multipliers(self, y: torch.Tensor) -> Multipliers:
@@ -252,9 +251,8 @@ class _Inverse:
     with it cost ``O((1 + m)^2 n)``, not ``(1 + m)^3``."""
 
     def __init__(self, z: torch.Tensor, n: int) -> None:
-        self.ok, self.factor, self.parts = _schur_factor(z, n)
-        diag, coupling = self.parts
-        self.w = torch.cholesky_inverse(self.factor)                       # (B, n+1, n+1)
+        self.ok, factor, (diag, coupling) = _schur_factor(z, n)
+        self.w = torch.cholesky_inverse(factor)                       # (B, n+1, n+1)
         self.u = torch.cat([torch.eye(n + 1, dtype=z.dtype).expand(z.shape[0], -1, -1),
                             -(coupling / diag[:, None, :]).transpose(1, 2)], dim=1)
         self.delta = torch.cat([torch.zeros(z.shape[0], n + 1, dtype=z.dtype), 1 / diag], dim=1)
