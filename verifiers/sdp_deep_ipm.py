@@ -189,6 +189,12 @@ class _Layout:
                           torch.cat([-0.5 * a[:, :, None], s_matrix], dim=2)], dim=1)
 
 
+def _restricted(layout: _Layout, rows: torch.Tensor) -> tuple[_Layout, "Forms"]:
+    """The layout and forms of the problems ``rows`` only."""
+    sub = _Layout(layout.rel.select(rows))
+    return sub, sub.forms()
+
+
 def _gram(matrix: torch.Tensor, layout: _Layout) -> dict[tuple[str, str], torch.Tensor]:
     """``u_a^T Y u_b`` for the blocks ``a, b`` in ``0, X, E, R`` of ``Y (B, 1+m, 1+m)``."""
     n = layout.n
@@ -360,16 +366,16 @@ def _solve(exact: Relaxation, start: Multipliers, iterations: int, tolerance: fl
         rows = torch.nonzero(active).flatten()
         if len(rows) == 0:
             break
-        sub = _Sub(layout, forms, rows)
-        lay = sub.layout
+        lay, lay_forms = (layout, forms) if len(rows) == rel.size else \
+            _restricted(layout, rows)
         yr, xm, xv = y[rows], x_matrix[rows], x_vector[rows]
         zm, zv = lay.matrix(yr), lay.signed(yr)
         inverse = _Inverse(zm, n)
         z_inverse = inverse.dense()
         mu = ((xm * zm).sum((1, 2)) + (xv * zv).sum(-1)) / nu
         kz, kx = _gram(z_inverse, lay), _gram(xm, lay)
-        residual = goal[rows] + _traces(sub.forms, kx, lay) + lay.signed_transpose(xv)
-        schur = _schur(sub.forms, kx, kz, lay) + lay.signed_gram(xv / zv)
+        residual = goal[rows] + _traces(lay_forms, kx, lay) + lay.signed_transpose(xv)
+        schur = _schur(lay_forms, kx, kz, lay) + lay.signed_gram(xv / zv)
         scale = torch.diagonal(schur, dim1=1, dim2=2).clamp(min=1e-300).sqrt()
         factor, info = torch.linalg.cholesky_ex(
             schur / scale[:, :, None] / scale[:, None, :]
@@ -399,7 +405,7 @@ def _solve(exact: Relaxation, start: Multipliers, iterations: int, tolerance: fl
         second = 0.5 * (second + second.transpose(1, 2))
         second_vector = dxv * dzv / zv
         centre = sigma * mu
-        rhs = goal[rows] + _traces(sub.forms, _gram(centre[:, None, None] * z_inverse - second,
+        rhs = goal[rows] + _traces(lay_forms, _gram(centre[:, None, None] * z_inverse - second,
                                                     lay), lay) \
             + lay.signed_transpose(centre[:, None] / zv - second_vector)
         dy, dzm, dzv, dxm, dxv = direction(rhs, second, second_vector, centre)  # corrector
@@ -425,21 +431,3 @@ def _solve(exact: Relaxation, start: Multipliers, iterations: int, tolerance: fl
                 active[torch.isin(groups, groups[rows[above]])] = False
         active[rows] &= ~done
     return Multipliers(*[t.to(torch.float64) for t in layout.multipliers(y).tensors()])
-
-
-class _Sub:
-    """The layout and forms restricted to the problems ``rows``."""
-
-    def __init__(self, layout: _Layout, forms: Forms, rows: torch.Tensor) -> None:
-        every = len(rows) == layout.rel.size
-        if every:
-            self.layout, self.forms = layout, forms
-            return
-        sub = object.__new__(_Layout)
-        sub.__dict__.update(layout.__dict__)
-        sub.rel = layout.rel.select(rows)
-        sub.slope, sub.intercept = layout.slope[rows], layout.intercept[rows]
-        sub.rows = layout.rows[rows]
-        self.layout = sub
-        self.forms = {g: [(a, b, coef[rows]) for a, b, coef in terms]
-                      for g, terms in forms.items()}
