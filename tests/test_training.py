@@ -43,9 +43,12 @@ def test_quick_training_writes_a_loadable_better_than_chance_network(name, idx_d
     assert 0 <= card.clean_test_error < 0.6           # ten classes: chance is 0.9
 
 
+# sdp-nn's case (8 s, two SDP-regularised trainings) is slow: tests/test_sdp_regulariser.py
+# checks in the default suite that that training lowers the regulariser
 @pytest.mark.parametrize("name, baseline", [("fro-nn", {"lam": 0.0}), ("spe-nn", {"lam": 0.0}),
                                             ("at-nn", {"lam": 0.0}), ("lp-nn", None),
-                                            ("sdp-nn", {"lam": 0.0})])
+                                            pytest.param("sdp-nn", {"lam": 0.0},
+                                                         marks=pytest.mark.slow)])
 def test_the_regulariser_is_smaller_than_without_it(name, baseline, idx_dir, tmp_path, held_out):
     recipe = RECIPES[name]
     plain = replace(recipe, extra={**recipe.extra, **baseline}) if baseline else \
