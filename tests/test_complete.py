@@ -260,3 +260,33 @@ def test_bab_statistics_reach_solver_stats_for_every_batch(tmp_path, model_dir):
         {"time_limit": 5.0}))], n=3, eps=(0.05,), batch_size=1, models=("tiny-a",))
     stats = result.solver_stats
     assert sorted(stats.loc[stats["method"] == "bab", "sample"]) == [0, 1, 2]
+
+
+def test_the_domain_pool_hands_out_the_best_subdomains_whole():
+    """Adds and takes in any order, through growth and compaction, against a plain list:
+    the taken subdomains are the open ones of largest bound, every tensor kept intact."""
+    from verifiers.bab import DomainPool, Domains
+    generator = torch.Generator().manual_seed(0)
+
+    def batch(size: int) -> Domains:
+        layer = [torch.randn(size, 3, generator=generator) for _ in range(6)]
+        return Domains(*[[t.clone()] for t in layer], torch.randn(size, 2, generator=generator),
+                       torch.randn(size, generator=generator, dtype=torch.float64))
+    first = batch(5)
+    pool, plain = DomainPool(first), []
+    for size, take in [(5, 0), (40, 7), (3, 30), (100, 1), (0, 50), (90, 200)]:
+        added = first if not plain and size == 5 else batch(size)
+        pool.add(added)
+        plain += [added.take(torch.tensor([i])) for i in range(len(added))]
+        if plain:
+            rows = torch.stack([d.rows[0] for d in plain]).amax(dim=0)
+            assert torch.equal(pool.rows_max(), rows)
+        taken = pool.take_best(take)
+        plain.sort(key=lambda d: -float(d.value[0]))
+        expected, plain = plain[:take], plain[take:]
+        assert len(taken) == len(expected) and len(pool) == len(plain)
+        order = torch.argsort(taken.value, descending=True)
+        for got, want in zip(order.tolist(), expected):
+            for a, b in zip(taken.take(torch.tensor([got])).flat(), want.flat()):
+                assert torch.equal(a, b)
+    assert len(pool) == 0
