@@ -11,12 +11,11 @@ sample at a time with its defaults (the interior-point backend deciding ``max <=
 (HiGHS) gets ``BENCH_MILP_LIMIT`` seconds per sample (default 5). Where MILP stays
 undecided, the exact error is bracketed: a sample is non-robust if ``ensemble`` (AutoAttack
 style, its defaults) or MILP breaks it, and robust if any verifier or MILP certifies it.
-Per-sample rows go to
-``$BENCH_OUT`` (default ``sdp_deep_pgd.csv`` in the working folder) as they are produced.
+Per-sample rows go to ``$BENCH_OUT`` (default ``sdp_deep_pgd.csv`` in the working folder)
+as they are produced.
 
 Soundness is checked on the way: no verifier may certify a sample MILP or the attack
-breaks, and
-``sdp-deep`` is never above ``lp`` with the same bounds.
+breaks, and ``sdp-deep`` is never above ``lp`` with the same bounds.
 """
 
 from __future__ import annotations
@@ -109,6 +108,7 @@ def test_sdp_deep_on_a_pgd_trained_network(benchmark, report):
     for bound in (*linear.values(), sdp):
         robust |= bound.amax(dim=1) < 0
     assert not (robust & non_robust).any(), "a sample is both certified and broken"
+    exact_low, exact_high = float(non_robust.double().mean()), float((~robust).double().mean())
 
     finite = torch.isfinite(linear["lp"])
     assert (sdp[finite] <= linear["lp"][finite] + 1e-9).all()
@@ -123,14 +123,11 @@ def test_sdp_deep_on_a_pgd_trained_network(benchmark, report):
                                 **{f"{k}_s": v for k, v in seconds.items()},
                                 milp_broken=int(broken.sum()), milp_decided=int(decided.sum()),
                                 attack_broken=int(attacked.sum()),
-                                exact_error_low=float(non_robust.double().mean()),
-                                exact_error_high=float((~robust).double().mean()),
+                                exact_error_low=exact_low, exact_error_high=exact_high,
                                 sdp_improved_fraction=improved, mean_gain=margin_gain)
     report(f"sdp-deep on {NETWORK}, first {count} images, eps {eps}: certified error "
            + ", ".join(f"{k} {v:.2f}" for k, v in errors.items())
            + f"; MILP ({limit:.0f} s) decided {int(decided.sum())}, broke {int(broken.sum())};"
-           f" ensemble broke {int(attacked.sum())}; exact error in "
-           f"[{float(non_robust.double().mean()):.2f}, {float((~robust).double().mean()):.2f}]"
-           f"; sdp-deep "
-           f"{seconds['sdp-deep']:.1f} s per sample ({deep!r}), below lp on "
-           f"{100 * improved:.0f}% of samples by {margin_gain:.3f} on average")
+           f" ensemble broke {int(attacked.sum())}; exact error in [{exact_low:.2f}, "
+           f"{exact_high:.2f}]; sdp-deep {seconds['sdp-deep']:.1f} s per sample ({deep!r}), "
+           f"below lp on {100 * improved:.0f}% of samples by {margin_gain:.3f} on average")

@@ -88,14 +88,10 @@ class Domains:
     rows: torch.Tensor                  # (D, S) per-row bounds (minus offsets)
     value: torch.Tensor
 
+    LAYERED = ("lower", "upper", "sigma", "slopes", "betas", "scores")
+
     def __len__(self) -> int:
         return len(self.value)
-
-    def take(self, index: torch.Tensor) -> "Domains":
-        pick = (lambda ts: [t[index] for t in ts])
-        return Domains(pick(self.lower), pick(self.upper), pick(self.sigma),
-                       pick(self.slopes), pick(self.betas), pick(self.scores),
-                       self.rows[index], self.value[index])
 
     def flat(self) -> list[torch.Tensor]:
         """Every tensor, layer lists first (bounded domains only: slopes and betas set)."""
@@ -107,7 +103,8 @@ class Domains:
         parts = [tensors[k * layers:(k + 1) * layers] for k in range(len(cls.LAYERED))]
         return cls(*parts, tensors[-2], tensors[-1])
 
-    LAYERED = ("lower", "upper", "sigma", "slopes", "betas", "scores")
+    def take(self, index: torch.Tensor) -> "Domains":
+        return Domains.unflat([t[index] for t in self.flat()], len(self.lower))
 
 
 class DomainPool:
@@ -140,11 +137,16 @@ class DomainPool:
         self.alive[:len(keep)] = True
         self.end = len(keep)
 
-    def add(self, domains: Domains) -> None:
-        """Add ``domains`` (all open)."""
+    def add(self, domains: Domains) -> torch.Tensor:
+        """Keep the open ones of ``domains`` (bound ``>= 0``); return ``(S,)``, per row the
+        largest bound of the closed ones (``-inf`` if none)."""
+        closed = domains.value < 0
+        closed_max = domains.rows[closed].amax(dim=0) if closed.any() else \
+            domains.rows.new_full(domains.rows.shape[1:], -torch.inf)
+        domains = domains.take(torch.nonzero(~closed).flatten())
         size = len(domains)
         if size == 0:
-            return
+            return closed_max
         if self.end + size > len(self.alive):
             self._resize(max(3 * (self.count + size) // 2, 64))
         for buffer, tensor in zip(self.buffers, domains.flat()):
@@ -152,6 +154,7 @@ class DomainPool:
         self.alive[self.end:self.end + size] = True
         self.end += size
         self.count += size
+        return closed_max
 
     def take_best(self, count: int) -> Domains:
         """Remove and return the ``count`` subdomains with the largest bounds."""
@@ -451,14 +454,9 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
     order = sorted(range(len(groups)), key=lambda g: float(roots[g].value[0]))
     for g in order:                                                    # 3. branch
         rows, offsets = groups[g]
-        closed_max = torch.full((len(offsets),), -torch.inf, dtype=torch.float64, device=on)
         pool = DomainPool(roots[g])
-        fresh = roots[g]
+        closed_max = pool.add(roots[g])
         while True:
-            closed = fresh.value < 0
-            if closed.any():
-                closed_max = torch.maximum(closed_max, fresh.rows[closed].amax(dim=0))
-            pool.add(fresh.take(torch.nonzero(~closed).flatten()))
             if len(pool) == 0:
                 uppers[g] = closed_max
                 break
@@ -469,7 +467,6 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
                 stats["root_bound"] = float(roots[g].value[0])
                 return done("unknown", uppers)
             head = pool.take_best(batch)
-            fresh = head.take(torch.zeros(0, dtype=torch.int64, device=on))
             exhausted = torch.stack([s.amax(dim=1) for s in head.scores], 1).amax(1) < 0
             for index in torch.nonzero(exhausted).flatten().tolist():
                 leaf, point = linear_leaf(params, head, index, lo, hi, rows, offsets)
@@ -506,7 +503,7 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
             values = forward_worst(net64, flat, rows, offsets)
             if bool((values >= 0).any()):
                 return done("violated", inf_bounds, flat[int(values.argmax())])
-            fresh = children
+            closed_max = torch.maximum(closed_max, pool.add(children))
     stats["groups"] = len(groups)
     return done("holds", uppers)
 
