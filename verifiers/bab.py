@@ -14,8 +14,10 @@ guess:
    unstable ReLUs fixed (``zhat >= 0`` or ``zhat <= 0``); it inherits its parent's
    intermediate bounds clamped to its splits, and its bound is beta-CROWN's
    (:func:`verifiers.optimised_bounds.optimise_upper` with the split multipliers),
-   warm-started from the parent's slopes and multipliers. The ``batch`` subdomains with
-   the largest bounds are split at once. Branching: the unit with the largest
+   warm-started from the parent's slopes and multipliers and searched for
+   ``branch_iterations`` steps (:data:`BRANCH_ITERATIONS`; a child stops once it closes).
+   The ``batch`` subdomains with the largest bounds are split at once, and stored lean
+   (:class:`DomainPool`). Branching: the unit with the largest
    BaBSR-style intercept score ``max(a_i, 0) * u_i * (-l_i) / (u_i - l_i)`` (``a_i``
    the bound's coefficient on ``relu(zhat_i)``: the slack the split removes) is split.
    With ``branch_candidates = k > 1`` the ``k`` best-scoring units are each tried with
@@ -28,9 +30,10 @@ guess:
 
 Sound because every bound is an upper bound over a superset of its subdomain, for any
 slopes in ``[0, 1]`` and multipliers ``>= 0``, evaluated in float64. The answer is
-``unknown`` at the time limit, when more than ``max_domains`` subdomains are open (each
-holds its layers' bounds, splits and warm starts: about 50 KB on 784-256x6-10), or
-when a linear leaf stays open (an LP that neither closes it nor yields a point).
+``unknown`` at the time limit, when the open subdomains outgrow ``memory_gb`` (each
+holds its splits, warm starts and best branching units: 13.5 KB on 784-256x6-10, see
+:class:`DomainPool`), or when a linear leaf stays open (an LP that neither closes it
+nor yields a point).
 """
 
 from __future__ import annotations
@@ -55,7 +58,14 @@ from .optimised_bounds import optimise_upper, optimised_layer_bounds
 # layers the score alone settled every instance that 4 candidates settled, with fewer
 # nodes and 1.1x to 2.2x sooner; on four and six hidden layers neither won clearly.
 BRANCH_CANDIDATES = 1
-EMPTY_TOLERANCE = 1e-9     # a lower bound this far above the upper bound: no point left
+# Memory for the open subdomains of a group (the cap on their number follows from it):
+# 150,000 on 784-256x6-10, where at most 1,000 are split per second on two cores.
+MEMORY_GB = 2.0
+# Slope and multiplier steps per batch of children, warm-started from their parents.
+# Measured at 15 s per sample on 16 AT-NN images that 10 steps left open: 10 steps
+# decided 1, 5 decided 3, 3 and 2 decided 5, 1 decided 2; on 9 instances that every
+# choice settles (AT-NN, fc-2x256), 3 steps took 1.1x to 1.7x less time than 10.
+BRANCH_ITERATIONS = 3
 
 
 @dataclass
@@ -106,6 +116,38 @@ class Domains:
     def take(self, index: torch.Tensor) -> "Domains":
         return Domains.unflat([t[index] for t in self.flat()], len(self.lower))
 
+    def pack(self, keep_scores: int) -> list[torch.Tensor]:
+        """The lean form kept in a :class:`DomainPool`: split signs (int8, all layers in
+        one ``(D, sum m_k)``), slopes, multipliers, the ``keep_scores`` best branching
+        units (indices into all hidden units, and their scores), ``rows`` and ``value``.
+        The pre-activation bounds are left out: they are the root's clamped to the
+        splits, rebuilt by :meth:`unpack`."""
+        flat_scores = torch.cat(self.scores, dim=1)
+        best = flat_scores.topk(min(keep_scores, flat_scores.shape[1]), dim=1)
+        return [torch.cat(self.sigma, dim=1).to(torch.int8), *self.slopes, *self.betas,
+                best.indices.to(torch.int32), best.values, self.rows, self.value]
+
+    @classmethod
+    def unpack(cls, packed: list[torch.Tensor], root: Bounds, widths: list[int]
+               ) -> "Domains":
+        """Inverse of :meth:`pack` given the group's root bounds ``root``: each unit split
+        ``zhat >= 0`` has its lower bound raised to 0, each split ``zhat <= 0`` its upper
+        bound lowered to 0; the scores not kept are ``-1`` (never chosen)."""
+        layers = len(widths)
+        signs = packed[0].split(widths, dim=1)
+        slopes, betas = packed[1:1 + layers], packed[1 + layers:1 + 2 * layers]
+        units, kept, rows, value = packed[1 + 2 * layers:]
+        scores = torch.full((len(value), sum(widths)), -1.0, dtype=kept.dtype,
+                            device=kept.device).scatter_(1, units.long(), kept)
+        lower, upper, sigma = [], [], []
+        for sign, (low, up) in zip(signs, root):
+            sign = sign.to(low.dtype)
+            lower.append(torch.where(sign > 0, low.clamp(min=0), low))
+            upper.append(torch.where(sign < 0, up.clamp(max=0), up))
+            sigma.append(sign)
+        return cls(lower, upper, sigma, list(slopes), list(betas),
+                   list(scores.split(widths, dim=1)), rows, value)
+
 
 class DomainPool:
     """The open subdomains of one group, in buffers that grow by half: adding a batch
@@ -113,12 +155,26 @@ class DomainPool:
     proportion to its batch, not to the pool (copying the pool each step cost a third of
     the time at 24,000 subdomains). A full buffer is rebuilt with the live subdomains
     only, at 1.5 times their number (plus the batch), so each rebuild is paid for by as many
-    additions as it copies."""
+    additions as it copies.
 
-    def __init__(self, template: Domains) -> None:
-        self.layers = len(template.lower)
-        self.buffers = [t[:0].clone() for t in template.flat()]
-        self.alive = torch.zeros(0, dtype=torch.bool, device=template.value.device)
+    A subdomain is stored lean (:meth:`Domains.pack`): split signs as int8, no
+    pre-activation bounds (rebuilt from the group's root bounds and the splits), and of
+    the branching scores only the ``keep_scores`` best units. On 784-256x6-10 with one
+    row that is 13.5 KB instead of 55 KB. ``bytes_per_domain`` is that size (the cap
+    on open subdomains follows a memory budget)."""
+
+    def __init__(self, root: Domains, keep_scores: int = 1) -> None:
+        """``root``: the group's one unsplit subdomain, bounded; its pre-activation bounds
+        are every subdomain's before its splits."""
+        if len(root) != 1:
+            raise ValueError(f"a pool starts from one root subdomain, not {len(root)}")
+        self.root = list(zip(root.lower, root.upper))
+        self.widths = [s.shape[1] for s in root.sigma]
+        self.keep_scores = keep_scores
+        packed = root.pack(keep_scores)
+        self.buffers = [t[:0].clone() for t in packed]
+        self.bytes_per_domain = sum(t[:1].nelement() * t.element_size() for t in packed)
+        self.alive = torch.zeros(0, dtype=torch.bool, device=root.value.device)
         self.end = 0
         self.count = 0
 
@@ -149,7 +205,7 @@ class DomainPool:
             return closed_max
         if self.end + size > len(self.alive):
             self._resize(max(3 * (self.count + size) // 2, 64))
-        for buffer, tensor in zip(self.buffers, domains.flat()):
+        for buffer, tensor in zip(self.buffers, domains.pack(self.keep_scores)):
             buffer[self.end:self.end + size] = tensor
         self.alive[self.end:self.end + size] = True
         self.end += size
@@ -157,10 +213,12 @@ class DomainPool:
         return closed_max
 
     def take_best(self, count: int) -> Domains:
-        """Remove and return the ``count`` subdomains with the largest bounds."""
+        """Remove and return the ``count`` subdomains with the largest bounds (with their
+        pre-activation bounds rebuilt and the scores of all but the kept units ``-1``)."""
         values = self.buffers[-1][:self.end].masked_fill(~self.alive[:self.end], -torch.inf)
         index = values.topk(min(count, self.count)).indices
-        taken = Domains.unflat([buffer[index] for buffer in self.buffers], self.layers)
+        taken = Domains.unpack([buffer[index] for buffer in self.buffers], self.root,
+                               self.widths)
         self.alive[index] = False
         self.count -= len(index)
         return taken
@@ -283,13 +341,12 @@ def linear_leaf(params, domains: Domains, index: int, lo: torch.Tensor, hi: torc
     return found, best_point
 
 
-def split_children(parents: Domains, choice: torch.Tensor | None = None
-                   ) -> tuple[Domains, int]:
+def split_children(parents: Domains, choice: torch.Tensor | None = None) -> Domains:
     """Both children of every parent (``zhat >= 0`` first, then ``zhat <= 0``), split on
     unit ``choice (D,)`` (an index into the hidden units of all layers; default: the
     best-scoring one): bounds clamped, split signs set, warm starts inherited (the new
     unit's multiplier is still zero); ``rows``/``value``/``scores`` are the parents'
-    until :func:`bound_domains` runs. Also returns the first layer split in this batch."""
+    until :func:`bound_domains` runs."""
     if choice is None:
         choice = torch.cat(parents.scores, dim=1).argmax(dim=1)
     widths = [s.shape[1] for s in parents.scores]
@@ -312,10 +369,7 @@ def split_children(parents: Domains, choice: torch.Tensor | None = None
         sigma = children.sigma[k].clone()
         sigma[rows_k, units] = side[rows_k]
         children.lower[k], children.upper[k], children.sigma[k] = lower, upper, sigma
-    first = min((k for k in range(len(widths)) if ((choice >= starts[k]) &
-                                                   (choice < starts[k + 1])).any()),
-                default=len(widths))
-    return children, first
+    return children
 
 
 def quick_values(params32, domains: Domains, lo32: torch.Tensor, hi32: torch.Tensor,
@@ -346,43 +400,13 @@ def strong_branching(params, parents: Domains, lo: torch.Tensor, hi: torch.Tenso
     lo32, hi32, rows32, offsets32 = lo.float(), hi.float(), rows.float(), offsets.float()
     worst = []
     for column in range(top.indices.shape[1]):
-        children, _ = split_children(parents, top.indices[:, column])
+        children = split_children(parents, top.indices[:, column])
         values = quick_values(params32, children, lo32, hi32, rows32, offsets32)
         value = torch.maximum(values[:len(parents)], values[len(parents):])
         worst.append(torch.where(top.values[:, column] >= 0, value,
                                  torch.full_like(value, torch.inf)))
     best = torch.stack(worst, dim=1).argmin(dim=1)
     return top.indices.gather(1, best[:, None]).squeeze(1)
-
-
-def refine_intermediate(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
-                        first: int, chunk: int = 64) -> torch.Tensor:
-    """Tighten, in place, the pre-activation bounds of hidden layers ``first ..`` of every
-    subdomain by CROWN on its own (split-clamped) bounds of the layers before, intersected
-    with the inherited ones and clamped to the splits again. Returns ``(D,)`` bool: the
-    subdomains found empty (some unit's lower bound above its upper bound)."""
-    empty = torch.zeros(len(domains), dtype=torch.bool, device=lo.device)
-    for k in range(max(first, 1), len(params) - 1):
-        width = params[k][0].shape[0]
-        for start in range(0, len(domains), chunk):
-            part = slice(start, start + chunk)
-            count = len(domains.value[part])
-            bounds = [(low[part], up[part]) for low, up in zip(domains.lower[:k],
-                                                               domains.upper[:k])]
-            eye = torch.eye(width, dtype=lo.dtype, device=lo.device).expand(count, width,
-                                                                            width)
-            box_lo, box_hi = lo[None].expand(count, -1), hi[None].expand(count, -1)
-            with torch.no_grad():
-                both = backward_upper(params[:k + 1], bounds, torch.cat([eye, -eye], dim=1),
-                                      box_lo, box_hi, crown_slope)
-            lower = torch.maximum(domains.lower[k][part], -both[:, width:])
-            upper = torch.minimum(domains.upper[k][part], both[:, :width])
-            sigma = domains.sigma[k][part]
-            lower = torch.where(sigma > 0, lower.clamp(min=0), lower)
-            upper = torch.where(sigma < 0, upper.clamp(max=0), upper)
-            empty[part] |= (lower > upper + EMPTY_TOLERANCE).any(dim=1)
-            domains.lower[k][part], domains.upper[k][part] = lower, upper
-    return empty
 
 
 def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
@@ -395,7 +419,8 @@ def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
     result = optimise_upper(params, bounds, rows[None].expand(count, -1, -1),
                             lo[None].expand(count, -1), hi[None].expand(count, -1),
                             iterations=iterations, slopes=domains.slopes,
-                            sigmas=domains.sigma, betas=domains.betas)
+                            sigmas=domains.sigma, betas=domains.betas,
+                            settle_below=offsets[None].expand(count, -1))
     values = result.upper - offsets
     candidates = torch.where(result.input_coef > 0, hi, lo)
     updated = Domains(domains.lower, domains.upper, domains.sigma, result.slopes,
@@ -405,9 +430,9 @@ def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
 
 
 def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
-           iterations: int = 20, branch_iterations: int = 10, restarts: int = 16,
-           attack_steps: int = 100, max_domains: int = 50_000, seed: int = 0,
-           refine: bool = False, branch_candidates: int = BRANCH_CANDIDATES,
+           iterations: int = 20, branch_iterations: int = BRANCH_ITERATIONS,
+           restarts: int = 16, attack_steps: int = 100, memory_gb: float = MEMORY_GB,
+           seed: int = 0, branch_candidates: int = BRANCH_CANDIDATES,
            device: str = "cpu") -> BabOutcome:
     """Settle ``prop`` on ``net`` within about ``time_limit`` seconds (see the module doc).
     Bounds and subdomains live on ``device`` (``cpu``, or ``cuda`` where torch sees one);
@@ -441,8 +466,8 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
     uppers: list[torch.Tensor] = []
     roots: list[Domains] = []
     for rows, offsets in groups:
-        root = Domains([l for l, _ in bounds], [u for _, u in bounds],
-                       [torch.zeros_like(l) for l, _ in bounds], None, None, [],
+        root = Domains([low for low, _ in bounds], [up for _, up in bounds],
+                       [torch.zeros_like(low) for low, _ in bounds], None, None, [],
                        torch.zeros(1, len(offsets), device=on), torch.zeros(1, device=on))
         root, candidates = bound_domains(params, root, lo, hi, rows, offsets, iterations)
         uppers.append(root.rows[0])
@@ -452,13 +477,17 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
             return done("violated", inf_bounds, candidates[0][int(values.argmax())])
     nodes += len(groups)
     order = sorted(range(len(groups)), key=lambda g: float(roots[g].value[0]))
+    stats["groups"], stats["groups_settled"] = len(groups), 0
     for g in order:                                                    # 3. branch
         rows, offsets = groups[g]
-        pool = DomainPool(roots[g])
+        pool = DomainPool(roots[g], keep_scores=branch_candidates)
+        max_domains = int(memory_gb * 2 ** 30) // pool.bytes_per_domain
+        stats["domain_cap"] = max_domains
         closed_max = pool.add(roots[g])
         while True:
             if len(pool) == 0:
                 uppers[g] = closed_max
+                stats["groups_settled"] += 1
                 break
             if time.perf_counter() - began > time_limit or len(pool) > max_domains:
                 uppers[g] = torch.maximum(closed_max, pool.rows_max())
@@ -490,21 +519,15 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
             parents = head.take(splittable)
             choice = (strong_branching(params, parents, lo, hi, rows, offsets,
                                        branch_candidates) if branch_candidates > 1 else None)
-            children, first_split = split_children(parents, choice)
-            if refine:
-                empty = refine_intermediate(params, children, lo, hi, first_split + 1)
+            children = split_children(parents, choice)
             children, candidates = bound_domains(params, children, lo, hi, rows, offsets,
                                                  branch_iterations)
-            if refine and empty.any():
-                children.value[empty] = -torch.inf
-                children.rows[empty] = -torch.inf
             nodes += len(children)
             flat = candidates.reshape(-1, len(lo))
             values = forward_worst(net64, flat, rows, offsets)
             if bool((values >= 0).any()):
                 return done("violated", inf_bounds, flat[int(values.argmax())])
             closed_max = torch.maximum(closed_max, pool.add(children))
-    stats["groups"] = len(groups)
     return done("holds", uppers)
 
 
@@ -516,18 +539,22 @@ class BranchAndBound(Configurable):
     exact = True
 
     def __init__(self, *, time_limit: float = 60.0, batch: int = 256, iterations: int = 20,
-                 branch_iterations: int = 10, branch_candidates: int = BRANCH_CANDIDATES,
-                 clip: bool = True, device: str = "cpu") -> None:
+                 branch_iterations: int = BRANCH_ITERATIONS,
+                 branch_candidates: int = BRANCH_CANDIDATES,
+                 memory_gb: float = MEMORY_GB, clip: bool = True, device: str = "cpu"
+                 ) -> None:
         check_options(time_limit=(time_limit, "number>0"), batch=(batch, "int>=1"),
                       iterations=(iterations, "int>=0"),
                       branch_iterations=(branch_iterations, "int>=0"),
-                      branch_candidates=(branch_candidates, "int>=1"), clip=(clip, "bool"))
+                      branch_candidates=(branch_candidates, "int>=1"),
+                      memory_gb=(memory_gb, "number>0"), clip=(clip, "bool"))
         torch_device(device)
         self.time_limit = time_limit
         self.batch = batch
         self.iterations = iterations
         self.branch_iterations = branch_iterations
         self.branch_candidates = branch_candidates
+        self.memory_gb = memory_gb
         self.clip = clip
         self.device = device
         self._stats: list[dict[str, Any]] = []
@@ -535,7 +562,8 @@ class BranchAndBound(Configurable):
     def _decide(self, net: MLP, prop: Property) -> BabOutcome:
         return decide(net, prop, time_limit=self.time_limit, batch=self.batch,
                       iterations=self.iterations, branch_iterations=self.branch_iterations,
-                      branch_candidates=self.branch_candidates, device=self.device)
+                      branch_candidates=self.branch_candidates, memory_gb=self.memory_gb,
+                      device=self.device)
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64, ``U[n, y_n] = -inf``: per class

@@ -70,7 +70,8 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
                    hi: torch.Tensor, *, iterations: int,
                    slopes: list[torch.Tensor] | None = None,
                    sigmas: list[torch.Tensor] | None = None,
-                   betas: list[torch.Tensor] | None = None) -> Optimised:
+                   betas: list[torch.Tensor] | None = None,
+                   settle_below: torch.Tensor | None = None) -> Optimised:
     """Minimise the upper bound on ``spec (N, S, out) . g(x)`` over the box ``lo, hi
     (N, d)`` by the lower slopes (and, with ``sigmas``, the split multipliers).
 
@@ -79,6 +80,10 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
     ``{-1, 0, +1}`` mark split units (``+1``: ``zhat >= 0`` imposed, ``-1``:
     ``zhat <= 0``), whose ``bounds`` must already be clamped to the split; ``betas``
     warm-start their multipliers (default zero). ``iterations = 0`` evaluates the start.
+    ``settle_below (N, S)``: a problem whose search bound on some row falls below its
+    entry there is settled (a subdomain that closes) and its search stops; once an
+    eighth of the problems searched are settled, the search goes on with the others
+    only. The returned bound is the float64 one, whatever the search did.
     """
     n, rows = spec.shape[:2]
     params32, bounds32 = _cast(params, bounds, torch.float32)
@@ -86,7 +91,8 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
     if slopes is None:
         slopes = [crown_slope(low, up).float().unsqueeze(1).expand(n, rows, -1)
                   for low, up in bounds32]
-    free = [slope.detach().float().clone().requires_grad_(True) for slope in slopes]
+    free = [slope.detach().float().expand(n, rows, -1).clone().requires_grad_(True)
+            for slope in slopes]
     multipliers = None
     if sigmas is not None:
         starts = betas if betas is not None else [
@@ -95,24 +101,29 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
     best_value = torch.full((n, rows), torch.inf, device=lo.device)
     best_slopes = [slope.detach().clone() for slope in free]
     best_betas = None if multipliers is None else [b.detach().clone() for b in multipliers]
-    tensors = free + (multipliers or [])
     rates = [LR_SLOPES] * len(free) + [LR_BETAS] * len(multipliers or [])
+    tensors = free + (multipliers or [])
     moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in tensors]
+    live = torch.arange(n, device=lo.device)       # the problems still searched
+    problem = (bounds32, spec32, lo32, hi32, sigmas)
     for step in range(iterations + 1):
+        now_bounds, now_spec, now_lo, now_hi, now_sigmas = problem
+        free, multipliers = tensors[:len(free)], tensors[len(free):] or None
         with torch.enable_grad():
-            value = backward_upper(params32, bounds32, spec32, lo32, hi32, slopes=free,
-                                   split_coef=_split_coef(multipliers, sigmas))
+            value = backward_upper(params32, now_bounds, now_spec, now_lo, now_hi,
+                                   slopes=free, split_coef=_split_coef(multipliers,
+                                                                       now_sigmas))
             grads = (torch.autograd.grad(value.sum(), tensors, allow_unused=True)
                      if step < iterations else [])
         with torch.no_grad():
-            better = value.detach() < best_value
-            best_value = torch.where(better, value.detach(), best_value)
+            better = value.detach() < best_value[live]
+            best_value[live] = torch.where(better, value.detach(), best_value[live])
             mask = better.unsqueeze(-1)
             for keep, now in zip(best_slopes, free):
-                keep.copy_(torch.where(mask, now.clamp(0, 1), keep))
+                keep[live] = torch.where(mask, now.clamp(0, 1), keep[live])
             if best_betas is not None:
                 for keep, now in zip(best_betas, multipliers):
-                    keep.copy_(torch.where(mask, now.clamp(min=0), keep))
+                    keep[live] = torch.where(mask, now.clamp(min=0), keep[live])
             for tensor, grad, rate, (first, second) in zip(tensors, grads, rates, moments):
                 if grad is not None:
                     adam_step(tensor, grad, first, second, rate, step + 1)
@@ -120,6 +131,18 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
                 slope.clamp_(0, 1)
             for beta in multipliers or []:
                 beta.clamp_(min=0)
+            if settle_below is None or step == iterations:
+                continue
+            open_ = ~(best_value[live] < settle_below[live]).any(dim=1)
+            if 8 * int((~open_).sum()) < len(live):
+                continue
+            if not bool(open_.any()):
+                break
+            keep = torch.nonzero(open_).flatten()
+            live = live[keep]
+            problem = _restrict(problem, keep)
+            tensors = [t.detach()[keep].requires_grad_(True) for t in tensors]
+            moments = [(first[keep], second[keep]) for first, second in moments]
     record: list[torch.Tensor] = []
     with torch.no_grad():
         upper = backward_upper(params, bounds, spec, lo, hi,
@@ -130,6 +153,14 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
                                record=record)
     coefs = record[:-1][::-1]
     return Optimised(upper, best_slopes, best_betas, coefs, record[-1])
+
+
+def _restrict(problem, keep: torch.Tensor):
+    """The problems ``keep`` of ``(bounds, spec, lo, hi, sigmas)`` (each indexed on its
+    first axis)."""
+    bounds, spec, lo, hi, sigmas = problem
+    return ([(low[keep], up[keep]) for low, up in bounds], spec[keep], lo[keep], hi[keep],
+            None if sigmas is None else [sigma[keep] for sigma in sigmas])
 
 
 def optimised_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *,
