@@ -31,7 +31,7 @@ guess:
 Sound because every bound is an upper bound over a superset of its subdomain, for any
 slopes in ``[0, 1]`` and multipliers ``>= 0``, evaluated in float64. The answer is
 ``unknown`` at the time limit, when the open subdomains outgrow ``memory_gb`` (each
-holds its splits, warm starts and best branching units: 13.5 KB on 784-256x6-10, see
+holds its splits, warm starts and best branching units: 13.8 KB on 784-256x6-10, see
 :class:`DomainPool`), or when a linear leaf stays open (an LP that neither closes it
 nor yields a point).
 """
@@ -59,7 +59,7 @@ from .optimised_bounds import optimise_upper, optimised_layer_bounds
 # nodes and 1.1x to 2.2x sooner; on four and six hidden layers neither won clearly.
 BRANCH_CANDIDATES = 1
 # Memory for the open subdomains of a group (the cap on their number follows from it):
-# 150,000 on 784-256x6-10, where at most 1,000 are split per second on two cores.
+# 155,000 on 784-256x6-10, where at most 1,000 are split per second on two cores.
 MEMORY_GB = 2.0
 # Slope and multiplier steps per batch of children, warm-started from their parents.
 # Measured at 15 s per sample on 16 AT-NN images that 10 steps left open: 10 steps
@@ -160,7 +160,7 @@ class DomainPool:
     A subdomain is stored lean (:meth:`Domains.pack`): split signs as int8, no
     pre-activation bounds (rebuilt from the group's root bounds and the splits), and of
     the branching scores only the ``keep_scores`` best units. On 784-256x6-10 with one
-    row that is 13.5 KB instead of 55 KB. ``bytes_per_domain`` is that size (the cap
+    row that is 13.8 KB instead of 55.3 KB. ``bytes_per_domain`` is that size (the cap
     on open subdomains follows a memory budget)."""
 
     def __init__(self, root: Domains, keep_scores: int = 1) -> None:

@@ -102,13 +102,15 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
     best_slopes = [slope.detach().clone() for slope in free]
     best_betas = None if multipliers is None else [b.detach().clone() for b in multipliers]
     rates = [LR_SLOPES] * len(free) + [LR_BETAS] * len(multipliers or [])
+    slope_count = len(free)
     tensors = free + (multipliers or [])
     moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in tensors]
     live = torch.arange(n, device=lo.device)       # the problems still searched
     problem = (bounds32, spec32, lo32, hi32, sigmas)
+    found = None     # full-size bests, once the search goes on with fewer problems
     for step in range(iterations + 1):
         now_bounds, now_spec, now_lo, now_hi, now_sigmas = problem
-        free, multipliers = tensors[:len(free)], tensors[len(free):] or None
+        free, multipliers = tensors[:slope_count], tensors[slope_count:] or None
         with torch.enable_grad():
             value = backward_upper(params32, now_bounds, now_spec, now_lo, now_hi,
                                    slopes=free, split_coef=_split_coef(multipliers,
@@ -116,14 +118,14 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
             grads = (torch.autograd.grad(value.sum(), tensors, allow_unused=True)
                      if step < iterations else [])
         with torch.no_grad():
-            better = value.detach() < best_value[live]
-            best_value[live] = torch.where(better, value.detach(), best_value[live])
+            better = value.detach() < best_value
+            best_value = torch.where(better, value.detach(), best_value)
             mask = better.unsqueeze(-1)
             for keep, now in zip(best_slopes, free):
-                keep[live] = torch.where(mask, now.clamp(0, 1), keep[live])
+                keep.copy_(torch.where(mask, now.clamp(0, 1), keep))
             if best_betas is not None:
                 for keep, now in zip(best_betas, multipliers):
-                    keep[live] = torch.where(mask, now.clamp(min=0), keep[live])
+                    keep.copy_(torch.where(mask, now.clamp(min=0), keep))
             for tensor, grad, rate, (first, second) in zip(tensors, grads, rates, moments):
                 if grad is not None:
                     adam_step(tensor, grad, first, second, rate, step + 1)
@@ -133,16 +135,21 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
                 beta.clamp_(min=0)
             if settle_below is None or step == iterations:
                 continue
-            open_ = ~(best_value[live] < settle_below[live]).any(dim=1)
+            open_ = ~(best_value < settle_below[live]).any(dim=1)
             if 8 * int((~open_).sum()) < len(live):
                 continue
+            found = _store(found, live, best_value, best_slopes, best_betas)
             if not bool(open_.any()):
                 break
             keep = torch.nonzero(open_).flatten()
             live = live[keep]
+            best_value = best_value[keep]
+            best_slopes = [best[keep] for best in best_slopes]
+            best_betas = None if best_betas is None else [best[keep] for best in best_betas]
             problem = _restrict(problem, keep)
             tensors = [t.detach()[keep].requires_grad_(True) for t in tensors]
             moments = [(first[keep], second[keep]) for first, second in moments]
+    _, best_slopes, best_betas = _store(found, live, best_value, best_slopes, best_betas)
     record: list[torch.Tensor] = []
     with torch.no_grad():
         upper = backward_upper(params, bounds, spec, lo, hi,
@@ -153,6 +160,25 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
                                record=record)
     coefs = record[:-1][::-1]
     return Optimised(upper, best_slopes, best_betas, coefs, record[-1])
+
+
+def _store(found, live: torch.Tensor, value: torch.Tensor, slopes: list[torch.Tensor],
+           betas: list[torch.Tensor] | None):
+    """The best ``(value, slopes, betas)`` of all problems: those of the problems ``live``
+    written into ``found`` (full size), or, before the search first narrowed (``found``
+    None, ``live`` all problems), these themselves. Writing ``found`` into itself (the
+    search stopped where it was stored) changes nothing."""
+    if found is None:
+        return value, slopes, betas
+    if found[0] is value:
+        return found
+    found_value, found_slopes, found_betas = found
+    found_value[live] = value
+    for into, part in zip(found_slopes, slopes):
+        into[live] = part
+    for into, part in zip(found_betas or [], betas or []):
+        into[live] = part
+    return found
 
 
 def _restrict(problem, keep: torch.Tensor):
