@@ -85,6 +85,31 @@ def test_a_settled_problem_stops_its_search_and_the_others_go_on_unchanged():
     assert (reached <= stopped + 1e-9).all()
 
 
+def test_the_float32_screen_keeps_every_violating_point_and_finds_the_worst():
+    """:func:`screened_worst` returns the float64 worst point whenever some point
+    violates, including one that violates by 1e-9 (far below float32 rounding, which
+    alone must not rule it out), and ``(-1, -inf)`` when every point is far from
+    violating."""
+    import copy
+
+    from verifiers.bab import forward_worst, screened_worst
+    net64 = random_mlp([6, 12, 12, 3], seed=21, scale=1.5).double()
+    net32 = copy.deepcopy(net64).float()
+    points = torch.rand(400, 6, generator=torch.Generator().manual_seed(22),
+                        dtype=torch.float64)
+    rows = torch.randn(2, 3, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    plain = forward_worst(net64, points, rows, torch.zeros(2, dtype=torch.float64))
+    for target in (int(plain.argmax()), int(plain.argsort()[200])):
+        # shift the offsets so that point ``target`` violates by 1e-9
+        offsets = torch.full((2,), float(plain[target]) - 1e-9, dtype=torch.float64)
+        exact = forward_worst(net64, points, rows, offsets)
+        index, value = screened_worst(net32, net64, points, rows, offsets)
+        assert index == int(exact.argmax())
+        assert value == pytest.approx(float(exact.max()), abs=1e-12) and value > 0
+    far = torch.full((2,), float(plain.max()) + 10.0, dtype=torch.float64)
+    assert screened_worst(net32, net64, points, rows, far) == (-1, -torch.inf)
+
+
 def _instances():
     """Tiny networks (2 to 4 hidden layers), each at the smallest radius of a ladder
     where CROWN no longer certifies (the instances that need branching or an attack)."""

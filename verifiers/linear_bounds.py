@@ -27,6 +27,7 @@ from models import MLP
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]           # per hidden layer: (l, u), (N, m_k)
 SlopeRule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Relaxed = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def layer_params(net: MLP, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -56,6 +57,19 @@ def crown_slope(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     return (upper > -lower).to(upper.dtype)
 
 
+def _upper_lines(lower: torch.Tensor, upper: torch.Tensor) -> Relaxed:
+    """``(s, offset, crossing, active)`` per unit, each ``(N, m)``: the upper line
+    ``relu <= s * zhat + offset`` (``s = u / (u - l)``, ``offset = -s * l`` on crossing
+    units; the identity on stable active units, zero on stable inactive ones), the
+    crossing units (bool) and the stable active ones (1.0, else 0.0)."""
+    active = (lower >= 0).to(upper.dtype)
+    crossing = (lower < 0) & (upper > 0)
+    safe_gap = torch.where(crossing, upper - lower, torch.ones_like(upper))
+    s = torch.where(crossing, upper / safe_gap, active)
+    offset = torch.where(crossing, -s * lower, torch.zeros_like(upper))
+    return s, offset, crossing, active
+
+
 def relaxation(lower: torch.Tensor, upper: torch.Tensor, rule: SlopeRule
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(upper_slope, upper_offset, lower_slope)`` per unit, each ``(N, m)``.
@@ -63,31 +77,41 @@ def relaxation(lower: torch.Tensor, upper: torch.Tensor, rule: SlopeRule
     Stable active units are the identity, stable inactive units zero, crossing units
     get ``relu <= s * zhat - s * l`` and ``relu >= alpha * zhat``.
     """
-    active = lower >= 0
-    crossing = (lower < 0) & (upper > 0)
-    safe_gap = torch.where(crossing, upper - lower, torch.ones_like(upper))
-    s = torch.where(crossing, upper / safe_gap, active.to(upper.dtype))
-    offset = torch.where(crossing, -s * lower, torch.zeros_like(upper))
+    s, offset, crossing, active = _upper_lines(lower, upper)
     alpha = torch.where(crossing, rule(torch.where(crossing, lower, -torch.ones_like(lower)),
                                        torch.where(crossing, upper, torch.ones_like(upper))),
-                        active.to(upper.dtype))
+                        active)
     return s, offset, alpha
 
 
-def lower_slopes(lower: torch.Tensor, upper: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
-    """Lower-line slopes ``(N, S, m)`` with ``free (N or 1, S or 1, m)`` (clamped to
-    ``[0, 1]``) on crossing units, 1 on stable active units and 0 on stable inactive ones;
-    ``lower, upper (N, m)``."""
-    crossing = ((lower < 0) & (upper > 0)).unsqueeze(1)
-    active = (lower >= 0).to(upper.dtype).unsqueeze(1)
+def fixed_relaxation(bounds: Bounds) -> list[Relaxed]:
+    """Per hidden layer, the parts of the relaxation that the bounds alone fix, each
+    ``(N, 1, m_k)`` (one entry for all rows): the upper slope ``s`` and offset ``-s * l``
+    (as in :func:`relaxation`), the crossing units (bool) and the stable active units
+    (1.0, else 0.0). An optimiser that evaluates :func:`backward_upper` many times on
+    the same bounds computes them once (``relaxed=``)."""
+    return [tuple(t.unsqueeze(1) for t in _upper_lines(lower, upper))
+            for lower, upper in bounds]
+
+
+def free_slopes(relaxed: Relaxed, free: torch.Tensor) -> torch.Tensor:
+    """Lower-line slopes ``(N, S, m)``: ``free (N or 1, S or 1, m)`` clamped to ``[0, 1]``
+    on crossing units, 1 on stable active units, 0 on stable inactive ones."""
+    _, _, crossing, active = relaxed
     return torch.where(crossing, free.clamp(0, 1), active)
+
+
+def lower_slopes(lower: torch.Tensor, upper: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """:func:`free_slopes` for the bounds ``lower, upper (N, m)``."""
+    return free_slopes(fixed_relaxation([(lower, upper)])[0], free)
 
 
 def backward_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
                    hi: torch.Tensor, rule: SlopeRule | None = None, *,
                    slopes: list[torch.Tensor] | None = None,
                    split_coef: list[torch.Tensor | None] | None = None,
-                   record: list[torch.Tensor] | None = None) -> torch.Tensor:
+                   record: list[torch.Tensor] | None = None,
+                   relaxed: list[Relaxed] | None = None) -> torch.Tensor:
     """Upper bound on ``spec[n] @ g(x')`` over the box, for ``g`` the first ``len(params)``
     layers (the last one affine, no ReLU after it).
 
@@ -102,22 +126,25 @@ def backward_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
     Lagrangian ``spec . g + sum beta sigma zhat``, which is ``>= spec . g`` on the
     subdomain (beta-CROWN). ``record``, if given, receives each hidden layer's
     coefficients on ``z_k`` ``(N, S, m_k)``, last layer first (for branching scores).
+    ``relaxed``: :func:`fixed_relaxation` of ``bounds``, if already computed (with
+    ``slopes`` only).
     """
+    if slopes is not None and relaxed is None:
+        relaxed = fixed_relaxation(bounds)
     w_last, b_last = params[-1]
     const = spec @ b_last                                    # (N, S)
     coef = spec @ w_last                                     # (N, S, m_{L-1})
     for k in range(len(params) - 2, -1, -1):
         if record is not None:
             record.append(coef)
-        if slopes is None:
-            s, offset, alpha = relaxation(*bounds[k], rule)
-            alpha = alpha.unsqueeze(1)
+        if relaxed is None:
+            s, offset, alpha = (t.unsqueeze(1) for t in relaxation(*bounds[k], rule))
         else:
-            s, offset, _ = relaxation(*bounds[k], crown_slope)
-            alpha = lower_slopes(*bounds[k], slopes[k])
+            s, offset = relaxed[k][:2]
+            alpha = free_slopes(relaxed[k], slopes[k])
         positive, negative = coef.clamp(min=0), coef.clamp(max=0)
-        const = const + (positive * offset.unsqueeze(1)).sum(-1)
-        coef = positive * s.unsqueeze(1) + negative * alpha
+        const = const + (positive * offset).sum(-1)
+        coef = positive * s + negative * alpha
         if split_coef is not None and split_coef[k] is not None:
             coef = coef + split_coef[k]
         w, b = params[k]

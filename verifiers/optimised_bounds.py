@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .linear_bounds import (Bounds, backward_upper, crown_slope, interval_bounds)
+from .linear_bounds import (Bounds, backward_upper, crown_slope, fixed_relaxation,
+                            interval_bounds)
 
 LR_SLOPES = 0.1
 LR_BETAS = 0.05
@@ -106,15 +107,16 @@ def optimise_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
     tensors = free + (multipliers or [])
     moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in tensors]
     live = torch.arange(n, device=lo.device)       # the problems still searched
-    problem = (bounds32, spec32, lo32, hi32, sigmas)
+    sigmas32 = None if sigmas is None else [sigma.float() for sigma in sigmas]
+    problem = (fixed_relaxation(bounds32), spec32, lo32, hi32, sigmas32)
     found = None     # full-size bests, once the search goes on with fewer problems
     for step in range(iterations + 1):
-        now_bounds, now_spec, now_lo, now_hi, now_sigmas = problem
+        now_relaxed, now_spec, now_lo, now_hi, now_sigmas = problem
         free, multipliers = tensors[:slope_count], tensors[slope_count:] or None
         with torch.enable_grad():
-            value = backward_upper(params32, now_bounds, now_spec, now_lo, now_hi,
-                                   slopes=free, split_coef=_split_coef(multipliers,
-                                                                       now_sigmas))
+            value = backward_upper(params32, bounds32, now_spec, now_lo, now_hi,
+                                   slopes=free, relaxed=now_relaxed,
+                                   split_coef=_split_coef(multipliers, now_sigmas))
             grads = (torch.autograd.grad(value.sum(), tensors, allow_unused=True)
                      if step < iterations else [])
         with torch.no_grad():
@@ -182,11 +184,11 @@ def _store(found, live: torch.Tensor, value: torch.Tensor, slopes: list[torch.Te
 
 
 def _restrict(problem, keep: torch.Tensor):
-    """The problems ``keep`` of ``(bounds, spec, lo, hi, sigmas)`` (each indexed on its
+    """The problems ``keep`` of ``(relaxed, spec, lo, hi, sigmas)`` (each indexed on its
     first axis)."""
-    bounds, spec, lo, hi, sigmas = problem
-    return ([(low[keep], up[keep]) for low, up in bounds], spec[keep], lo[keep], hi[keep],
-            None if sigmas is None else [sigma[keep] for sigma in sigmas])
+    relaxed, spec, lo, hi, sigmas = problem
+    return ([tuple(part[keep] for part in layer) for layer in relaxed], spec[keep],
+            lo[keep], hi[keep], None if sigmas is None else [sigma[keep] for sigma in sigmas])
 
 
 def optimised_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *,
