@@ -255,6 +255,39 @@ def test_bab_plugin_reports_verdicts_and_stays_within_crown():
         assert row["verdict"] == ("certified" if worst < 0 else "broken")
 
 
+def test_bab_cex_returns_bab_s_counterexamples_from_the_shared_searches(monkeypatch):
+    """``bab-cex`` declares the same shared work as ``bab``; handed a batch's searches it
+    searches nothing itself (also for the float32 copy the harness gives attacks), and
+    its points break exactly the samples whose exact worst margin is ``>= 0``, inside
+    the ball and the box; the others come back unchanged."""
+    import verifiers.bab as bab_module
+    from attacks.bab_cex import BranchAndBoundCounterexample
+    net = random_mlp([8, 12, 12, 3], seed=31, scale=1.5)
+    x, y = random_inputs(6, 8, 3, seed=33)
+    eps = 0.15
+    verifier = BranchAndBound(time_limit=20)
+    attack = BranchAndBoundCounterexample(time_limit=20)
+    pieces = verifier.shared_work(net, x.double(), y, eps, workers=1)
+    assert pieces.keys() == attack.shared_work(net, x.double(), y, eps, workers=1).keys()
+    assert BranchAndBoundCounterexample(time_limit=5).shared_work(
+        net, x.double(), y, eps, workers=1).keys() != pieces.keys()
+    results = {key: piece(net) for key, piece in pieces.items()}
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched again")
+    monkeypatch.setattr(bab_module, "decide", no_search)
+    attack.use_shared(net, results)
+    x_adv = attack.perturb(net, x.clone(), y, eps)
+    assert ((x_adv - x).abs().amax(dim=1) <= eps + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    exact = torch.as_tensor(exact_class_margins(net, x, y, eps)).amax(dim=1)
+    with torch.no_grad():
+        reached = margins(net.float64_copy()(x_adv.double()), y).amax(dim=1)
+    assert 0 < int((exact >= 0).sum()) < len(y)      # both kinds of sample occur
+    assert ((reached >= 0) == (exact >= 0)).all()
+    assert torch.equal(x_adv[exact < 0], x[exact < 0])
+
+
 def test_milp_big_m_bounds_on_deep_networks_are_tighter_and_sound():
     """``tightest_bounds`` adds alpha-CROWN's layer bounds from two hidden layers on:
     inside the CROWN-only bounds, tighter somewhere, and around every sampled

@@ -39,18 +39,21 @@ nor yields a point).
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from bench.contract import Configurable, Property, check_options, signed_ascent, torch_device
-from models import MLP
+from bench.contract import Property, check_options, margins, signed_ascent, torch_device
+from models import MLP, weights_summary
 
 from .linear_bounds import (Bounds, backward_upper, crown_slope, layer_params,
                             margin_upper_bounds, split_rows)
+from .milp import SampleVerdict, SharedVerdicts, VerdictCache
 from .optimised_bounds import optimise_upper, optimised_layer_bounds
 
 
@@ -556,12 +559,65 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
     return done("holds", uppers)
 
 
-class BranchAndBound(Configurable):
-    """Complete verifier: per sample, :func:`decide` on the robustness property."""
+def bab_verdicts(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+                 options: dict[str, Any], clip: bool, cache: VerdictCache | None = None
+                 ) -> list[SampleVerdict]:
+    """Per sample of ``x (N, d)``, ``y (N,)``: :func:`decide` on its robustness property
+    (``B_eps(x)``, ``∩ [0, 1]^d`` with ``clip``) with ``options`` (its keywords), as a
+    :class:`verifiers.milp.SampleVerdict`: ``upper (K,)`` float64 per class, the smaller
+    of CROWN's bound and branch and bound's (``-inf`` at the label); the counterexample
+    as ``witness`` with its float64 worst margin ``lower >= 0`` (``-inf`` without one);
+    ``milps`` is 0. Cached like ``milp``'s verdicts (per weights, eps, options, input
+    and label; a float32 copy of a cached float64 input reuses its verdict)."""
+    store = cache if cache is not None else VerdictCache()
+    net_key = weights_summary(net)
+    config = (clip, *sorted(options.items()))
+    keys = [VerdictCache.key(net_key, eps, config, x[n], int(y[n])) for n in range(len(y))]
+    if x.dtype != torch.float64:
+        keys = [store.for_attack(key, x[n]) for n, key in enumerate(keys)]
+    missing = [n for n, key in enumerate(keys) if store.get(key) is None]
+    if missing:
+        x64 = x[missing].to(torch.float64)
+        net64 = net.float64_copy()
+        with torch.no_grad():   # sound everywhere; what a sample keeps when bab ends early
+            crown = margin_upper_bounds(net64, x64, y[missing], eps, crown_slope, clip)
+        for row, n in enumerate(missing):
+            label = int(y[n])
+            prop = Property.robustness(x64[row], label, eps, net.num_classes, clip)
+            outcome = decide(net, prop, **options)
+            upper = crown[row].clone()
+            others = [j for j in range(net.num_classes) if j != label]
+            upper[others] = torch.minimum(upper[others], torch.cat(outcome.uppers))
+            lower, witness = -np.inf, None
+            if outcome.counterexample is not None:
+                witness = outcome.counterexample.to(torch.float64)
+                with torch.no_grad():
+                    lower = float(margins(net64(witness[None]), y[n:n + 1]).amax())
+                witness = witness.numpy()
+            verdict = {"holds": "certified", "violated": "broken"}.get(outcome.verdict,
+                                                                       "unknown")
+            store.put(keys[n], x64[row], SampleVerdict(upper.numpy(), lower, witness, verdict,
+                                                       outcome.nodes, outcome.seconds, 0))
+    return [store.get(key) for key in keys]
 
-    name = "bab"
-    opt_in = True      # seconds to minutes per sample; ask for it by name
-    exact = True
+
+def _verdicts_of(x: torch.Tensor, y: torch.Tensor, eps: float, options: dict[str, Any],
+                 clip: bool, net: MLP) -> list[tuple[tuple, torch.Tensor, SampleVerdict]]:
+    """A batch's searches as a piece of shared work: ``(cache key, x_n, verdict)`` rows
+    (the cache keys :func:`bab_verdicts` uses)."""
+    cache = VerdictCache(size=max(len(y), 1))
+    verdicts = bab_verdicts(net, x, y, eps, options=options, clip=clip, cache=cache)
+    net_key = weights_summary(net)
+    config = (clip, *sorted(options.items()))
+    return [(VerdictCache.key(net_key, eps, config, x[n], int(y[n])), x[n], verdict)
+            for n, verdict in enumerate(verdicts)]
+
+
+class SharedSearches(SharedVerdicts):
+    """Options and verdict cache of ``bab`` and ``bab-cex``: one branch and bound per
+    sample. As for ``milp`` and ``milp-cex`` (whose verdict cache and ``use_shared`` it
+    reuses), ``shared_work`` names a batch's searches by everything they depend on, so
+    in a run with both plugins the harness searches each batch once."""
 
     def __init__(self, *, time_limit: float = 60.0, batch: int = 256, iterations: int = 20,
                  branch_iterations: int = BRANCH_ITERATIONS,
@@ -582,37 +638,52 @@ class BranchAndBound(Configurable):
         self.memory_gb = memory_gb
         self.clip = clip
         self.device = device
-        self._stats: list[dict[str, Any]] = []
+        self._verdicts = VerdictCache()
+        self._stats: list[dict[str, Any]] = []      # bab's per-sample rows
 
-    def _decide(self, net: MLP, prop: Property) -> BabOutcome:
-        return decide(net, prop, time_limit=self.time_limit, batch=self.batch,
-                      iterations=self.iterations, branch_iterations=self.branch_iterations,
-                      branch_candidates=self.branch_candidates, memory_gb=self.memory_gb,
-                      device=self.device)
+    def _options(self) -> dict[str, Any]:
+        """:func:`decide`'s keywords."""
+        return {name: value for name, value in self.config().items() if name != "clip"}
+
+    def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
+                    workers: int) -> dict[str, Callable[[MLP], list]]:
+        """One piece: the batch's searches (``workers`` does not matter: one batch)."""
+        x64 = x.detach().to(torch.float64).clone()
+        digest = hashlib.sha256(x64.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:24]
+        options = ",".join(f"{k}={v!r}" for k, v in sorted(self._options().items()))
+        key = f"bab-verdicts/{options}/{self.clip}/{eps!r}/{digest}"
+        return {key: partial(_verdicts_of, x64, y.clone(), eps, self._options(), self.clip)}
+
+    def verdicts(self, net: MLP, x: torch.Tensor, y: torch.Tensor,
+                 eps: float) -> list[SampleVerdict]:
+        """The cached verdicts of ``x (N, d)`` (float64, or an attack's float32 copy),
+        searching those not cached."""
+        return bab_verdicts(net, x, y, eps, options=self._options(), clip=self.clip,
+                            cache=self._verdicts)
+
+
+class BranchAndBound(SharedSearches):
+    """Complete verifier: per sample, :func:`decide` on the robustness property."""
+
+    name = "bab"
+    opt_in = True      # seconds to minutes per sample; ask for it by name
+    exact = True
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64, ``U[n, y_n] = -inf``: per class
         the largest upper bound over the final subdomains (``< 0`` everywhere iff
         certified), or CROWN's bound where that is smaller (a sample whose counterexample
-        came first keeps CROWN's bounds). The verdicts are in :meth:`statistics`."""
-        x = x.to(torch.float64)
-        with torch.no_grad():   # sound everywhere; what a sample keeps when bab ends early
-            out = margin_upper_bounds(net.float64_copy(), x, y, eps, crown_slope, self.clip)
-        for n in range(len(x)):
-            label = int(y[n])
-            prop = Property.robustness(x[n], label, eps, net.num_classes, self.clip)
-            outcome = self._decide(net, prop)
-            others = [j for j in range(net.num_classes) if j != label]
-            out[n, others] = torch.minimum(out[n, others], torch.cat(outcome.uppers))
-            self._stats.append({"row": n, "verdict": {"holds": "certified", "violated":
-                                                       "broken"}.get(outcome.verdict,
-                                                                     "unknown"),
-                                "nodes": outcome.nodes, "seconds": round(outcome.seconds, 4)})
-        return out
+        came first keeps CROWN's bounds; the point itself is the attack ``bab-cex``).
+        The verdicts are in :meth:`statistics`."""
+        verdicts = self.verdicts(net, x, y, eps)
+        for row, verdict in enumerate(verdicts):
+            self._stats.append({"row": row, "verdict": verdict.verdict,
+                                "nodes": verdict.nodes, "seconds": round(verdict.seconds, 4)})
+        return torch.from_numpy(np.stack([v.upper for v in verdicts]))
 
     def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:
         """Per group of ``prop``, ``(r_g,)`` upper bounds over its box (see :func:`decide`)."""
-        return self._decide(net, prop).uppers
+        return decide(net, prop, **self._options()).uppers
 
     def statistics(self) -> list[dict[str, Any]]:
         """Every sample's verdict, nodes and seconds so far (the harness takes the new rows
