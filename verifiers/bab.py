@@ -570,9 +570,7 @@ def bab_verdicts(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
     ``milps`` is 0. Cached like ``milp``'s verdicts (per weights, eps, options, input
     and label; a float32 copy of a cached float64 input reuses its verdict)."""
     store = cache if cache is not None else VerdictCache()
-    net_key = weights_summary(net)
-    config = (clip, *sorted(options.items()))
-    keys = [VerdictCache.key(net_key, eps, config, x[n], int(y[n])) for n in range(len(y))]
+    keys = _sample_keys(net, x, y, eps, options, clip)
     if x.dtype != torch.float64:
         keys = [store.for_attack(key, x[n]) for n, key in enumerate(keys)]
     missing = [n for n, key in enumerate(keys) if store.get(key) is None]
@@ -601,16 +599,22 @@ def bab_verdicts(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
     return [store.get(key) for key in keys]
 
 
-def _verdicts_of(x: torch.Tensor, y: torch.Tensor, eps: float, options: dict[str, Any],
-                 clip: bool, net: MLP) -> list[tuple[tuple, torch.Tensor, SampleVerdict]]:
-    """A batch's searches as a piece of shared work: ``(cache key, x_n, verdict)`` rows
-    (the cache keys :func:`bab_verdicts` uses)."""
-    cache = VerdictCache(size=max(len(y), 1))
-    verdicts = bab_verdicts(net, x, y, eps, options=options, clip=clip, cache=cache)
+def _sample_keys(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
+                 options: dict[str, Any], clip: bool) -> list[tuple]:
+    """Each sample's verdict-cache key: weights, eps, ``clip`` and ``options``, input,
+    label (the one definition :func:`bab_verdicts` and the shared work both use)."""
     net_key = weights_summary(net)
     config = (clip, *sorted(options.items()))
-    return [(VerdictCache.key(net_key, eps, config, x[n], int(y[n])), x[n], verdict)
-            for n, verdict in enumerate(verdicts)]
+    return [VerdictCache.key(net_key, eps, config, x[n], int(y[n])) for n in range(len(y))]
+
+
+def _verdicts_of(x: torch.Tensor, y: torch.Tensor, eps: float, options: dict[str, Any],
+                 clip: bool, net: MLP) -> list[tuple[tuple, torch.Tensor, SampleVerdict]]:
+    """A batch's searches as a piece of shared work: ``(cache key, x_n, verdict)`` rows."""
+    cache = VerdictCache(size=max(len(y), 1))
+    verdicts = bab_verdicts(net, x, y, eps, options=options, clip=clip, cache=cache)
+    keys = _sample_keys(net, x, y, eps, options, clip)
+    return [(key, x[n], verdict) for n, (key, verdict) in enumerate(zip(keys, verdicts))]
 
 
 class SharedSearches(SharedVerdicts):
