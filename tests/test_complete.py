@@ -125,16 +125,18 @@ def _instances():
         yield trial, net, x, y, eps
 
 
-@pytest.mark.parametrize("candidates", [1, pytest.param(4, marks=pytest.mark.slow)])
-def test_bab_agrees_with_milp_and_both_verdicts_occur(candidates):
-    """With the intercept score alone (the default) and with strong branching."""
+@pytest.mark.parametrize("candidates, refine_depth", [
+    (1, 4), (1, 1), pytest.param(4, 4, marks=pytest.mark.slow)])
+def test_bab_agrees_with_milp_and_both_verdicts_occur(candidates, refine_depth):
+    """With the intercept score alone (the default) and with strong branching; with
+    subdomain bounds re-derived on the 4-layer networks only (the default) and on all."""
     seen, branched = set(), 0
     for trial, net, x, y, eps in _instances():
         worst = float(torch.as_tensor(exact_class_margins(net, x, y, eps)).max())
         prop = Property.robustness(x[0], int(y), eps, 3)
         # CROWN slopes at the root (no optimisation), so the tree has to branch
         outcome = decide(net, prop, time_limit=60, batch=32, iterations=0,
-                         branch_candidates=candidates)
+                         branch_candidates=candidates, refine_depth=refine_depth)
         truth = "holds" if worst < 0 else "violated"
         assert outcome.verdict == truth, (trial, outcome.verdict, worst)
         seen.add(truth)
@@ -171,7 +173,7 @@ def test_bab_without_bound_optimisation_needs_and_trusts_its_linear_leaves():
         worst = float(torch.as_tensor(exact_class_margins(net, x, y, eps, clip=False)).max())
         prop = Property.robustness(x[0], int(y), eps, 2, clip=False)
         outcome = decide(net, prop, time_limit=60, batch=4, iterations=0, branch_iterations=0,
-                         restarts=0)
+                         restarts=0, refine_depth=1 + trial % 2)
         assert outcome.verdict == ("holds" if worst < 0 else "violated"), trial
         leaves += outcome.stats["linear_leaves"]
     assert leaves > 0
@@ -354,16 +356,18 @@ def test_bab_statistics_reach_solver_stats_for_every_batch(tmp_path, model_dir):
     assert sorted(stats.loc[stats["method"] == "bab", "sample"]) == [0, 1, 2]
 
 
-def test_the_domain_pool_hands_out_the_best_subdomains_whole():
+@pytest.mark.parametrize("keep_bounds", [False, True])
+def test_the_domain_pool_hands_out_the_best_subdomains_whole(keep_bounds):
     """Adds and takes in any order, through growth and compaction, against a plain list:
     only open subdomains are kept (the closed ones' largest row bounds are returned), and
     the taken ones are those of largest bound, intact: splits, warm starts, bounds (rebuilt
-    from the root's and the splits) and the kept best branching units with their scores."""
+    from the root's and the splits, or kept in float32: exact here, where they are float32
+    numbers) and the kept best branching units with their scores."""
     from verifiers.bab import DomainPool, Domains
     generator = torch.Generator().manual_seed(0)
     widths, rows, keep = [3, 5], 2, 2
-    root_lower = [-torch.rand(1, m, generator=generator, dtype=torch.float64) for m in widths]
-    root_upper = [torch.rand(1, m, generator=generator, dtype=torch.float64) for m in widths]
+    root_lower = [-torch.rand(1, m, generator=generator).double() for m in widths]
+    root_upper = [torch.rand(1, m, generator=generator).double() for m in widths]
 
     def batch(size: int, unsplit: bool = False) -> Domains:
         sigma = [torch.randint(-1, 2, (size, m), generator=generator).to(torch.float64)
@@ -385,8 +389,10 @@ def test_the_domain_pool_hands_out_the_best_subdomains_whole():
                                                       *want.slopes, *want.betas,
                                                       *kept.split(widths, dim=1),
                                                       want.rows, want.value]))
-    pool, plain = DomainPool(batch(1, unsplit=True), keep_scores=keep), []
-    assert pool.bytes_per_domain == sum(widths) * (1 + 2 * rows * 4) + keep * 8 + rows * 8 + 8
+    pool = DomainPool(batch(1, unsplit=True), keep_scores=keep, keep_bounds=keep_bounds)
+    plain: list[Domains] = []
+    assert pool.bytes_per_domain == sum(widths) * (1 + 8 * keep_bounds + 2 * rows * 4) \
+        + keep * 8 + rows * 8 + 8
     for size, take in [(5, 0), (40, 7), (3, 30), (100, 1), (0, 50), (90, 200)]:
         added = batch(size)
         closed = added.value < 0
@@ -405,3 +411,19 @@ def test_the_domain_pool_hands_out_the_best_subdomains_whole():
         for got, want in zip(order.tolist(), expected):
             assert same(taken.take(torch.tensor([got])), want)
     assert len(pool) == 0
+
+
+def test_bounds_kept_in_float32_are_rounded_outwards():
+    """A lower bound never rises and an upper bound never falls on the way to float32
+    (by at most one float32 step), so a kept subdomain's bounds stay sound."""
+    from verifiers.bab import _rounded
+    generator = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(5000, generator=generator, dtype=torch.float64)
+                        * 10.0 ** torch.randint(-8, 8, (5000,), generator=generator),
+                        torch.tensor([0.0, 1.0, -0.5, 1e-40, -1e-40], dtype=torch.float64)])
+    down, up = _rounded(values, -torch.inf), _rounded(values, torch.inf)
+    assert (down.double() <= values).all() and (up.double() >= values).all()
+    assert (down.double() < values).any() and (up.double() > values).any()
+    step_down = torch.nextafter(down, torch.full_like(down, torch.inf))
+    step_up = torch.nextafter(up, torch.full_like(up, -torch.inf))
+    assert (step_down.double() >= values).all() and (step_up.double() <= values).all()
