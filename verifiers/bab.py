@@ -8,18 +8,24 @@ guess:
 1. **Attack.** Signed-gradient ascent on each group's smallest row from the box's
    centre and random starts (:func:`bench.contract.signed_ascent`).
 2. **Root.** Intermediate bounds by alpha-CROWN, layer by layer
-   (:func:`verifiers.optimised_bounds.optimised_layer_bounds`), then per group the
-   alpha-CROWN bound of its rows. A group with a row bounded ``< 0`` is refuted.
+   (:func:`verifiers.refined_bounds.root_layer_bounds`, which keeps their slopes), then
+   per group the alpha-CROWN bound of its rows. A group with a row bounded ``< 0`` is
+   refuted.
 3. **Branch and bound,** per remaining group. A subdomain is the box with some
    unstable ReLUs fixed (``zhat >= 0`` or ``zhat <= 0``); it inherits its parent's
-   intermediate bounds clamped to its splits, and its bound is beta-CROWN's
+   intermediate bounds clamped to its splits, on networks of ``refine_depth`` or more
+   hidden layers re-derived after the split with the root's slopes
+   (:func:`verifiers.refined_bounds.refined_layer_bounds`; :data:`REFINE_DEPTH`; a child
+   they show empty is closed), and its bound is beta-CROWN's
    (:func:`verifiers.optimised_bounds.optimise_upper` with the split multipliers),
    warm-started from the parent's slopes and multipliers and searched for
    ``branch_iterations`` steps (:data:`BRANCH_ITERATIONS`; a child stops once it closes).
-   The ``batch`` subdomains with the largest bounds are split at once, and stored lean
+   The ``batch`` subdomains with the largest bounds are split at once (fewer when the
+   time left would not fit a whole batch at the last batch's pace), and stored lean
    (:class:`DomainPool`). Branching: the unit with the largest
    BaBSR-style intercept score ``max(a_i, 0) * u_i * (-l_i) / (u_i - l_i)`` (``a_i``
-   the bound's coefficient on ``relu(zhat_i)``: the slack the split removes) is split.
+   the bound's coefficient on ``relu(zhat_i)``: the slack the split removes; with
+   re-derived bounds, times :data:`EARLY_SPLIT_WEIGHT` per later hidden layer) is split.
    With ``branch_candidates = k > 1`` the ``k`` best-scoring units are each tried with
    quick, unoptimised bounds of both children, and the unit whose worse child is lowest
    is split (filtered strong branching); see :data:`BRANCH_CANDIDATES`. A child whose
@@ -31,9 +37,9 @@ guess:
 Sound because every bound is an upper bound over a superset of its subdomain, for any
 slopes in ``[0, 1]`` and multipliers ``>= 0``, evaluated in float64. The answer is
 ``unknown`` at the time limit, when the open subdomains outgrow ``memory_gb`` (each
-holds its splits, warm starts and best branching units: 13.8 KB on 784-256x6-10, see
-:class:`DomainPool`), or when a linear leaf stays open (an LP that neither closes it
-nor yields a point).
+holds its splits, warm starts and best branching units, and its bounds where they are
+re-derived: 13.8 KB, or 26.1 KB, on 784-256x6-10, see :class:`DomainPool`), or when a
+linear leaf stays open (an LP that neither closes it nor yields a point).
 """
 
 from __future__ import annotations
@@ -474,7 +480,7 @@ def strong_branching(params, parents: Domains, lo: torch.Tensor, hi: torch.Tenso
 
 def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
                   rows: torch.Tensor, offsets: torch.Tensor, iterations: int,
-                  refine: tuple[LayerSlopes, int] | None = None
+                  refine: tuple[LayerSlopes, torch.Tensor] | None = None
                   ) -> tuple[Domains, torch.Tensor]:
     """beta-CROWN bounds of ``domains`` (in place of their ``rows``/``value``/warm starts/
     scores); returns them and each subdomain's candidate points ``(D, S, d)``. With
@@ -499,12 +505,10 @@ def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
     if empty is not None:
         values = values.masked_fill(empty[:, None], -torch.inf)
     candidates = torch.where(result.input_coef > 0, hi, lo)
+    scores = intercept_scores(result.coefs, bounds,
+                              1.0 if refine is None else EARLY_SPLIT_WEIGHT)
     updated = Domains([low for low, _ in bounds], [up for _, up in bounds], domains.sigma,
-                      result.slopes,
-                      result.betas, intercept_scores(result.coefs, bounds,
-                                                       1.0 if refine is None else
-                                                       EARLY_SPLIT_WEIGHT), values,
-                      values.amin(dim=1))
+                      result.slopes, result.betas, scores, values, values.amin(dim=1))
     return updated, candidates
 
 
@@ -581,9 +585,10 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
                 stats["open_bound"] = pool.value_max()
                 stats["root_bound"] = float(roots[g].value[0])
                 return done("unknown", uppers)
-            # a batch fits in the time left, at the last batch's pace per subdomain
+            # a batch fits in the time left, at the last batch's pace per subdomain (the
+            # first, of 16, sets the pace)
             left = time_limit - (time.perf_counter() - began)
-            fits = int(left / per_parent) if per_parent > 0 else batch
+            fits = int(left / per_parent) if per_parent > 0 else 16
             head = pool.take_best(max(1, min(batch, fits)))
             batch_began = time.perf_counter()
             exhausted = torch.stack([s.amax(dim=1) for s in head.scores], 1).amax(1) < 0
