@@ -410,14 +410,11 @@ def linear_leaf(params, domains: Domains, index: int, lo: torch.Tensor, hi: torc
     return found, best_point
 
 
-def split_children(parents: Domains, choice: torch.Tensor | None = None) -> Domains:
+def split_children(parents: Domains, choice: torch.Tensor) -> Domains:
     """Both children of every parent (``zhat >= 0`` first, then ``zhat <= 0``), split on
-    unit ``choice (D,)`` (an index into the hidden units of all layers; default: the
-    best-scoring one): bounds clamped, split signs set, warm starts inherited (the new
-    unit's multiplier is still zero); ``rows``/``value``/``scores`` are the parents'
-    until :func:`bound_domains` runs."""
-    if choice is None:
-        choice = torch.cat(parents.scores, dim=1).argmax(dim=1)
+    unit ``choice (D,)`` (an index into the hidden units of all layers): bounds clamped,
+    split signs set, warm starts inherited (the new unit's multiplier is still zero);
+    ``rows``/``value``/``scores`` are the parents' until :func:`bound_domains` runs."""
     widths = [s.shape[1] for s in parents.scores]
     starts = np.cumsum([0] + widths)
     device = parents.value.device
@@ -480,15 +477,16 @@ def strong_branching(params, parents: Domains, lo: torch.Tensor, hi: torch.Tenso
 
 def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
                   rows: torch.Tensor, offsets: torch.Tensor, iterations: int,
+                  early_weight: float = 1.0,
                   refine: tuple[LayerSlopes, torch.Tensor] | None = None
                   ) -> tuple[Domains, torch.Tensor]:
     """beta-CROWN bounds of ``domains`` (in place of their ``rows``/``value``/warm starts/
-    scores); returns them and each subdomain's candidate points ``(D, S, d)``. With
-    ``refine = (root slopes, k (D,))`` their pre-activation bounds are first re-derived,
-    each from its layer ``k`` on (the one after its newest split;
-    :func:`verifiers.refined_bounds.refined_layer_bounds`), a subdomain they show empty
-    is closed (``rows`` and ``value`` ``-inf``), and the scores favour early layers
-    (:data:`EARLY_SPLIT_WEIGHT`)."""
+    scores, weighted by ``early_weight``, see :func:`intercept_scores`); returns them and
+    each subdomain's candidate points ``(D, S, d)``. With ``refine = (root slopes,
+    k (D,))`` their pre-activation bounds are first re-derived, each from its layer ``k``
+    on (the one after its newest split;
+    :func:`verifiers.refined_bounds.refined_layer_bounds`), and a subdomain they show
+    empty is closed (``rows`` and ``value`` ``-inf``)."""
     count = len(domains)
     bounds = list(zip(domains.lower, domains.upper))
     empty = None
@@ -505,8 +503,7 @@ def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
     if empty is not None:
         values = values.masked_fill(empty[:, None], -torch.inf)
     candidates = torch.where(result.input_coef > 0, hi, lo)
-    scores = intercept_scores(result.coefs, bounds,
-                              1.0 if refine is None else EARLY_SPLIT_WEIGHT)
+    scores = intercept_scores(result.coefs, bounds, early_weight)
     updated = Domains([low for low, _ in bounds], [up for _, up in bounds], domains.sigma,
                       result.slopes, result.betas, scores, values, values.amin(dim=1))
     return updated, candidates
@@ -550,7 +547,7 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
                                                  iterations=iterations)
     ends = torch.tensor([low.shape[1] for low, _ in bounds], device=on).cumsum(0)
     refine = len(bounds) >= refine_depth
-    unsplit = torch.full((1,), len(bounds), device=on)     # nothing to re-derive at a root
+    early_weight = EARLY_SPLIT_WEIGHT if refine else 1.0
     uppers: list[torch.Tensor] = []
     roots: list[Domains] = []
     for rows, offsets in groups:
@@ -558,7 +555,7 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
                        [torch.zeros_like(low) for low, _ in bounds], None, None, [],
                        torch.zeros(1, len(offsets), device=on), torch.zeros(1, device=on))
         root, candidates = bound_domains(params, root, lo, hi, rows, offsets, iterations,
-                                         (layer_slopes, unsplit) if refine else None)
+                                         early_weight)
         uppers.append(root.rows[0])
         roots.append(root)
         index, value = screened_worst(net32, net64, candidates[0], rows, offsets)
@@ -616,10 +613,10 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
                                        branch_candidates) if branch_candidates > 1 else
                       torch.cat(parents.scores, dim=1).argmax(dim=1))
             children = split_children(parents, choice)
-            layer = torch.searchsorted(ends, choice, right=True).repeat(2)
+            after_split = torch.searchsorted(ends, choice, right=True).repeat(2) + 1
             children, candidates = bound_domains(
-                params, children, lo, hi, rows, offsets, branch_iterations,
-                (layer_slopes, layer + 1) if refine else None)
+                params, children, lo, hi, rows, offsets, branch_iterations, early_weight,
+                (layer_slopes, after_split) if refine else None)
             nodes += len(children)
             flat = candidates.reshape(-1, len(lo))
             index, value = screened_worst(net32, net64, flat, rows, offsets)
