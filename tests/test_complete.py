@@ -51,6 +51,61 @@ def test_alpha_crown_reaches_the_exact_lp_on_one_hidden_layer():
     assert (alpha[finite] - exact_lp[finite]).max() < 2e-3
 
 
+def test_projected_variables_take_clamp_s_values_and_pass_the_gradient_at_the_bounds():
+    """The optimisers' clamp: exactly ``clamp``'s values (also outside the range), and
+    the gradient of the identity, at the bounds included (torch 2.14's ``clamp`` gives
+    zero there, which froze every slope started at 0 or 1 and multiplier at 0)."""
+    from verifiers.linear_bounds import projected
+    values = torch.tensor([-0.7, 0.0, 1e-30, 0.3, 1.0, 1.0 + 2e-16, 2.5],
+                          dtype=torch.float64, requires_grad=True)
+    for low, high in ((0.0, 1.0), (0.0, None)):
+        out = projected(values, low, high)
+        assert torch.equal(out.detach(), values.detach().clamp(low, high))
+        grad, = torch.autograd.grad(out.sum(), values)
+        assert torch.equal(grad, torch.ones_like(grad))
+
+
+def test_split_multipliers_leave_zero_and_tighten_the_bound():
+    """beta-CROWN from multipliers 0 (its start in every new split): the search moves
+    them, the bound drops below the one without multipliers, and stays above every
+    sampled point of the split subdomain."""
+    from verifiers.linear_bounds import input_box
+    from verifiers.optimised_bounds import optimise_upper, optimised_layer_bounds
+    net = random_mlp([6, 12, 12, 3], seed=11, scale=1.2).double()
+    x, _ = random_inputs(8, 6, 3, seed=12)
+    lo, hi = input_box(x.double(), 0.3, True)
+    params = layer_params(net, torch.float64)
+    with torch.no_grad():
+        bounds = optimised_layer_bounds(params, lo, hi, iterations=0)
+    spec = torch.randn(8, 1, 3, generator=torch.Generator().manual_seed(13),
+                       dtype=torch.float64)
+    # split the first crossing unit of layer 1 of each sample: zhat >= 0
+    crossing = (bounds[1][0] < 0) & (bounds[1][1] > 0)
+    assert crossing.any(dim=1).all()
+    unit = crossing.to(torch.int64).argmax(dim=1)
+    sigmas = [torch.zeros_like(bounds[0][0]), torch.zeros_like(bounds[1][0])]
+    sigmas[1][torch.arange(8), unit] = 1.0
+    split = [bounds[0], (torch.where(sigmas[1] > 0, bounds[1][0].clamp(min=0), bounds[1][0]),
+                         bounds[1][1])]
+    plain = optimise_upper(params, split, spec, lo, hi, iterations=20)
+    with_beta = optimise_upper(params, split, spec, lo, hi, iterations=20, sigmas=sigmas)
+    assert max(float(b.max()) for b in with_beta.betas) > 0
+    assert (with_beta.upper <= plain.upper + 1e-9).all()
+    assert (with_beta.upper < plain.upper - 1e-4).any()
+    points = lo + (hi - lo) * torch.rand(4000, *lo.shape, generator=torch.Generator()
+                                         .manual_seed(14), dtype=torch.float64)
+    with torch.no_grad():
+        flat = points.reshape(-1, 6)
+        hidden = torch.relu(flat @ params[0][0].T + params[0][1])
+        pre = (hidden @ params[1][0].T + params[1][1]).reshape(4000, 8, -1)
+        outputs = net(flat).reshape(4000, 8, 3)
+    inside = pre.gather(2, unit[None, :, None].expand(4000, -1, 1))[..., 0] >= 0
+    reached = torch.einsum("nso,pno->pns", spec, outputs)[..., 0]
+    assert inside.any(dim=0).all()
+    assert (reached.masked_fill(~inside, -torch.inf).amax(dim=0) <= with_beta.upper[:, 0]
+            + 1e-9).all()
+
+
 def test_a_settled_problem_stops_its_search_and_the_others_go_on_unchanged():
     """``settle_below``: the search drops a problem once its bound passes below the
     threshold. The problems a full search never takes below it follow the same steps

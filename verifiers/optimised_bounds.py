@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .linear_bounds import (Bounds, backward_upper, crown_slope, fixed_relaxation,
+from .linear_bounds import (Bounds, backward_upper, crown_slope, fixed_relaxation, projected,
                             interval_bounds)
 
 LR_SLOPES = 0.1
@@ -58,7 +58,7 @@ def _split_coef(betas: list[torch.Tensor] | None, sigmas: list[torch.Tensor] | N
                 ) -> list[torch.Tensor | None] | None:
     if betas is None or sigmas is None:
         return None
-    return [beta.clamp(min=0) * sigma.to(beta.dtype).unsqueeze(1)
+    return [projected(beta, 0) * sigma.to(beta.dtype).unsqueeze(1)
             for beta, sigma in zip(betas, sigmas)]
 
 
