@@ -51,6 +51,22 @@ def test_alpha_crown_reaches_the_exact_lp_on_one_hidden_layer():
     assert (alpha[finite] - exact_lp[finite]).max() < 2e-3
 
 
+def _crown_problems(count: int, eps: float, rows: int):
+    """``count`` boxes of radius ``eps`` on a 6-12-12-3 network (float64), their CROWN
+    intermediate bounds and ``(count, rows, 3)`` random specification rows."""
+    from verifiers.linear_bounds import input_box
+    from verifiers.optimised_bounds import optimised_layer_bounds
+    net = random_mlp([6, 12, 12, 3], seed=11, scale=1.2).double()
+    x, _ = random_inputs(count, 6, 3, seed=12)
+    lo, hi = input_box(x.double(), eps, True)
+    params = layer_params(net, torch.float64)
+    with torch.no_grad():
+        bounds = optimised_layer_bounds(params, lo, hi, iterations=0)
+    spec = torch.randn(count, rows, 3, generator=torch.Generator().manual_seed(13),
+                       dtype=torch.float64)
+    return net, params, lo, hi, bounds, spec
+
+
 def test_projected_variables_take_clamp_s_values_and_pass_the_gradient_at_the_bounds():
     """The optimisers' clamp: exactly ``clamp``'s values (also outside the range), and
     the gradient of the identity, at the bounds included (torch 2.14's ``clamp`` gives
@@ -69,16 +85,8 @@ def test_split_multipliers_leave_zero_and_tighten_the_bound():
     """beta-CROWN from multipliers 0 (its start in every new split): the search moves
     them, the bound drops below the one without multipliers, and stays above every
     sampled point of the split subdomain."""
-    from verifiers.linear_bounds import input_box
-    from verifiers.optimised_bounds import optimise_upper, optimised_layer_bounds
-    net = random_mlp([6, 12, 12, 3], seed=11, scale=1.2).double()
-    x, _ = random_inputs(8, 6, 3, seed=12)
-    lo, hi = input_box(x.double(), 0.3, True)
-    params = layer_params(net, torch.float64)
-    with torch.no_grad():
-        bounds = optimised_layer_bounds(params, lo, hi, iterations=0)
-    spec = torch.randn(8, 1, 3, generator=torch.Generator().manual_seed(13),
-                       dtype=torch.float64)
+    from verifiers.optimised_bounds import optimise_upper
+    net, params, lo, hi, bounds, spec = _crown_problems(8, 0.3, 1)
     # split the first crossing unit of layer 1 of each sample: zhat >= 0
     crossing = (bounds[1][0] < 0) & (bounds[1][1] > 0)
     assert crossing.any(dim=1).all()
@@ -111,16 +119,8 @@ def test_a_settled_problem_stops_its_search_and_the_others_go_on_unchanged():
     threshold. The problems a full search never takes below it follow the same steps
     (each problem's gradient is its own), so their bounds match the full search's; the
     ones it does end below the threshold (in float64 too). Both are sound."""
-    from verifiers.linear_bounds import input_box
-    from verifiers.optimised_bounds import optimise_upper, optimised_layer_bounds
-    net = random_mlp([6, 12, 12, 3], seed=11, scale=1.2).double()
-    x, y = random_inputs(40, 6, 3, seed=12)
-    lo, hi = input_box(x.double(), 0.2, True)
-    params = layer_params(net, torch.float64)
-    with torch.no_grad():
-        bounds = optimised_layer_bounds(params, lo, hi, iterations=0)
-    spec = torch.randn(40, 2, 3, generator=torch.Generator().manual_seed(13),
-                       dtype=torch.float64)
+    from verifiers.optimised_bounds import optimise_upper
+    net, params, lo, hi, bounds, spec = _crown_problems(40, 0.2, 2)
     full = optimise_upper(params, bounds, spec, lo, hi, iterations=15).upper
     start = optimise_upper(params, bounds, spec, lo, hi, iterations=0).upper
     reachable = (torch.arange(40) % 2 == 0)[:, None]     # half the problems can settle
