@@ -25,12 +25,16 @@ import os
 import signal
 import threading
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Protocol
 
 from .tasks import BatchResult, BatchTask, SharedOutcome, SharedTask, run_batch, run_shared
 
 EXECUTORS = ("inprocess", "local", "dask")
+# Batches submitted to Dask and not yet collected, per worker: enough to keep every worker
+# busy while results come back, few enough that their inputs stay small.
+BATCHES_IN_FLIGHT = 4
 
 BatchDone = Callable[[BatchTask, BatchResult], None]
 PieceDone = Callable[[SharedTask, SharedOutcome], None]
@@ -154,17 +158,36 @@ class DaskExecutor:
 
     def execute(self, pieces: dict[str, SharedTask], batches: list[BatchTask],
                 batch_done: BatchDone, piece_done: PieceDone) -> None:
+        """Every piece at once, then the batches in order, at most
+        :data:`BATCHES_IN_FLIGHT` per worker submitted and not yet collected: a batch
+        carries its inputs, and submitting a whole report's 660,000 samples at once held
+        them all in this process (the scheduler's copy included) and ran 24 GB out of
+        memory."""
         run = uuid.uuid4().hex[:12]           # task keys of this run, apart from others'
         futures = {key: self._submit(run_shared, piece, f"certbench-{run}-shared-{number}")
                    for number, (key, piece) in enumerate(pieces.items())}
+        needed = Counter(key for batch in batches for key in batch.shared)
         owner: dict[Any, tuple[Any, Callable[[Any, Any], None]]] = {
             future: (pieces[key], piece_done) for key, future in futures.items()}
-        for number, batch in enumerate(batches):
+        for key in [key for key in futures if not needed[key]]:
+            del futures[key]                  # a piece no batch needs runs on its own
+        waiting = iter(enumerate(batches))
+
+        def submit_next() -> Any | None:
+            number, batch = next(waiting, (None, None))
+            if batch is None:
+                return None
             future = self._submit(run_batch, batch, f"certbench-{run}-batch-{number}",
                                   *[futures[key] for key in batch.shared])
             owner[future] = (batch, batch_done)
-        del futures                           # pieces are released once their batches end
-        self._collect(owner)
+            for key in batch.shared:          # released once its last batch is submitted
+                needed[key] -= 1
+                if not needed[key]:
+                    del futures[key]
+            return future
+
+        first = [submit_next() for _ in range(BATCHES_IN_FLIGHT * self.workers)]
+        self._collect(owner, [f for f in first if f is not None], submit_next)
 
     def map(self, function: Callable[[Any], Any], tasks: list[Any],
             done: Callable[[Any, Any], None]) -> None:
@@ -182,19 +205,40 @@ class DaskExecutor:
                                   key=name, pure=False)
 
     @staticmethod
-    def _collect(owner: dict[Any, tuple[Any, Callable[[Any, Any], None]]]) -> None:
+    def _collect(owner: dict[Any, tuple[Any, Callable[[Any, Any], None]]],
+                 batches: list[Any] | None = None,
+                 submit_next: Callable[[], Any | None] | None = None) -> None:
         """Hand each future's result to its callback as it finishes; a task whose
-        workers were lost (``KilledWorker`` and the like) gets ``task.lost(message)``."""
+        workers were lost (``KilledWorker`` and the like) gets ``task.lost(message)``.
+        With ``submit_next``, each finished batch (of ``batches``, the futures submitted
+        through it) makes room for the next one it submits (``None`` when none is left)."""
         from distributed import as_completed
 
-        for future in as_completed(list(owner)):
+        pending = set(batches or [])
+        queue = as_completed(list(owner))
+        for future in queue:
             task, done = owner.pop(future)
-            try:
-                result = future.result()
-            except Exception as exc:          # noqa: BLE001 - KilledWorker, a lost worker
-                result = task.lost(f"{type(exc).__name__}: {exc}"[:500])
-            done(task, result)
+            if submit_next is not None and future not in pending:
+                # a piece: later batches may still take it as an input, so it is released
+                # when the last reference to it goes, not here
+                done(task, _result_or_lost(future, task))
+                continue
+            pending.discard(future)
+            if submit_next is not None:
+                following = submit_next()
+                if following is not None:
+                    pending.add(following)
+                    queue.add(following)
+            done(task, _result_or_lost(future, task))
             future.release()
+
+
+def _result_or_lost(future: Any, task: Any) -> Any:
+    """The future's result, or ``task.lost(message)`` if its workers were lost."""
+    try:
+        return future.result()
+    except Exception as exc:                  # noqa: BLE001 - KilledWorker, a lost worker
+        return task.lost(f"{type(exc).__name__}: {exc}"[:500])
 
 
 def local_cluster(workers: int, dashboard: bool = True) -> tuple[Any, Any]:

@@ -71,12 +71,29 @@ def shared_methods():
     return chosen
 
 
-def test_dask_gives_the_records_of_an_in_process_run(tmp_path, model_dir, cluster):
-    """Every record (timings aside) and both CSVs equal; each shared piece ran once."""
+def test_dask_gives_the_records_of_an_in_process_run(tmp_path, model_dir, cluster,
+                                                    monkeypatch):
+    """Every record (timings aside) and both CSVs equal; each shared piece ran once. One
+    batch in flight per worker: never more than two are running or waiting, and the
+    pieces later batches take as inputs outlive the batches before them."""
+    from bench import executors
+    monkeypatch.setattr(executors, "BATCHES_IN_FLIGHT", 1)
+    submitted, most = [], [0]
+    plain_submit = executors.DaskExecutor._submit
+
+    def counting_submit(self, function, task, name, *inputs):
+        future = plain_submit(self, function, task, name, *inputs)
+        if "-batch-" in name:
+            most[0] = max(most[0], 1 + sum(not f.done() for f in submitted))
+            submitted.append(future)
+        return future
+
+    monkeypatch.setattr(executors.DaskExecutor, "_submit", counting_submit)
     inproc = run_grid(tmp_path / "inprocess", model_dir, shared_methods(), n=12,
                       eps=(0.1,), batch_size=6)
     on_dask = dask_grid(cluster, tmp_path / "dask", model_dir, shared_methods(), n=12,
                         batch_size=6)
+    assert len(submitted) == 2 * 2 * 5 and 1 <= most[0] <= 2
     assert_same_records(tmp_path / "inprocess", tmp_path / "dask")
     for ours, theirs in zip(csv_without_timings(tmp_path / "inprocess"),
                             csv_without_timings(tmp_path / "dask")):
