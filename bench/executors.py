@@ -186,8 +186,9 @@ class DaskExecutor:
                     del futures[key]
             return future
 
-        first = [submit_next() for _ in range(BATCHES_IN_FLIGHT * self.workers)]
-        self._collect(owner, [f for f in first if f is not None], submit_next)
+        for _ in range(BATCHES_IN_FLIGHT * self.workers):
+            submit_next()
+        self._collect(owner, submit_next)
 
     def map(self, function: Callable[[Any], Any], tasks: list[Any],
             done: Callable[[Any, Any], None]) -> None:
@@ -206,31 +207,24 @@ class DaskExecutor:
 
     @staticmethod
     def _collect(owner: dict[Any, tuple[Any, Callable[[Any, Any], None]]],
-                 batches: list[Any] | None = None,
                  submit_next: Callable[[], Any | None] | None = None) -> None:
         """Hand each future's result to its callback as it finishes; a task whose
         workers were lost (``KilledWorker`` and the like) gets ``task.lost(message)``.
-        With ``submit_next``, each finished batch (of ``batches``, the futures submitted
-        through it) makes room for the next one it submits (``None`` when none is left)."""
+        With ``submit_next``, each finished task other than a shared piece makes room
+        for the next batch, which it submits (``None`` when none is left)."""
         from distributed import as_completed
 
-        pending = set(batches or [])
         queue = as_completed(list(owner))
         for future in queue:
             task, done = owner.pop(future)
-            if submit_next is not None and future not in pending:
-                # a piece: later batches may still take it as an input, so it is released
-                # when the last reference to it goes, not here
-                done(task, _result_or_lost(future, task))
-                continue
-            pending.discard(future)
-            if submit_next is not None:
+            piece = isinstance(task, SharedTask)
+            if submit_next is not None and not piece:
                 following = submit_next()
                 if following is not None:
-                    pending.add(following)
                     queue.add(following)
             done(task, _result_or_lost(future, task))
-            future.release()
+            if not piece:     # a piece may feed batches not yet submitted: it is released
+                future.release()      # when the last reference to it goes
 
 
 def _result_or_lost(future: Any, task: Any) -> Any:
