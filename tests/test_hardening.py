@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.registry import PluginInfo, RegistryError
-from tests.conftest import fake_method, grid_methods, invoke, run_cli, run_grid
+from tests.conftest import fake_method, grid_methods, invoke, run_grid
 
 
 class PoisonsTheNetwork:
@@ -160,22 +160,19 @@ def test_a_plugin_repr_with_a_memory_address_is_refused():
         info.create()
 
 
-def test_eps_above_one_is_refused_and_run_defaults_to_a_fresh_folder(tmp_path, model_dir):
+def test_eps_above_one_is_refused_and_run_defaults_to_a_fresh_folder(tmp_path, model_dir,
+                                                                      monkeypatch):
     code, _, err = invoke(["run", "--eps", "1.5", "--n", "4"])
     assert code == 1 and "eps must be at most 1" in err
-    import os
-    import subprocess
-    import sys
     work = tmp_path / "work"
     work.mkdir()
-    fresh = subprocess.run([sys.executable, "-m", "bench", "run", "--verifiers", "spectral",
-                            "--attacks", "fgsm", "--model-dir", str(model_dir), "--models",
-                            "tiny-a", "--n", "4", "--quiet"], capture_output=True, text=True,
-                           cwd=work, env=dict(os.environ))
-    assert fresh.returncode == 0, fresh.stderr
+    monkeypatch.chdir(work)
+    code, _, err = invoke(["run", "--verifiers", "spectral", "--attacks", "fgsm", "--model-dir",
+                           str(model_dir), "--models", "tiny-a", "--n", "4", "--quiet"])
+    assert code == 0, err
     (folder,) = (work / "runs").iterdir()
     assert (folder / "leaderboard.csv").exists() and not (work / "results").exists()
-    assert f"--out {Path('runs') / folder.name}" in fresh.stderr
+    assert f"--out {Path('runs') / folder.name}" in err
 
 
 def test_training_never_writes_over_the_shipped_networks():
@@ -184,9 +181,9 @@ def test_training_never_writes_over_the_shipped_networks():
     from models.store import SHIPPED_DIR
     shipped = SHIPPED_DIR / "nt-nn.safetensors"
     before = hashlib.sha256(shipped.read_bytes()).hexdigest()
-    done = run_cli("train", "nt-nn", "--quick", "--out-dir", str(SHIPPED_DIR))
-    assert done.returncode == 1 and "never overwrites" in done.stderr
-    assert done.stderr.strip().count("\n") == 0
+    code, _, err = invoke(["train", "nt-nn", "--quick", "--out-dir", str(SHIPPED_DIR)])
+    assert code == 1 and "never overwrites" in err
+    assert err.strip().count("\n") == 0
     assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
 
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import models  # noqa: E402
 from models.onnx_import import OnnxImportError, export_onnx, import_onnx  # noqa: E402
-from tests.conftest import invoke, random_mlp, run_cli  # noqa: E402
+from tests.conftest import invoke, random_mlp  # noqa: E402
 
 
 def _save(path: Path, nodes, inits, input_shape, output_dim) -> Path:
@@ -163,14 +163,16 @@ def _round_trip(tmp_path: Path, names: list[str], n: int,
     import pandas as pd
     paths = []
     for name in names:
-        done = run_cli("export", name, "--onnx", str(tmp_path / f"{name}.onnx"))
-        assert done.returncode == 0, done.stderr
+        code, _, err = invoke(["export", name, "--onnx", str(tmp_path / f"{name}.onnx")])
+        assert code == 0, err
         paths.append(str(tmp_path / f"{name}.onnx"))
     common = ["--n", str(n), "--verifiers", verifiers, "--attacks",
               "fgsm,pgd", "--set", "pgd.steps=10", "--set", "pgd.restarts=1", "--quiet"]
-    shipped = run_cli("run", "--models", ",".join(names), "--out", str(tmp_path / "a"), *common)
-    onnx_run = run_cli("run", "--models", ",".join(paths), "--out", str(tmp_path / "b"), *common)
-    assert shipped.returncode == 0 and onnx_run.returncode == 0, onnx_run.stderr
+    shipped, _, _ = invoke(["run", "--models", ",".join(names), "--out", str(tmp_path / "a"),
+                            *common])
+    onnx_run, _, err = invoke(["run", "--models", ",".join(paths), "--out", str(tmp_path / "b"),
+                               *common])
+    assert shipped == 0 and onnx_run == 0, err
     columns = ["eps", "method", "n", "error", "mean_bound", "status"]
     a = pd.read_csv(tmp_path / "a" / "leaderboard.csv")
     b = pd.read_csv(tmp_path / "b" / "leaderboard.csv")

@@ -9,7 +9,7 @@ import pytest
 
 from bench import registry
 from bench.registry import RegistryError, discover, parse_option, select
-from tests.conftest import run_cli
+from tests.conftest import invoke, run_cli
 
 def test_builtins_are_discovered_with_their_origin():
     verifiers, attacks = discover("verifier"), discover("attack")
@@ -18,11 +18,16 @@ def test_builtins_are_discovered_with_their_origin():
     assert verifiers["spectral"].distribution == "certbench"
 
 
-def test_third_party_plugin_is_listed_and_usable(plugin_site, model_dir, tmp_path):
-    listed = run_cli("list", env_path=plugin_site)
-    assert listed.returncode == 0, listed.stderr
-    assert "interval" in listed.stdout and "certbench-example-plugin 0.0.1" in listed.stdout
-    assert "corner-noise" in listed.stdout
+def test_third_party_plugin_is_listed_and_usable(plugin_site, model_dir, tmp_path,
+                                                 monkeypatch):
+    """Listed in this process (the package's folder on ``sys.path``), then run by a fresh
+    ``python -m bench`` that finds it through ``PYTHONPATH``."""
+    with monkeypatch.context() as patch:
+        patch.syspath_prepend(str(plugin_site))
+        code, stdout, stderr = invoke(["list"])
+    assert code == 0, stderr
+    assert "interval" in stdout and "certbench-example-plugin 0.0.1" in stdout
+    assert "corner-noise" in stdout
     out = tmp_path / "out"
     done = run_cli("run", "--verifiers", "interval,spectral", "--attacks", "corner-noise,fgsm",
                    "--model-dir", str(model_dir), "--models", "tiny-a", "--n", "12", "--out",
@@ -142,9 +147,12 @@ def test_a_broken_or_duplicate_plugin_fails_only_when_requested(monkeypatch):
     assert registry.usable(discover("verifier")["twin"]).startswith("duplicate")
 
 
-def test_list_reports_a_broken_third_party_plugin_and_runs_still_work(tmp_path, model_dir):
+def test_list_reports_a_broken_third_party_plugin_and_runs_still_work(tmp_path, model_dir,
+                                                                      monkeypatch):
     """The README's entry-point snippet, copied literally, names a module that does not
-    exist: ``bench list`` marks it BROKEN and ``bench run`` of other plugins still works."""
+    exist: ``bench list`` marks it BROKEN and ``bench run`` of other plugins still works.
+    In this process, the package's folder put on ``sys.path`` (the third-party test above
+    runs a real subprocess)."""
     import subprocess
     import sys
     package = tmp_path / "src"
@@ -158,18 +166,19 @@ def test_list_reports_a_broken_third_party_plugin_and_runs_still_work(tmp_path, 
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--no-build-isolation", "--disable-pip-version-check", "--target",
                     str(site), str(package)], check=True, capture_output=True)
-    listed = run_cli("list", env_path=site)
-    assert listed.returncode == 0, listed.stderr
-    line = next(l for l in listed.stdout.splitlines() if "my-attack" in l)
+    monkeypatch.syspath_prepend(str(site))
+    code, stdout, stderr = invoke(["list"])
+    assert code == 0, stderr
+    line = next(l for l in stdout.splitlines() if "my-attack" in l)
     assert "BROKEN" in line and "my_package" in line
-    done = run_cli("run", "--verifiers", "spectral", "--model-dir", str(model_dir),
-                   "--models", "tiny-a", "--n", "4", "--out", str(tmp_path / "out"),
-                   "--quiet", env_path=site)
-    assert done.returncode == 0, done.stderr
-    assert "my-attack" in done.stderr and "left out of the default grid" in done.stderr
-    asked = run_cli("run", "--attacks", "my-attack", "--model-dir", str(model_dir), "--n", "4",
-                    "--out", str(tmp_path / "out2"), "--quiet", env_path=site)
-    assert asked.returncode == 1 and asked.stderr.count("\n") == 1
+    code, _, stderr = invoke(["run", "--verifiers", "spectral", "--model-dir", str(model_dir),
+                              "--models", "tiny-a", "--n", "4", "--out", str(tmp_path / "out"),
+                              "--quiet"])
+    assert code == 0, stderr
+    assert "my-attack" in stderr and "left out of the default grid" in stderr
+    code, _, stderr = invoke(["run", "--attacks", "my-attack", "--model-dir", str(model_dir),
+                              "--n", "4", "--out", str(tmp_path / "out2"), "--quiet"])
+    assert code == 1 and stderr.count("\n") == 1
 
 
 def test_a_constructor_raising_anything_is_one_line():
@@ -186,9 +195,9 @@ def test_a_constructor_raising_anything_is_one_line():
 
 
 def test_list_verbose_shows_each_plugins_set_keys():
-    listed = run_cli("list", "--verbose")
-    assert listed.returncode == 0, listed.stderr
-    lines = listed.stdout.splitlines()
+    code, stdout, stderr = invoke(["list", "--verbose"])
+    assert code == 0, stderr
+    lines = stdout.splitlines()
     at = lines.index(next(l for l in lines if l.strip().startswith("pgd ")))
     assert {l.strip() for l in lines[at + 1:at + 4]} == {"steps=40", "rel_stepsize=0.1",
                                                           "restarts=5"}

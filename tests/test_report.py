@@ -15,7 +15,7 @@ from bench import data
 from bench.contract import margins
 from bench.report import PAPER_TABLE1, SWEEP_EPS, report
 from models import Card, load, save
-from tests.conftest import random_mlp, run_cli
+from tests.conftest import invoke, random_mlp
 
 N = 12
 EXACT_N = 6
@@ -118,13 +118,14 @@ def test_sweep_starts_at_the_clean_error_and_the_bound_grows_with_eps(reported):
 def test_report_cli_resumes_and_rejects_bad_input(reported, tmp_path):
     folder, out, _, _ = reported
     before = (out / "records.jsonl").read_text()
-    result = run_cli("report", "--model-dir", str(folder), "--n", str(N), "--out", str(out),
-                     "--batch-size", "6", "--quiet", "--exact-n", str(EXACT_N))
-    assert result.returncode == 0, result.stderr
-    assert "| SDP-NN |" in result.stdout
+    code, stdout, stderr = invoke(["report", "--model-dir", str(folder), "--n", str(N),
+                                   "--out", str(out), "--batch-size", "6", "--quiet",
+                                   "--exact-n", str(EXACT_N)])
+    assert code == 0, stderr
+    assert "| SDP-NN |" in stdout
     assert (out / "records.jsonl").read_text() == before     # everything reused
-    bad = run_cli("report", "--n", "0", "--out", str(tmp_path / "x"))
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    code, _, stderr = invoke(["report", "--n", "0", "--out", str(tmp_path / "x")])
+    assert code == 1 and stderr.count("\n") == 1
     assert not (tmp_path / "x").exists()
 
 

@@ -8,7 +8,7 @@ import torch
 
 from bench.contract import margins
 from bench.leaderboard import violations, to_frame
-from tests.conftest import fake_method, grid_methods, run_cli, run_grid
+from tests.conftest import fake_method, grid_methods, invoke, run_grid
 
 
 class ClaimsCleanMargin:
@@ -47,11 +47,13 @@ def test_tolerance_is_tight():
     assert len(violations(to_frame(records))) == 1
 
 
-def test_cli_exits_non_zero_and_prints_the_offending_samples(plugin_site, model_dir, tmp_path):
-    done = run_cli("run", "--verifiers", "clean-margin,spectral", "--attacks", "pgd",
-                   "--model-dir", str(model_dir), "--models", "tiny-a", "--n", "10",
-                   "--out", str(tmp_path), "--quiet", env_path=plugin_site)
-    assert done.returncode == 3
-    assert "UNSOUND" in done.stderr and "clean-margin" in done.stderr
+def test_cli_exits_non_zero_and_prints_the_offending_samples(plugin_site, model_dir, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.syspath_prepend(str(plugin_site))
+    code, _, err = invoke(["run", "--verifiers", "clean-margin,spectral", "--attacks", "pgd",
+                           "--model-dir", str(model_dir), "--models", "tiny-a", "--n", "10",
+                           "--out", str(tmp_path), "--quiet"])
+    assert code == 3
+    assert "UNSOUND" in err and "clean-margin" in err
     board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("method")
     assert board.loc["clean-margin", "status"] == "unsound"
