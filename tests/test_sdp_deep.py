@@ -17,8 +17,8 @@ from verifiers.milp import exact_class_margins
 from verifiers.optimised_bounds import optimise_upper
 from verifiers.sdp import SDP
 from verifiers.sdp_deep import SDPDeep, intermediate_bounds
-from verifiers.sdp_deep_core import (Multipliers, build, certify, dual_value, linear_start,
-                                     optimise)
+from verifiers.sdp_deep_core import (GROUPS, SIGNED, Multipliers, build, certify, dual_value,
+                                     linear_start, optimise, project)
 from verifiers.sdp_deep_cvxpy import solve_primal
 from verifiers.sdp_deep_ipm import optimise_ipm
 
@@ -148,6 +148,38 @@ def test_the_search_only_improves_on_the_linear_start(solved):
     assert (certified <= started + 1e-12).all()
     assert (started <= linear + 1e-3 * (1 + linear.abs())).all()
     assert (certified < linear - 1e-4).any(), "the SDP never beat the linear bound"
+
+
+def test_projected_multipliers_pass_their_gradient_at_zero(solved):
+    """``project`` takes the signed multipliers to ``>= 0`` and passes the gradient of
+    the identity, also at zero, where the search needs it to tell a multiplier that should
+    grow from one to pin (torch 2.14's ``clamp`` gives 0 there)."""
+    *_, rel, start, linear, exact, best, certified, _ = solved
+    g = torch.Generator().manual_seed(3)
+    values = [torch.where(torch.rand(t.shape, generator=g, dtype=t.dtype) < 0.5,
+                          torch.zeros_like(t), torch.randn(t.shape, generator=g, dtype=t.dtype))
+              .requires_grad_(True) for t in best.tensors()]
+    weights = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in values]
+    floor = torch.zeros(rel.size, 1, dtype=torch.float64)
+    out = project(rel, Multipliers(*values), floor).tensors()
+    sum((w * t).sum() for w, t in zip(weights[:-1], out[:-1])).backward()
+    for name, value, weight, projected in zip(GROUPS, values, weights, out):
+        signed = name in SIGNED
+        assert torch.equal(projected, (value if signed else value.clamp(min=0)) * rel.alive)
+        assert torch.equal(value.grad, weight * rel.alive), name
+
+
+def test_the_search_raises_multipliers_started_at_zero(solved):
+    """From the optimum with its upper-line multipliers set to zero, the search raises
+    them again and gets back below the start's value (a multiplier left at zero by a
+    zero gradient would stay there)."""
+    *_, rel, start, linear, exact, best, certified, _ = solved
+    dropped = Multipliers(best.pos, best.pre, torch.zeros_like(best.up), best.quad, best.box,
+                          best.box_in)
+    again = optimise(rel, dropped, iterations=60)
+    grown = (again.up > 0) & (best.up > 1e-6)
+    assert grown.sum() >= (best.up > 1e-6).sum() // 2
+    assert (certify(rel, again) < certify(rel, dropped) - 1e-6).any()
 
 
 def test_bad_multipliers_still_certify_a_looser_bound(solved):

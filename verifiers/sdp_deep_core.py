@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .linear_bounds import Bounds, lower_slopes
+from .linear_bounds import Bounds, lower_slopes, projected
 from .optimised_bounds import Optimised
 
 EPS64 = torch.finfo(torch.float64).eps
@@ -188,8 +188,13 @@ class Multipliers:
 
 
 def project(rel: Relaxation, mult: Multipliers, floor: torch.Tensor) -> Multipliers:
-    """Signs enforced (``quad`` free), padding zeroed, ``box_in >= floor (B, 1)``."""
-    return Multipliers(*[(t if name in SIGNED else t.clamp(min=0)) * rel.alive
+    """Signs enforced (``quad`` free), padding zeroed, ``box_in >= floor (B, 1)``.
+
+    The signs by :func:`~verifiers.linear_bounds.projected` (``clamp``'s values, the
+    identity's gradient): the search keeps signed multipliers ``>= 0`` and pins those at
+    zero that the gradient pushes below it, so it needs their gradient at zero, which
+    torch 2.14's ``clamp`` sets to 0."""
+    return Multipliers(*[(t if name in SIGNED else projected(t, 0)) * rel.alive
                          for name, t in zip(GROUPS, mult.tensors())],
                        torch.maximum(mult.box_in, floor))
 
