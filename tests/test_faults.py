@@ -136,9 +136,13 @@ def clean_run(tmp_path_factory):
 def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, clean_run, sig):
     clean, killed = clean_run, tmp_path / "killed"
     # as from a terminal: a shell that started this suite in the background left SIGINT
-    # ignored, and the child would inherit that
-    process = subprocess.Popen(_cli(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # ignored, which the child would inherit; a handled one is reset to the default at exec
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(_cli(killed), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     records = killed / "records.jsonl"
     wait_for = random.Random(int(sig)).randint(40, 260)        # records seen (of 384) before
     deadline = time.time() + 60
