@@ -151,9 +151,10 @@ def test_the_search_only_improves_on_the_linear_start(solved):
 
 
 def test_projected_multipliers_pass_their_gradient_at_zero(solved):
-    """``project`` takes the signed multipliers to ``>= 0`` and passes the gradient of
-    the identity, also at zero, where the search needs it to tell a multiplier that should
-    grow from one to pin (torch 2.14's ``clamp`` gives 0 there)."""
+    """``project`` takes the nonnegative multipliers (all but the free-sign ``quad``) to
+    ``>= 0`` and passes the gradient of the identity, also at zero, where the search needs
+    it to tell a multiplier that should grow from one to pin (torch 2.14's ``clamp`` gives
+    0 there)."""
     *_, rel, start, linear, exact, best, certified, _ = solved
     g = torch.Generator().manual_seed(3)
     values = [torch.where(torch.rand(t.shape, generator=g, dtype=t.dtype) < 0.5,
@@ -164,8 +165,8 @@ def test_projected_multipliers_pass_their_gradient_at_zero(solved):
     out = project(rel, Multipliers(*values), floor).tensors()
     sum((w * t).sum() for w, t in zip(weights[:-1], out[:-1])).backward()
     for name, value, weight, projected in zip(GROUPS, values, weights, out):
-        signed = name in SIGNED
-        assert torch.equal(projected, (value if signed else value.clamp(min=0)) * rel.alive)
+        free = name in SIGNED
+        assert torch.equal(projected, (value if free else value.clamp(min=0)) * rel.alive)
         assert torch.equal(value.grad, weight * rel.alive), name
 
 

@@ -190,10 +190,11 @@ class Multipliers:
 def project(rel: Relaxation, mult: Multipliers, floor: torch.Tensor) -> Multipliers:
     """Signs enforced (``quad`` free), padding zeroed, ``box_in >= floor (B, 1)``.
 
-    The signs by :func:`~verifiers.linear_bounds.projected` (``clamp``'s values, the
-    identity's gradient): the search keeps signed multipliers ``>= 0`` and pins those at
-    zero that the gradient pushes below it, so it needs their gradient at zero, which
-    torch 2.14's ``clamp`` sets to 0."""
+    The nonnegative multipliers (all but ``quad``) by
+    :func:`~verifiers.linear_bounds.projected` (``clamp``'s values, the identity's
+    gradient): the search keeps them ``>= 0`` and pins those at zero that the gradient
+    pushes below it, so it needs their gradient at zero, which torch 2.14's ``clamp``
+    sets to 0."""
     return Multipliers(*[(t if name in SIGNED else projected(t, 0)) * rel.alive
                          for name, t in zip(GROUPS, mult.tensors())],
                        torch.maximum(mult.box_in, floor))
