@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from models import MLP, Card, save
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # with ``pytest -n 2`` each worker gets one core: torch's own threads (and those of the
+    # processes a test starts) would otherwise oversubscribe the machine
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def random_mlp(widths: list[int], seed: int, scale: float = 1.0) -> MLP:
