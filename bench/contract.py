@@ -207,8 +207,8 @@ def statistics(plugin: object) -> list[dict[str, Any]]:
 
 def check_options(**checks: tuple[Any, str | tuple[str, ...]]) -> None:
     """Validate keyword options when a plugin is built: ``name=(value, rule)`` with rule
-    ``"int>=1"``, ``"int>=0"``, ``"number>0"``, ``"number>=0"``, ``"bool"``, or a tuple
-    of the allowed values (a choice).
+    ``"int>=1"``, ``"int>=0"``, ``"number>0"``, ``"number>=0"``, ``"fraction"`` (a number
+    in ``[0, 1]``), ``"bool"``, or a tuple of the allowed values (a choice).
 
     Raises ``ValueError`` naming the option (the registry turns it into one line, exit 1).
     """
@@ -225,10 +225,12 @@ def check_options(**checks: tuple[Any, str | tuple[str, ...]]) -> None:
         else:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
                 math.isfinite(value) and (value > 0 if rule == "number>0" else value >= 0)
+            ok = ok and (rule != "fraction" or value <= 1)
         if not ok:
             kind = {"bool": "True or False", "int>=1": "an integer >= 1",
                     "int>=0": "an integer >= 0", "number>0": "a finite number > 0",
-                    "number>=0": "a finite number >= 0"}[rule]
+                    "number>=0": "a finite number >= 0",
+                    "fraction": "a number from 0 to 1"}[rule]
             raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 

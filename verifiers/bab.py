@@ -10,7 +10,11 @@ guess:
 2. **Root.** Intermediate bounds by alpha-CROWN, layer by layer
    (:func:`verifiers.refined_bounds.root_layer_bounds`, which keeps their slopes), then
    per group the alpha-CROWN bound of its rows. A group with a row bounded ``< 0`` is
-   refuted.
+   refuted. If some group is left open on a network of two or more hidden layers, the
+   root bounds of hidden layers ``1 .. tighten_layers`` are tightened first by small
+   searches on sub-networks, within ``tighten_share`` of the time limit
+   (:mod:`verifiers.tightened_bounds`; :data:`TIGHTEN_LAYERS`), and every group's root
+   is bounded again.
 3. **Branch and bound,** per remaining group. A subdomain is the box with some
    unstable ReLUs fixed (``zhat >= 0`` or ``zhat <= 0``); it inherits its parent's
    intermediate bounds clamped to its splits, on networks of ``refine_depth`` or more
@@ -88,6 +92,14 @@ BRANCH_ITERATIONS = 3
 # 784 inputs, costs more than the nodes it saves).
 REFINE_DEPTH = 4
 EARLY_SPLIT_WEIGHT = 4.0
+# Before branching, when some group is open at the root, the root bounds of hidden layers
+# 1 .. TIGHTEN_LAYERS are tightened by small searches on sub-networks
+# (:mod:`verifiers.tightened_bounds`): TIGHTEN_STEPS rounds of TIGHTEN_PER_UNIT splits per
+# unit and direction, within TIGHTEN_SHARE of the time limit.
+TIGHTEN_LAYERS = 2
+TIGHTEN_STEPS = 8
+TIGHTEN_PER_UNIT = 64
+TIGHTEN_SHARE = 0.25
 # Candidate points are screened by a float32 forward pass; only those whose float32
 # violation is above -SCREEN_TOLERANCE * (1 + the size of its terms) are re-checked in
 # float64 (a screen: a point it drops is a missed candidate, never a wrong verdict).
@@ -141,6 +153,12 @@ class Domains:
 
     def take(self, index: torch.Tensor) -> "Domains":
         return Domains.unflat([t[index] for t in self.flat()], len(self.lower))
+
+    @classmethod
+    def concat(cls, parts: list["Domains"]) -> "Domains":
+        """The subdomains of every part, in order (bounded domains, as :meth:`flat`)."""
+        return cls.unflat([torch.cat(tensors) for tensors in zip(*(p.flat() for p in parts))],
+                          len(parts[0].lower))
 
     def pack(self, keep_scores: int, keep_bounds: bool) -> list[torch.Tensor]:
         """The lean form kept in a :class:`DomainPool`: split signs (int8, all layers in
@@ -482,7 +500,9 @@ def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
                   ) -> tuple[Domains, torch.Tensor]:
     """beta-CROWN bounds of ``domains`` (in place of their ``rows``/``value``/warm starts/
     scores, weighted by ``early_weight``, see :func:`intercept_scores`); returns them and
-    each subdomain's candidate points ``(D, S, d)``. With ``refine = (root slopes,
+    each subdomain's candidate points ``(D, S, d)``. ``rows (S, K)`` and ``offsets (S,)``
+    are the specification of every subdomain, or ``(D, S, K)`` and ``(D, S)`` one per
+    subdomain. With ``refine = (root slopes,
     k (D,))`` their pre-activation bounds are first re-derived, each from its layer ``k``
     on (the one after its newest split;
     :func:`verifiers.refined_bounds.refined_layer_bounds`), and a subdomain they show
@@ -494,11 +514,12 @@ def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,
         bounds = refined_layer_bounds(params, bounds, lo[None].expand(count, -1),
                                       hi[None].expand(count, -1), *refine)
         empty = torch.stack([(low > up).any(dim=1) for low, up in bounds], 1).any(1)
-    result = optimise_upper(params, bounds, rows[None].expand(count, -1, -1),
-                            lo[None].expand(count, -1), hi[None].expand(count, -1),
-                            iterations=iterations, slopes=domains.slopes,
-                            sigmas=domains.sigma, betas=domains.betas,
-                            settle_below=offsets[None].expand(count, -1))
+    if rows.dim() == 2:
+        rows, offsets = rows[None].expand(count, -1, -1), offsets[None].expand(count, -1)
+    result = optimise_upper(params, bounds, rows, lo[None].expand(count, -1),
+                            hi[None].expand(count, -1), iterations=iterations,
+                            slopes=domains.slopes, sigmas=domains.sigma, betas=domains.betas,
+                            settle_below=offsets)
     values = result.upper - offsets
     if empty is not None:
         values = values.masked_fill(empty[:, None], -torch.inf)
@@ -513,7 +534,8 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
            iterations: int = 20, branch_iterations: int = BRANCH_ITERATIONS,
            restarts: int = 16, attack_steps: int = 100, memory_gb: float = MEMORY_GB,
            seed: int = 0, branch_candidates: int = BRANCH_CANDIDATES,
-           refine_depth: int = REFINE_DEPTH, device: str = "cpu") -> BabOutcome:
+           refine_depth: int = REFINE_DEPTH, tighten_layers: int = TIGHTEN_LAYERS,
+           tighten_share: float = TIGHTEN_SHARE, device: str = "cpu") -> BabOutcome:
     """Settle ``prop`` on ``net`` within about ``time_limit`` seconds (see the module doc).
     Bounds and subdomains live on ``device`` (``cpu``, or ``cuda`` where torch sees one);
     the returned tensors are on the CPU."""
@@ -548,20 +570,43 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
     ends = torch.tensor([low.shape[1] for low, _ in bounds], device=on).cumsum(0)
     refine = len(bounds) >= refine_depth
     early_weight = EARLY_SPLIT_WEIGHT if refine else 1.0
-    uppers: list[torch.Tensor] = []
-    roots: list[Domains] = []
-    for rows, offsets in groups:
-        root = Domains([low for low, _ in bounds], [up for _, up in bounds],
-                       [torch.zeros_like(low) for low, _ in bounds], None, None, [],
-                       torch.zeros(1, len(offsets), device=on), torch.zeros(1, device=on))
-        root, candidates = bound_domains(params, root, lo, hi, rows, offsets, iterations,
-                                         early_weight)
-        uppers.append(root.rows[0])
-        roots.append(root)
-        index, value = screened_worst(net32, net64, candidates[0], rows, offsets)
-        if value >= 0:
-            return done("violated", inf_bounds, candidates[0][index])
-    nodes += len(groups)
+
+    def bound_roots(bounds: Bounds) -> tuple[list[Domains], torch.Tensor | None]:
+        """Per group its unsplit subdomain, bounded; or, first, a violating point."""
+        roots = []
+        for rows, offsets in groups:
+            root = Domains([low for low, _ in bounds], [up for _, up in bounds],
+                           [torch.zeros_like(low) for low, _ in bounds], None, None, [],
+                           torch.zeros(1, len(offsets), device=on), torch.zeros(1, device=on))
+            root, candidates = bound_domains(params, root, lo, hi, rows, offsets, iterations,
+                                             early_weight)
+            roots.append(root)
+            index, value = screened_worst(net32, net64, candidates[0], rows, offsets)
+            if value >= 0:
+                return roots, candidates[0][index]
+        return roots, None
+
+    roots, point = bound_roots(bounds)
+    nodes += len(roots)
+    if point is not None:
+        return done("violated", inf_bounds, point)
+    if (tighten_layers > 0 and len(bounds) >= 2
+            and any(float(root.value[0]) >= 0 for root in roots)):
+        from .tightened_bounds import tightened_root_bounds
+
+        tightening_began = time.perf_counter()
+        bounds, layer_slopes, stats["tightening_subdomains"] = tightened_root_bounds(
+            params, lo[None], hi[None], bounds, layer_slopes, layers=tighten_layers,
+            iterations=iterations, steps=TIGHTEN_STEPS, per_unit=TIGHTEN_PER_UNIT,
+            deadline=began + tighten_share * time_limit)
+        stats["tightening_seconds"] = time.perf_counter() - tightening_began
+        again, point = bound_roots(bounds)     # the same subdomains, bounded again
+        if point is not None:
+            return done("violated", inf_bounds, point)
+        # per group the lower of the two (alpha-CROWN's search need not gain everywhere)
+        roots = [new if float(new.value[0]) <= float(old.value[0]) else old
+                 for old, new in zip(roots, again)]
+    uppers = [root.rows[0] for root in roots]
     per_parent = 0.0      # seconds per subdomain split, as the last batch took
     order = sorted(range(len(groups)), key=lambda g: float(roots[g].value[0]))
     stats["groups"], stats["groups_settled"] = len(groups), 0
@@ -695,13 +740,15 @@ class SharedSearches(SharedVerdicts):
                  branch_iterations: int = BRANCH_ITERATIONS,
                  branch_candidates: int = BRANCH_CANDIDATES,
                  memory_gb: float = MEMORY_GB, refine_depth: int = REFINE_DEPTH,
+                 tighten_layers: int = TIGHTEN_LAYERS, tighten_share: float = TIGHTEN_SHARE,
                  clip: bool = True, device: str = "cpu") -> None:
         check_options(time_limit=(time_limit, "number>0"), batch=(batch, "int>=1"),
                       iterations=(iterations, "int>=0"),
                       branch_iterations=(branch_iterations, "int>=0"),
                       branch_candidates=(branch_candidates, "int>=1"),
                       memory_gb=(memory_gb, "number>0"), refine_depth=(refine_depth, "int>=0"),
-                      clip=(clip, "bool"))
+                      tighten_layers=(tighten_layers, "int>=0"),
+                      tighten_share=(tighten_share, "fraction"), clip=(clip, "bool"))
         torch_device(device)
         self.time_limit = time_limit
         self.batch = batch
@@ -710,6 +757,8 @@ class SharedSearches(SharedVerdicts):
         self.branch_candidates = branch_candidates
         self.memory_gb = memory_gb
         self.refine_depth = refine_depth
+        self.tighten_layers = tighten_layers
+        self.tighten_share = tighten_share
         self.clip = clip
         self.device = device
         self._verdicts = VerdictCache()

@@ -40,13 +40,16 @@ class LayerSlopes:
     slopes: list[list[torch.Tensor]]
 
 
-def root_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *, iterations: int
-                      ) -> tuple[Bounds, LayerSlopes]:
+def root_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *, iterations: int,
+                      known: Bounds | None = None) -> tuple[Bounds, LayerSlopes]:
     """alpha-CROWN's intermediate bounds ``[(l, u) (1, m_k)]`` of the box ``lo, hi (1, d)``
     (as :func:`verifiers.optimised_bounds.optimised_layer_bounds`: per layer the ``±I``
     rows with slopes optimised for ``iterations`` steps from CROWN's, never looser than
     CROWN or intervals), and the slopes that gave them, kept for the units crossing zero
-    (units stable at the root stay stable in every subdomain)."""
+    (units stable at the root stay stable in every subdomain). ``known``: sound bounds of
+    the first ``len(known)`` hidden layers from elsewhere (e.g.
+    :func:`verifiers.tightened_bounds.tightened_root_bounds`), intersected in layer by
+    layer before the next layer is bounded."""
     if len(params) == 1:                # a linear map: no hidden layer
         return [], LayerSlopes([], [])
     intervals = interval_bounds(params, lo, hi)
@@ -69,6 +72,9 @@ def root_layer_bounds(params, lo: torch.Tensor, hi: torch.Tensor, *, iterations:
             start = result.slopes      # the best per row: no worse than CROWN's start
         lower = torch.maximum(-both[:, width:], intervals[k][0])
         upper = torch.minimum(both[:, :width], intervals[k][1])
+        if known is not None and k < len(known):
+            lower = torch.maximum(lower, known[k][0])
+            upper = torch.minimum(upper, known[k][1])
         bounds.append((lower, upper))
         crossing = torch.nonzero(((lower < 0) & (upper > 0)).any(dim=0)).flatten()
         units.append(crossing)
