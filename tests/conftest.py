@@ -27,6 +27,16 @@ def random_mlp(widths: list[int], seed: int, scale: float = 1.0) -> MLP:
     return net.eval()
 
 
+def pre_activations(params, points: torch.Tensor) -> list[torch.Tensor]:
+    """Per hidden layer of ``params`` (``[(W_k, b_k)]``), its pre-activations ``(P, m_k)`` at
+    ``points (P, d)``."""
+    out, z = [], points
+    for w, b in params[:-1]:
+        out.append(z @ w.T + b)
+        z = out[-1].clamp(min=0)
+    return out
+
+
 def random_inputs(n: int, d: int, k: int, seed: int, margin: float = 0.0
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x (n, d)`` uniform in ``[margin, 1 - margin]`` and labels ``y (n,)`` in ``0..k-1``."""

@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from tests.conftest import random_mlp
+from tests.conftest import pre_activations, random_mlp
 from verifiers.linear_bounds import layer_params
 from verifiers.optimised_bounds import optimised_layer_bounds
 from verifiers.refined_bounds import refined_layer_bounds, root_layer_bounds
-
-
-def _pre_activations(params, points: torch.Tensor) -> list[torch.Tensor]:
-    out, z = [], points
-    for w, b in params[:-1]:
-        out.append(z @ w.T + b)
-        z = out[-1].clamp(min=0)
-    return out
 
 
 def test_root_bounds_are_alpha_crown_s_and_their_slopes_reproduce_them():
@@ -68,7 +60,7 @@ def test_refined_bounds_are_sound_tighter_and_empty_only_when_empty():
                                    hi.expand(count, -1), slopes, first)
     empty = torch.stack([(low > up).any(dim=1) for low, up in refined], 1).any(1)
     points = lo + (hi - lo) * torch.rand(20000, 2, generator=generator, dtype=torch.float64)
-    values = _pre_activations(params, points)                           # per layer (P, m)
+    values = pre_activations(params, points)                           # per layer (P, m)
     meets = torch.ones(count, len(points), dtype=torch.bool)
     for s, z in zip(sigma, values):
         meets &= ((s[:, None, :] * z[None]) >= 0).all(dim=2)            # (D, P)

@@ -8,19 +8,11 @@ import math
 import numpy as np
 import torch
 
-from tests.conftest import random_mlp
+from tests.conftest import pre_activations, random_mlp
 from verifiers.linear_bounds import layer_params
 from verifiers.refined_bounds import root_layer_bounds
 from verifiers.relu_program import ReluProgram, solve_mip
 from verifiers.tightened_bounds import tightened_root_bounds
-
-
-def _pre_activations(params, points: torch.Tensor) -> list[torch.Tensor]:
-    out, z = [], points
-    for w, b in params[:-1]:
-        out.append(z @ w.T + b)
-        z = out[-1].clamp(min=0)
-    return out
 
 
 def _tightened(params, lo, hi, steps: int):
@@ -48,7 +40,7 @@ def test_tightened_bounds_hold_every_sampled_value_and_close_most_of_the_gap():
         root, tight, bounded = _tightened(params, lo, hi, steps=30)
         assert bounded > 0
         for k, (values, (low, up), (low_t, up_t)) in enumerate(
-                zip(_pre_activations(params, grid), root, tight)):
+                zip(pre_activations(params, grid), root, tight)):
             seen_low, seen_up = values.amin(dim=0), values.amax(dim=0)
             assert (low_t[0] <= seen_low + 1e-9).all() and (up_t[0] >= seen_up - 1e-9).all()
             assert (low_t >= low).all() and (up_t <= up).all(), (seed, k)
@@ -110,6 +102,6 @@ def test_a_wide_layer_tightens_its_widest_units_only(monkeypatch):
     assert bounded > 0 and len(changed) > 0
     assert set(changed.tolist()) <= set(widest.tolist())
     axis = torch.linspace(0.1, 0.8, 301, dtype=torch.float64)
-    values = _pre_activations(params, torch.cartesian_prod(axis, axis))[1]
+    values = pre_activations(params, torch.cartesian_prod(axis, axis))[1]
     assert (new_low[0] <= values.amin(dim=0) + 1e-9).all()
     assert (new_up[0] >= values.amax(dim=0) - 1e-9).all()
