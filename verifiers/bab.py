@@ -141,6 +141,22 @@ class Domains:
     def __len__(self) -> int:
         return len(self.value)
 
+    @classmethod
+    def unsplit(cls, bounds: Bounds, count: int, rows: int, device: torch.device
+                ) -> "Domains":
+        """``count`` copies of the unsplit box with pre-activation bounds ``bounds`` (per
+        hidden layer ``(1, m_k)``, float64) and ``rows`` specification rows, on ``device``,
+        not yet bounded."""
+        zeros = partial(torch.zeros, dtype=torch.float64, device=device)
+        return cls([low.expand(count, -1) for low, _ in bounds],
+                   [up.expand(count, -1) for _, up in bounds],
+                   [zeros(count, low.shape[1]) for low, _ in bounds], None, None, [],
+                   zeros(count, rows), zeros(count))
+
+    def exhausted(self) -> torch.Tensor:
+        """``(D,)`` bool: subdomains without an unstable unit left to split."""
+        return torch.stack([s.amax(dim=1) for s in self.scores], 1).amax(1) < 0
+
     def flat(self) -> list[torch.Tensor]:
         """Every tensor, layer lists first (bounded domains only: slopes and betas set)."""
         return [t for name in self.LAYERED for t in getattr(self, name)] + [self.rows,
@@ -575,9 +591,7 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
         """Per group its unsplit subdomain, bounded; or, first, a violating point."""
         roots = []
         for rows, offsets in groups:
-            root = Domains([low for low, _ in bounds], [up for _, up in bounds],
-                           [torch.zeros_like(low) for low, _ in bounds], None, None, [],
-                           torch.zeros(1, len(offsets), device=on), torch.zeros(1, device=on))
+            root = Domains.unsplit(bounds, 1, len(offsets), on)
             root, candidates = bound_domains(params, root, lo, hi, rows, offsets, iterations,
                                              early_weight)
             roots.append(root)
@@ -633,7 +647,7 @@ def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
             fits = int(left / per_parent) if per_parent > 0 else 16
             head = pool.take_best(max(1, min(batch, fits)))
             batch_began = time.perf_counter()
-            exhausted = torch.stack([s.amax(dim=1) for s in head.scores], 1).amax(1) < 0
+            exhausted = head.exhausted()
             for index in torch.nonzero(exhausted).flatten().tolist():
                 leaf, point = linear_leaf(params, head, index, lo, hi, rows, offsets)
                 stats["linear_leaves"] += 1

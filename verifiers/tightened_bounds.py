@@ -72,21 +72,16 @@ def tighten_layer(params, bounds: Bounds, k: int, lo: torch.Tensor, hi: torch.Te
     eye = torch.eye(lower.shape[1], dtype=lower.dtype, device=lower.device)[units]
     rows = torch.cat([eye, -eye])[:, None, :]            # (P, 1, m_k)
     box_lo, box_hi = lo[0], hi[0]
-    roots = Domains([low.expand(count, -1) for low, _ in prefix],
-                    [up.expand(count, -1) for _, up in prefix],
-                    [torch.zeros_like(low.expand(count, -1)) for low, _ in prefix], None,
-                    None, [], torch.zeros(count, 1, dtype=lower.dtype, device=lower.device),
-                    torch.zeros(count, dtype=lower.dtype, device=lower.device))
     zero = torch.zeros(count, 1, dtype=lower.dtype, device=lower.device)
-    roots, candidates = bound_domains(sub, roots, box_lo, box_hi, rows, zero, iterations)
+    roots, candidates = bound_domains(sub, Domains.unsplit(prefix, count, 1, lower.device),
+                                      box_lo, box_hi, rows, zero, iterations)
     bounded = count
     reached = (sub_network_output(sub, candidates[:, 0]) * rows[:, 0]).sum(dim=1)   # (P,)
     offsets = reached[:, None]
     roots.rows, roots.value = roots.rows - offsets, roots.value - reached
-    pools = [DomainPool(roots.take(torch.tensor([p], device=lower.device)))
-             for p in range(count)]
-    kept = torch.stack([pool.add(roots.take(torch.tensor([p], device=lower.device)))
-                        for p, pool in enumerate(pools)])          # (P, 1): closed and leaves
+    own_roots = [roots.take(torch.tensor([p], device=lower.device)) for p in range(count)]
+    pools = [DomainPool(root) for root in own_roots]
+    kept = torch.stack([pool.add(root) for pool, root in zip(pools, own_roots)])  # (P, 1)
     for _ in range(steps):
         if time.perf_counter() > deadline:
             break
@@ -95,7 +90,7 @@ def tighten_layer(params, bounds: Bounds, k: int, lo: torch.Tensor, hi: torch.Te
             if len(pool) == 0:
                 continue
             head = pool.take_best(per_unit)
-            exhausted = torch.stack([s.amax(dim=1) for s in head.scores], 1).amax(1) < 0
+            exhausted = head.exhausted()
             if bool(exhausted.any()):       # no unit left to split: its bound stays
                 kept[p] = torch.maximum(kept[p], head.rows[exhausted].amax(dim=0))
             splittable = torch.nonzero(~exhausted).flatten()
