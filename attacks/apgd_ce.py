@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from attacks.apgd import apgd, ce_loss
+from attacks.common import frozen_copy, unbroken_runs
 from bench.contract import Configurable, check_options
 from models import MLP
-
-from .apgd import apgd, ce_loss
-from .common import frozen_copy, unbroken_runs
 
 
 class APGDCrossEntropy(Configurable):

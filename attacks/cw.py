@@ -14,9 +14,8 @@ import eagerpy as ep
 from foolbox.attacks.gradient_descent_base import LinfBaseGradientDescent
 from foolbox.models import Model
 
+from attacks.foolbox_attack import FoolboxAttack
 from bench.contract import check_options
-
-from .foolbox_attack import FoolboxAttack
 
 
 class LinfMarginAscent(LinfBaseGradientDescent):

@@ -20,11 +20,10 @@ from typing import Any
 
 import torch
 
+from attacks.common import keep_better
 from bench.contract import check_options, margins, project
 from bench.registry import RegistryError, select
 from models import MLP
-
-from .common import keep_better
 
 DEFAULT_MEMBERS = "apgd-ce,apgd-dlr,square"
 DEFAULT_RESTARTS = 5

@@ -15,10 +15,9 @@ import foolbox
 import torch
 from foolbox.attacks.base import FixedEpsilonAttack
 
+from attacks.common import frozen_copy, unbroken_runs, worst_margin
 from bench.contract import Configurable, project
 from models import MLP
-
-from .common import frozen_copy, unbroken_runs, worst_margin
 
 
 class FoolboxAttack(Configurable):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from foolbox.attacks import LinfPGD
 
+from attacks.foolbox_attack import FoolboxAttack
 from bench.contract import check_options
-
-from .foolbox_attack import FoolboxAttack
 
 
 class PGD(FoolboxAttack):

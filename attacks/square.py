@@ -22,10 +22,9 @@ import math
 
 import torch
 
+from attacks.common import frozen_copy, unbroken_runs
 from bench.contract import Configurable, check_options, input_box, margins, project_box
 from models import MLP
-
-from .common import frozen_copy, unbroken_runs
 
 SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)   # of 10,000 queries
 

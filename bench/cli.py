@@ -13,12 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models import ModelError, shipped_names
-
-from .data import DataError
-from .records import RecordsError
-from .registry import (GROUPS, RegistryError, discover, option_lines, parse_option, select,
-                       usable)
+from bench.errors import CertbenchError
+from bench.registry import (
+    GROUPS,
+    discover,
+    option_lines,
+    parse_option,
+    select,
+    usable,
+)
+from models import shipped_names
 
 DEFAULT_EPS = [0.1]
 DEFAULT_N = 1000
@@ -47,7 +51,7 @@ classifiers; every affine operator is compiled into dense layers).
 A user error is one line on stderr and exit code 1; a soundness violation exits 3."""
 
 
-class UsageError(RuntimeError):
+class UsageError(CertbenchError, RuntimeError):
     """Bad command-line input (one-line message)."""
 
 
@@ -107,7 +111,7 @@ def _positive(text: str) -> int:
 
 
 def _add_executor_options(parser: argparse.ArgumentParser, what: str) -> None:
-    from .executors import EXECUTORS
+    from bench.executors import EXECUTORS
 
     parser.add_argument("--executor", choices=EXECUTORS,
                         default="inprocess", help=f"where {what} run: in this process "
@@ -124,7 +128,7 @@ def _add_executor_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _executor(args: argparse.Namespace) -> Any:
     """The chosen executor as a context manager; a misplaced option is a usage error."""
-    from .executors import executor
+    from bench.executors import executor
 
     if args.workers is not None and args.executor != "local":
         raise UsageError("--workers is for --executor local")
@@ -162,7 +166,7 @@ def _options(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import Method, Runner, RunSpec, solve_summary
+    from bench.runner import Method, Runner, RunSpec, solve_summary
 
     options = _options(args.set)
     warn = lambda line: print(f"warning: {line}", file=sys.stderr)  # noqa: E731
@@ -212,7 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report
+    from bench.report import report
 
     if args.model_dir is not None and not shipped_names(args.model_dir):
         raise UsageError(f"--model-dir {args.model_dir} holds no networks (NAME.safetensors "
@@ -232,7 +236,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from bench.training.trainer import train
 
     out_dir = args.out_dir or DEFAULT_TRAIN_DIR
     train(args.name, quick=args.quick, data_dir=args.data_dir, out_dir=out_dir)
@@ -242,7 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def recipe_names() -> list[str]:
-    from .training import RECIPES
+    from bench.training.trainer import RECIPES
 
     return list(RECIPES)
 
@@ -257,7 +261,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({card.name}: {' -> '.join(map(str, net.widths))}, input "
           f"{'x'.join(map(str, shape))})")
     if args.properties:
-        from .vnncomp import draw_images, write_instances
+        from bench.vnncomp.competition import draw_images, write_instances
 
         indices = draw_images(args.properties, args.draw_seed)
         rows = write_instances(net, card.name, path, indices, args.eps or DEFAULT_EPS,
@@ -268,7 +272,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_vnncomp(args: argparse.Namespace) -> int:
-    from .vnncomp import run, score
+    from bench.vnncomp.competition import run, score
 
     out = args.out or RUNS_DIR / ("vnncomp-" + time.strftime("%Y%m%d-%H%M%S"))
     with _executor(args) as chosen:
@@ -386,15 +390,10 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .executors import ExecutorError
-    from .training import TrainingError
-    from .vnncomp import VnncompError
-
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (UsageError, RegistryError, DataError, ModelError, RecordsError,
-            TrainingError, VnncompError, ExecutorError) as exc:
+    except CertbenchError as exc:       # every one-line error (bench/errors.py)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

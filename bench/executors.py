@@ -29,7 +29,8 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Protocol
 
-from .tasks import BatchResult, BatchTask, SharedOutcome, SharedTask, run_batch, run_shared
+from bench.errors import CertbenchError
+from bench.tasks import BatchResult, BatchTask, SharedOutcome, SharedTask, run_batch, run_shared
 
 EXECUTORS = ("inprocess", "local", "dask")
 # Batches submitted to Dask and not yet collected, per worker: enough to keep every worker
@@ -40,7 +41,7 @@ BatchDone = Callable[[BatchTask, BatchResult], None]
 PieceDone = Callable[[SharedTask, SharedOutcome], None]
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(CertbenchError, RuntimeError):
     """The executor cannot start (Dask missing, no scheduler at the address): one line."""
 
 

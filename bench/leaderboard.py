@@ -31,9 +31,8 @@ max bound, to ``ATOL + RTOL * |bound|``. Violations are returned, never averaged
 from __future__ import annotations
 
 import math
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 

@@ -31,6 +31,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.errors import CertbenchError
+
 RECORDS_NAME = "records.jsonl"
 LOCK_NAME = ".lock"
 SCHEMA = 2
@@ -42,7 +44,7 @@ STATUSES = ("ok", "error", "timeout", "n/a")
 Key = tuple[str, str, float, int]
 
 
-class RecordsError(RuntimeError):
+class RecordsError(CertbenchError, RuntimeError):
     """The records file is corrupt, foreign, or locked by another run (one-line message)."""
 
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
-from .contract import ContractError, check_hooks, is_opt_in
+from bench.contract import ContractError, check_hooks, is_opt_in
+from bench.errors import CertbenchError
 
 GROUPS = {"verifier": "bench.verifiers", "attack": "bench.attacks"}
 
 
-class RegistryError(RuntimeError):
+class RegistryError(CertbenchError, RuntimeError):
     """A plugin name is unknown, duplicated, or does not load (message is one line)."""
 
 

@@ -44,14 +44,13 @@ from typing import Callable
 
 import pandas as pd
 
+from bench.contract import is_exact
+from bench.executors import Executor
+from bench.leaderboard import ground_truth, to_frame, write_csv
+from bench.registry import select
+from bench.runner import CACHE_DIR, Method, Runner, RunResult, RunSpec
 from models import shipped_names
-
 from models.files import atomic_write
-from .contract import is_exact
-from .executors import Executor
-from .leaderboard import ground_truth, to_frame, write_csv
-from .registry import select
-from .runner import CACHE_DIR, Method, Runner, RunResult, RunSpec
 
 MAIN_EPS = 0.1
 SWEEP_EPS = [0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2]

@@ -30,19 +30,25 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from bench import data
+from bench.contract import hook, is_exact, supports
+from bench.executors import Executor, InProcess
+from bench.fingerprint import code_fingerprint
+from bench.leaderboard import tabulate, write_csv
+from bench.records import RECORDS_NAME, RecordStore, key_of
+from bench.registry import PluginInfo
+from bench.tasks import (
+    BatchResult,
+    BatchTask,
+    Loaded,
+    NetworkRef,
+    SharedOutcome,
+    SharedTask,
+    failing,
+)
+from bench.tasks import reference as network_reference
 from models import ModelError
 from models.files import atomic_write
-
-from . import data
-from .contract import hook, is_exact, supports
-from .executors import Executor, InProcess
-from .fingerprint import code_fingerprint
-from .leaderboard import tabulate, write_csv
-from .records import RECORDS_NAME, RecordStore, key_of
-from .registry import PluginInfo
-from .tasks import (BatchResult, BatchTask, Loaded, NetworkRef, SharedOutcome, SharedTask,
-                    failing)
-from .tasks import reference as network_reference
 
 LEADERBOARD_NAME = "leaderboard.csv"
 GAPS_NAME = "gaps.csv"

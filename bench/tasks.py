@@ -29,12 +29,11 @@ from typing import Any, Callable
 
 import torch
 
+from bench.contract import hook, margins, project, statistics, supports
+from bench.limits import PluginTimeout, time_limit
+from bench.records import SCHEMA
 from models import MLP, Card, ModelError, weights_summary
 from models import load as load_model
-
-from .contract import hook, margins, project, statistics, supports
-from .limits import PluginTimeout, time_limit
-from .records import SCHEMA
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import torch
 
 import models
 from bench import data
-from verifiers.alpha_crown import AlphaCrown
-from verifiers.crown import Crown
-from verifiers.lp_exact import LPExact
+from verifiers.linear.alpha_crown import AlphaCrown
+from verifiers.linear.crown import Crown
+from verifiers.mip.lp_exact import LPExact
 
 COUNT = 100
 EPS = 0.1

@@ -22,7 +22,6 @@ Scale with the environment: ``BENCH_PROPERTIES`` (default 30 per radius),
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from pathlib import Path
@@ -33,13 +32,13 @@ import torch
 
 from bench.contract import refuted
 from bench.data import mnist_test
-from bench.training import train
-from bench.vnncomp import draw_images, read_instances, run, write_instances
-from bench.vnnlib import read_vnnlib
+from bench.training.trainer import train
+from bench.vnncomp.competition import draw_images, read_instances, run, write_instances
+from bench.vnncomp.vnnlib import read_vnnlib
 from models import load, shipped_names
 from models.onnx_import import export_onnx
-from verifiers.crown import Crown
-from verifiers.milp import solve_samples
+from verifiers.linear.crown import Crown
+from verifiers.mip.sample_solves import solve_samples
 
 NETWORKS = [f"fc-{d}x256{s}" for s in ("", "-at") for d in (2, 4, 6)]
 RADII = [0.03, 0.05]

@@ -11,10 +11,10 @@ import torch
 
 import models
 from bench import data
-from verifiers.crown import Crown
-from verifiers.ibp import IBP
-from verifiers.lp import LP
-from verifiers.lp_exact import LPExact
+from verifiers.linear.crown import Crown
+from verifiers.linear.ibp import IBP
+from verifiers.linear.lp import LP
+from verifiers.mip.lp_exact import LPExact
 
 BATCH = 1000
 

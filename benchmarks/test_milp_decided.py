@@ -9,7 +9,7 @@ import torch
 
 import models
 from bench import data
-from verifiers.milp import solve_samples
+from verifiers.mip.sample_solves import solve_samples
 
 COUNT = 100
 

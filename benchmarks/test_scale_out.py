@@ -49,7 +49,7 @@ def test_default_grid(benchmark, report, tmp_path, where):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sdp_pairs(benchmark, report, tmp_path, workers):
     """The shared pieces of ``sdp`` (one per worker) on one shipped network."""
-    from verifiers.sdp import SDP
+    from verifiers.sdp.sdp import SDP
 
     ref, loaded = reference(PAIRS_NETWORK, None)
     verifier = SDP()

@@ -30,13 +30,13 @@ import torch
 from attacks.ensemble import Ensemble
 from bench import data
 from bench.contract import margins
-from bench.training import train
+from bench.training.trainer import train
 from models import load
-from verifiers.alpha_crown import AlphaCrown
-from verifiers.crown import Crown
-from verifiers.lp import LP
-from verifiers.milp import solve_samples
-from verifiers.sdp_deep import SDPDeep
+from verifiers.linear.alpha_crown import AlphaCrown
+from verifiers.linear.crown import Crown
+from verifiers.linear.lp import LP
+from verifiers.mip.sample_solves import solve_samples
+from verifiers.sdp_deep.sdp_deep import SDPDeep
 
 NETWORK = "pgd-2x200"
 

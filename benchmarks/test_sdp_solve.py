@@ -8,9 +8,9 @@ import pytest
 
 import models
 from tests.conftest import random_mlp
-from verifiers.sdp import SDP
-from verifiers.sdp_core import pair_block, solve_pair
-from verifiers.sdp_cvxpy import solve_cvxpy
+from verifiers.sdp.cvxpy_pair_solver import solve_cvxpy
+from verifiers.sdp.pair_solver import pair_block, solve_pair
+from verifiers.sdp.sdp import SDP
 
 RESULTS: dict[str, object] = {}
 TARGET_SECONDS = 10.0

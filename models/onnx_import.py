@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .mlp import MLP
-from .store import CERTIFICATE_PREFIX, Card, ModelError
+from models.card import CERTIFICATE_PREFIX, Card, ModelError
+from models.mlp import MLP
 
 MAX_DENSE_ENTRIES = 200_000_000       # 1.6 GB in float64 while compiling
 
@@ -354,7 +354,7 @@ def export_onnx(net: MLP, path: Path, *, input_shape: tuple[int, ...] | None = N
     onnx.checker.check_model(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .files import atomic_write
+    from models.files import atomic_write
 
     payload = model.SerializeToString()
     atomic_write(path, lambda handle: handle.write(payload))

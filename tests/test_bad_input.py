@@ -57,7 +57,8 @@ def test_bad_arguments(tmp_path, args, message):
 names = st.text(alphabet=string.ascii_lowercase + "-_.", min_size=1, max_size=12) \
     .filter(lambda s: s not in KNOWN and not s.startswith("-"))
 MALFORMED = {
-    "--eps": st.one_of(st.floats(max_value=-1e-6).map(repr), st.sampled_from(["nan", "inf", "-inf"]),
+    "--eps": st.one_of(st.floats(max_value=-1e-6).map(repr),
+                       st.sampled_from(["nan", "inf", "-inf"]),
                        st.text(alphabet=string.ascii_letters, min_size=1, max_size=6)
                        .filter(lambda s: s.lower() not in ("e",))),
     "--n": st.one_of(st.integers(max_value=0), st.integers(min_value=10_001)).map(str),

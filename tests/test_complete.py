@@ -12,12 +12,14 @@ import torch
 
 from bench.contract import Property, margins
 from tests.conftest import random_inputs, random_mlp, sample_ball
-from verifiers.alpha_crown import AlphaCrown
-from verifiers.bab import BranchAndBound, decide, linear_leaf
-from verifiers.crown import Crown
-from verifiers.linear_bounds import layer_params
-from verifiers.lp_exact import LPExact
-from verifiers.milp import exact_class_margins
+from verifiers.bab.bab import BranchAndBound
+from verifiers.bab.bounding import linear_leaf
+from verifiers.bab.search import decide
+from verifiers.linear.alpha_crown import AlphaCrown
+from verifiers.linear.crown import Crown
+from verifiers.linear.propagation import layer_params
+from verifiers.mip.lp_exact import LPExact
+from verifiers.mip.sample_solves import exact_class_margins
 
 
 @pytest.mark.parametrize("widths", [[8, 16, 16, 4], [8, 12, 12, 12, 12, 4]])
@@ -54,8 +56,8 @@ def test_alpha_crown_reaches_the_exact_lp_on_one_hidden_layer():
 def _crown_problems(count: int, eps: float, rows: int):
     """``count`` boxes of radius ``eps`` on a 6-12-12-3 network (float64), their CROWN
     intermediate bounds and ``(count, rows, 3)`` random specification rows."""
-    from verifiers.linear_bounds import input_box
-    from verifiers.optimised_bounds import optimised_layer_bounds
+    from verifiers.linear.propagation import input_box
+    from verifiers.linear.slope_optimisation import optimised_layer_bounds
     net = random_mlp([6, 12, 12, 3], seed=11, scale=1.2).double()
     x, _ = random_inputs(count, 6, 3, seed=12)
     lo, hi = input_box(x.double(), eps, True)
@@ -71,7 +73,7 @@ def test_projected_variables_take_clamp_s_values_and_pass_the_gradient_at_the_bo
     """The optimisers' clamp: exactly ``clamp``'s values (also outside the range), and
     the gradient of the identity, at the bounds included (torch 2.14's ``clamp`` gives
     zero there, which froze every slope started at 0 or 1 and multiplier at 0)."""
-    from verifiers.linear_bounds import projected
+    from verifiers.linear.propagation import projected
     values = torch.tensor([-0.7, 0.0, 1e-30, 0.3, 1.0, 1.0 + 2e-16, 2.5],
                           dtype=torch.float64, requires_grad=True)
     for low, high in ((0.0, 1.0), (0.0, None)):
@@ -85,7 +87,7 @@ def test_split_multipliers_leave_zero_and_tighten_the_bound():
     """beta-CROWN from multipliers 0 (its start in every new split): the search moves
     them, the bound drops below the one without multipliers, and stays above every
     sampled point of the split subdomain."""
-    from verifiers.optimised_bounds import optimise_upper
+    from verifiers.linear.slope_optimisation import optimise_upper
     net, params, lo, hi, bounds, spec = _crown_problems(8, 0.3, 1)
     # split the first crossing unit of layer 1 of each sample: zhat >= 0
     crossing = (bounds[1][0] < 0) & (bounds[1][1] > 0)
@@ -119,7 +121,7 @@ def test_a_settled_problem_stops_its_search_and_the_others_go_on_unchanged():
     threshold. The problems a full search never takes below it follow the same steps
     (each problem's gradient is its own), so their bounds match the full search's; the
     ones it does end below the threshold (in float64 too). Both are sound."""
-    from verifiers.optimised_bounds import optimise_upper
+    from verifiers.linear.slope_optimisation import optimise_upper
     net, params, lo, hi, bounds, spec = _crown_problems(40, 0.2, 2)
     full = optimise_upper(params, bounds, spec, lo, hi, iterations=15).upper
     start = optimise_upper(params, bounds, spec, lo, hi, iterations=0).upper
@@ -147,7 +149,7 @@ def test_the_float32_screen_keeps_every_violating_point_and_finds_the_worst():
     violating."""
     import copy
 
-    from verifiers.bab import forward_worst, screened_worst
+    from verifiers.bab.bounding import forward_worst, screened_worst
     net64 = random_mlp([6, 12, 12, 3], seed=21, scale=1.5).double()
     net32 = copy.deepcopy(net64).float()
     points = torch.rand(400, 6, generator=torch.Generator().manual_seed(22),
@@ -257,7 +259,7 @@ def test_a_linear_leaf_bound_is_the_lp_optimum_and_sound():
     sigma = torch.where(pattern, 1.0, -1.0).to(torch.float64)[None]
     lower = torch.where(pattern, 0.0, -1e3).to(torch.float64)[None]
     upper = torch.where(pattern, 1e3, 0.0).to(torch.float64)[None]
-    from verifiers.bab import Domains
+    from verifiers.bab.domains import Domains
     domains = Domains([lower], [upper], [sigma], [], [], [], torch.zeros(1, 1), torch.zeros(1))
     row = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
     leaf, point = linear_leaf(params, domains, 0, lo, hi, row, torch.zeros(1, dtype=torch.float64))
@@ -324,8 +326,8 @@ def test_bab_cex_returns_bab_s_counterexamples_from_the_shared_searches(monkeypa
     searches nothing itself (also for the float32 copy the harness gives attacks), and
     its points break exactly the samples whose exact worst margin is ``>= 0``, inside
     the ball and the box; the others come back unchanged."""
-    import verifiers.bab as bab_module
-    from attacks.bab_cex import BranchAndBoundCounterexample
+    import verifiers.bab.sample_searches as bab_module
+    from verifiers.bab.bab_cex import BranchAndBoundCounterexample
     net = random_mlp([8, 12, 12, 3], seed=31, scale=1.5)
     x, y = random_inputs(6, 8, 3, seed=33)
     eps = 0.15
@@ -356,7 +358,7 @@ def test_milp_big_m_bounds_on_deep_networks_are_tighter_and_sound():
     """``tightest_bounds`` adds alpha-CROWN's layer bounds from two hidden layers on:
     inside the CROWN-only bounds, tighter somewhere, and around every sampled
     pre-activation."""
-    from verifiers.relu_program import tightest_bounds
+    from verifiers.mip.relu_program import tightest_bounds
 
     net = random_mlp([6, 20, 20, 20, 3], seed=41, scale=1.5).double()
     x, _ = random_inputs(3, 6, 3, seed=42)
@@ -380,7 +382,7 @@ def test_milp_big_m_bounds_on_deep_networks_are_tighter_and_sound():
 
 def test_milp_bounds_general_specifications_soundly_and_agrees_with_bab():
     from bench.contract import refuted
-    from verifiers.milp import MILP
+    from verifiers.mip.milp import MILP
 
     net = random_mlp([4, 10, 10, 3], seed=51).double()
     g = torch.Generator().manual_seed(52)
@@ -425,7 +427,7 @@ def test_the_domain_pool_hands_out_the_best_subdomains_whole(keep_bounds):
     the taken ones are those of largest bound, intact: splits, warm starts, bounds (rebuilt
     from the root's and the splits, or kept in float32: exact here, where they are float32
     numbers) and the kept best branching units with their scores."""
-    from verifiers.bab import DomainPool, Domains
+    from verifiers.bab.domains import DomainPool, Domains
     generator = torch.Generator().manual_seed(0)
     widths, rows, keep = [3, 5], 2, 2
     root_lower = [-torch.rand(1, m, generator=generator).double() for m in widths]
@@ -478,7 +480,7 @@ def test_the_domain_pool_hands_out_the_best_subdomains_whole(keep_bounds):
 def test_bounds_kept_in_float32_are_rounded_outwards():
     """A lower bound never rises and an upper bound never falls on the way to float32
     (by at most one float32 step), so a kept subdomain's bounds stay sound."""
-    from verifiers.bab import _rounded
+    from verifiers.bab.domains import _rounded
     generator = torch.Generator().manual_seed(0)
     values = torch.cat([torch.randn(5000, generator=generator, dtype=torch.float64)
                         * 10.0 ** torch.randint(-8, 8, (5000,), generator=generator),

@@ -212,7 +212,7 @@ def test_vnncomp_instances_on_dask_answer_as_in_process(tmp_path, cluster):
     """``bench vnncomp`` with instances on the workers: the same answers as in process,
     a broken instance is ``error`` and the rest complete."""
     from bench.executors import DaskExecutor
-    from bench.vnncomp import run
+    from bench.vnncomp.competition import run
     code, _, err = invoke(["export", "lp-nn", "--onnx", str(tmp_path / "lp-nn.onnx"),
                            "--properties", "1", "--eps", "0.1", "--timeout", "30"])
     assert code == 0, err

@@ -8,9 +8,9 @@ import torch
 
 from bench.contract import Property, refuted
 from tests.conftest import random_inputs, random_mlp
-from verifiers.crown import Crown
-from verifiers.ibp import IBP
-from verifiers.lp import LP
+from verifiers.linear.crown import Crown
+from verifiers.linear.ibp import IBP
+from verifiers.linear.lp import LP
 
 VERIFIERS = [LP(), Crown(), IBP()]
 

@@ -13,7 +13,7 @@ import torch
 import models
 from bench import data
 from bench.registry import select
-from verifiers.sdp_core import certified_value, dual_key, pair_block, solve_pair
+from verifiers.sdp.pair_solver import certified_value, dual_key, pair_block, solve_pair
 
 # max_j U_j for the first four test images
 GOLDEN = {

@@ -9,13 +9,12 @@ import torch
 
 from bench.contract import margins
 from tests.conftest import assert_sound, random_inputs, random_mlp
-from verifiers.crown import Crown
-from verifiers.ibp import IBP
-from verifiers.linear_bounds import (input_box, margin_upper_bounds,
-                                     wong_kolter_slope)
-from verifiers.lp import LP
-from verifiers.lp_exact import LPExact
-from verifiers.relu_program import sample_batch
+from verifiers.linear.crown import Crown
+from verifiers.linear.ibp import IBP
+from verifiers.linear.lp import LP
+from verifiers.linear.propagation import input_box, margin_upper_bounds, wong_kolter_slope
+from verifiers.mip.lp_exact import LPExact
+from verifiers.mip.relu_program import sample_batch
 
 VERIFIERS = [LP(), LPExact(), IBP(), Crown()]
 DEPTHS = {1: [10, 8, 3], 2: [10, 8, 6, 3], 3: [10, 6, 6, 5, 3]}
@@ -118,8 +117,12 @@ def test_stable_network_bounds_are_the_exact_linear_bound():
 
 def _lp_of(x, y, weights):
     """The lp bound as a function of the weight tensors ``(W_0, b_0, W_1, b_1, ...)``."""
-    from verifiers.linear_bounds import (backward_upper, finish_margins, linear_layer_bounds,
-                                         margin_spec)
+    from verifiers.linear.propagation import (
+        backward_upper,
+        finish_margins,
+        linear_layer_bounds,
+        margin_spec,
+    )
     params = [(weights[i], weights[i + 1]) for i in range(0, len(weights), 2)]
     lo, hi = input_box(x, 0.2)
     bounds = linear_layer_bounds(params, lo, hi, wong_kolter_slope)
@@ -144,7 +147,7 @@ def test_lp_gradient_through_the_weights(widths):
 def test_relu_relaxation_lines_enclose_relu_and_touch_it_at_the_ends():
     """``relaxation``: per unit, ``alpha z <= relu(z) <= s z + offset`` on ``[l, u]``; the
     upper line is the chord (equal at ``l`` and ``u``), stable units are exact."""
-    from verifiers.linear_bounds import crown_slope, relaxation, wong_kolter_slope
+    from verifiers.linear.propagation import crown_slope, relaxation, wong_kolter_slope
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(2, 400, generator=g, dtype=torch.float64)
     lower, upper = torch.minimum(a, b), torch.maximum(a, b)

@@ -9,11 +9,12 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-from attacks.milp_cex import MILPCounterexample
 from bench.contract import margins
 from tests.conftest import assert_sound, random_inputs, random_mlp
-from verifiers.milp import MILP, exact_class_margins, solve_samples
-from verifiers.relu_program import sample_batch, solve_mip
+from verifiers.mip.milp import MILP
+from verifiers.mip.milp_cex import MILPCounterexample
+from verifiers.mip.relu_program import sample_batch, solve_mip
+from verifiers.mip.sample_solves import exact_class_margins, solve_samples
 
 
 def enumerate_patterns(net, x: np.ndarray, label: int, eps: float) -> np.ndarray:
@@ -146,7 +147,7 @@ def test_an_interrupted_solve_does_not_stop_the_next_one(certified_sample):
 def test_several_classes_of_one_sample_through_the_stopping_path(certified_sample):
     """Every class starts from a vacuous bound, so each needs its own MILP that stops once
     its sign is decided; all must decide, and the sample is certified."""
-    from verifiers.milp import _solve_one
+    from verifiers.mip.sample_solves import _solve_one
     net, x, y, exact = certified_sample
     batch = sample_batch(net, x, 0.1, clip=True)
     label = int(y[0])
@@ -178,7 +179,7 @@ def test_a_broken_verdict_comes_from_a_float64_forward_pass():
 
 
 def test_the_cache_tells_float64_inputs_apart_and_serves_the_attack():
-    from verifiers.milp import VerdictCache
+    from verifiers.verdicts import VerdictCache
     net = random_mlp([10, 16, 5], seed=2)
     x, y = random_inputs(1, 10, 5, seed=2)
     x64 = x.double()

@@ -9,7 +9,7 @@ import torch
 
 import models
 from bench import data
-from bench.training import error_rate
+from bench.training.trainer import error_rate
 from models import MLP, Card, ModelError
 from tests.conftest import random_mlp
 
@@ -95,7 +95,7 @@ def test_shipped_networks_follow_their_recipes(name):
     """What ships is what ``python -m bench train NAME`` trains: same objective, widths,
     seed and hyper-parameters (a changed recipe fails here). The training time is the
     card's own record, reported in the README, not something a test can check."""
-    from bench.training import RECIPES
+    from bench.training.trainer import RECIPES
     net, card = models.load(name)
     recipe = RECIPES[name]
     assert card.objective == recipe.objective and card.seed == recipe.seed

@@ -63,4 +63,4 @@ def test_plugins_come_only_from_entry_points():
     with pytest.raises(RegistryError, match="unknown verifier"):
         select("verifier", ["os:system"])
     with pytest.raises(RegistryError, match="unknown attack"):
-        select("attack", ["verifiers.spectral:Spectral"])
+        select("attack", ["verifiers.norm.spectral:Spectral"])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import assert_sound, random_inputs, random_mlp
-from verifiers.frobenius import Frobenius
-from verifiers.spectral import Spectral
+from verifiers.norm.frobenius import Frobenius
+from verifiers.norm.spectral import Spectral
 
 EPS = 0.1
 
@@ -20,7 +20,8 @@ def test_matches_numpy_closed_form():
     v = net.linears[1].weight.detach().double().numpy()
     with torch.no_grad():
         logits = net.float64_copy()(x.double()).numpy()
-    norms = {"spectral": np.linalg.svd(w, compute_uv=False)[0], "frobenius": np.sqrt((w ** 2).sum())}
+    norms = {"spectral": np.linalg.svd(w, compute_uv=False)[0],
+             "frobenius": np.sqrt((w ** 2).sum())}
     for verifier in (Spectral(), Frobenius()):
         out = verifier.bound(net, x.double(), y, EPS).numpy()
         assert out.dtype == np.float64

@@ -110,7 +110,7 @@ def test_convolutional_import_equals_onnxruntime(tmp_path):
 def test_verifiers_are_sound_on_an_imported_convolutional_network(tmp_path):
     from bench.contract import margins
     from tests.conftest import assert_sound
-    from verifiers.crown import Crown
+    from verifiers.linear.crown import Crown
     net, _ = import_onnx(convolutional(tmp_path / "conv.onnx"))
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 64, generator=g)

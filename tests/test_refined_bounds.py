@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from tests.conftest import pre_activations, random_mlp
-from verifiers.linear_bounds import layer_params
-from verifiers.optimised_bounds import optimised_layer_bounds
-from verifiers.refined_bounds import refined_layer_bounds, root_layer_bounds
+from verifiers.bab.layer_bounds import refined_layer_bounds, root_layer_bounds
+from verifiers.linear.propagation import layer_params
+from verifiers.linear.slope_optimisation import optimised_layer_bounds
 
 
 def test_root_bounds_are_alpha_crown_s_and_their_slopes_reproduce_them():

@@ -11,6 +11,7 @@ from bench import registry
 from bench.registry import RegistryError, discover, parse_option, select
 from tests.conftest import invoke, run_cli
 
+
 def test_builtins_are_discovered_with_their_origin():
     verifiers, attacks = discover("verifier"), discover("attack")
     assert {"frobenius", "spectral"} <= set(verifiers)
@@ -110,13 +111,16 @@ def test_every_hook_the_harness_reads_is_declared():
     from pathlib import Path
 
     from bench.contract import HOOKS
+    from bench.training.hooks import OBJECTIVE_HOOKS
     root = Path(__file__).resolve().parents[1]
     for folder in ("bench", "verifiers", "attacks"):
-        for path in (root / folder).glob("*.py"):
+        for path in (root / folder).rglob("*.py"):
             text = path.read_text()
             assert not re.search(r"\bhasattr\(", text), f"{path.name} uses hasattr"
             for name in re.findall(r"\bhook\([^,]+,\s*\"(\w+)\"\)", text):
                 assert name in HOOKS, f"{path.name} reads undeclared hook {name!r}"
+            for name in re.findall(r"\bobjective_hook\([^,]+,\s*\"(\w+)\"\)", text):
+                assert name in OBJECTIVE_HOOKS, f"{path.name} reads undeclared hook {name!r}"
 
 
 def test_a_broken_or_duplicate_plugin_fails_only_when_requested(monkeypatch):

@@ -131,10 +131,10 @@ def test_records_of_schema_1_are_read_and_reused(tmp_path, model_dir):
 
 
 def test_the_fingerprint_covers_the_modules_a_plugin_uses():
+    import verifiers.sdp.sdp  # noqa: F401
     from bench.fingerprint import reached_modules
-    import verifiers.sdp  # noqa: F401
-    reached = reached_modules("verifiers.sdp")
-    assert {"verifiers.sdp", "verifiers.sdp_core", "verifiers.pairwise_sdp",
+    reached = reached_modules("verifiers.sdp.sdp")
+    assert {"verifiers.sdp.sdp", "verifiers.sdp.pair_solver", "verifiers.sdp.pairwise_bound",
             "bench.contract", "models.mlp"} <= set(reached)
     assert not any(name.split(".")[0] in ("torch", "numpy", "bench.runner")
                    for name in reached)

@@ -9,13 +9,25 @@ import pytest
 import torch
 
 from tests.conftest import assert_sound, random_inputs, random_mlp
-from verifiers.sdp import SDP
-from verifiers.sdp_core import (certified_value, dense_matrix, dual_key, fallback,
-                                gershgorin_dual, mixing_dual, mixing_rounds, pair_block,
-                                primal_objective, printed_eq8_block, scaled_certificate,
-                                solve_pair, unit_columns)
-from verifiers.sdp_cvxpy import SolverUnavailable, check_solver, solve_cvxpy
-from verifiers.sdp_dual import SDPDual
+from verifiers.cvxpy_solvers import SolverUnavailable, check_solver
+from verifiers.sdp.cvxpy_pair_solver import solve_cvxpy
+from verifiers.sdp.pair_solver import (
+    certified_value,
+    dense_matrix,
+    dual_key,
+    fallback,
+    gershgorin_dual,
+    mixing_dual,
+    mixing_rounds,
+    pair_block,
+    primal_objective,
+    printed_eq8_block,
+    scaled_certificate,
+    solve_pair,
+    unit_columns,
+)
+from verifiers.sdp.sdp import SDP
+from verifiers.sdp.sdp_dual import SDPDual
 
 
 def weights(net):
@@ -140,8 +152,8 @@ def test_sdp_dual_with_the_optimal_vectors_matches_sdp(tiny):
 
 
 def test_sdp_is_tighter_than_the_norm_bounds(tiny):
-    from verifiers.frobenius import Frobenius
-    from verifiers.spectral import Spectral
+    from verifiers.norm.frobenius import Frobenius
+    from verifiers.norm.spectral import Spectral
     net, x, y = tiny
     sdp = SDP().bound(net, x.double(), y, 0.1)
     spectral = Spectral().bound(net, x.double(), y, 0.1)
@@ -223,7 +235,7 @@ def test_solved_pairs_persist_and_a_resumed_solve_only_does_the_rest(tmp_path, t
     resumed run) reads them back and solves only the pairs that are missing."""
     import json
 
-    import verifiers.sdp as sdp_module
+    import verifiers.sdp.sdp as sdp_module
     net, x, y = tiny
     first = SDP()
     first.cache_in(tmp_path)

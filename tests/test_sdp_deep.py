@@ -10,17 +10,26 @@ import torch
 
 from bench.contract import Property, input_box
 from tests.conftest import assert_sound, invoke, random_inputs, random_mlp
-from verifiers.linear_bounds import layer_params, margin_spec
-from verifiers.lp import LP
-from verifiers.lp_exact import LPExact
-from verifiers.milp import exact_class_margins
-from verifiers.optimised_bounds import optimise_upper
-from verifiers.sdp import SDP
-from verifiers.sdp_deep import SDPDeep, intermediate_bounds
-from verifiers.sdp_deep_core import (GROUPS, SIGNED, Multipliers, build, certify, dual_value,
-                                     linear_start, optimise, project)
-from verifiers.sdp_deep_cvxpy import solve_primal
-from verifiers.sdp_deep_ipm import optimise_ipm
+from verifiers.linear.lp import LP
+from verifiers.linear.propagation import layer_params, margin_spec
+from verifiers.linear.slope_optimisation import optimise_upper
+from verifiers.mip.lp_exact import LPExact
+from verifiers.mip.sample_solves import exact_class_margins
+from verifiers.sdp.sdp import SDP
+from verifiers.sdp_deep.cvxpy_primal import solve_primal
+from verifiers.sdp_deep.interior_point import optimise_ipm
+from verifiers.sdp_deep.relaxation import (
+    GROUPS,
+    SIGNED,
+    Multipliers,
+    build,
+    certify,
+    dual_value,
+    linear_start,
+    optimise,
+    project,
+)
+from verifiers.sdp_deep.sdp_deep import SDPDeep, intermediate_bounds
 
 EPS = 0.2
 

@@ -8,14 +8,26 @@ import pytest
 import scipy.linalg
 import torch
 
-from bench.objectives import HingeSDP
-from bench.sdp_regulariser import (dual_objective, structured_operator, top_eigenpairs,
-                                   top_eigenvalue_of_fixed_vector)
+from bench.training.objectives import HingeSDP
+from bench.training.sdp_regulariser import (
+    dual_objective,
+    structured_operator,
+    top_eigenpairs,
+    top_eigenvalue_of_fixed_vector,
+)
 from tests.conftest import random_inputs, random_mlp
-from verifiers.sdp import SDP
-from verifiers.sdp_core import (certified_value, dense_matrix, dual_key, mixing_dual, mixing_rounds,
-                                pair_block, primal_objective, solve_pair)
-from verifiers.sdp_dual import SDPDual
+from verifiers.sdp.pair_solver import (
+    certified_value,
+    dense_matrix,
+    dual_key,
+    mixing_dual,
+    mixing_rounds,
+    pair_block,
+    primal_objective,
+    solve_pair,
+)
+from verifiers.sdp.sdp import SDP
+from verifiers.sdp.sdp_dual import SDPDual
 
 
 def instance(seed: int, d: int = 12, m: int = 7, pairs: int = 3):

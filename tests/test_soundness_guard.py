@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from bench.contract import margins
-from bench.leaderboard import violations, to_frame
+from bench.leaderboard import to_frame, violations
 from tests.conftest import fake_method, grid_methods, invoke, run_grid
 
 

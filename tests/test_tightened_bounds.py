@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from tests.conftest import pre_activations, random_mlp
-from verifiers.linear_bounds import layer_params
-from verifiers.refined_bounds import root_layer_bounds
-from verifiers.relu_program import ReluProgram, solve_mip
-from verifiers.tightened_bounds import tightened_root_bounds
+from verifiers.bab.layer_bounds import root_layer_bounds
+from verifiers.bab.root_tightening import tightened_root_bounds
+from verifiers.linear.propagation import layer_params
+from verifiers.mip.relu_program import ReluProgram, solve_mip
 
 
 def _tightened(params, lo, hi, steps: int):
@@ -83,7 +83,7 @@ def test_tightened_bounds_are_never_below_the_exact_maxima():
 def test_a_wide_layer_tightens_its_widest_units_only(monkeypatch):
     """With room for the searches of two units per round, only the two widest crossing
     units of each tightened layer (by ``min(u, -l)``) change; all bounds stay sound."""
-    import verifiers.tightened_bounds as tightened
+    import verifiers.bab.root_tightening as tightened
 
     monkeypatch.setattr(tightened, "MAX_PARENTS", 4)
     net = random_mlp([2, 12, 12, 12, 3], seed=8, scale=1.3).double().requires_grad_(False)

@@ -10,10 +10,10 @@ import torch
 
 import models
 from bench import data
-from bench.objectives import OBJECTIVES, HingeSDP
-from bench.training import RECIPES, TrainingError, train
+from bench.training.objectives import OBJECTIVES, HingeSDP
+from bench.training.trainer import RECIPES, TrainingError, train
 from tests.test_data import write_idx
-from verifiers.sdp import SDP
+from verifiers.sdp.sdp import SDP
 
 
 @pytest.fixture(scope="module")
@@ -73,5 +73,6 @@ def test_quick_training_is_reproducible(idx_dir, tmp_path):
 
 
 def test_unknown_recipe(tmp_path):
-    with pytest.raises(TrainingError, match="trainable: at-nn, fc-2x256, fc-2x256-at, fc-4x256, .*, pgd-2x200, sdp-nn, spe-nn"):
+    with pytest.raises(TrainingError, match="trainable: at-nn, fc-2x256, fc-2x256-at, "
+                                            "fc-4x256, .*, pgd-2x200, sdp-nn, spe-nn"):
         train("nope", out_dir=tmp_path)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from bench import data
-from bench.vnnlib import read_vnnlib
+from bench.vnncomp.vnnlib import read_vnnlib
 from models import load
 from tests.conftest import invoke
-from verifiers.milp import solve_samples
+from verifiers.mip.sample_solves import solve_samples
 
 pytest.importorskip("onnxruntime")
 
@@ -108,10 +108,10 @@ def test_the_portfolio_decides_what_the_incomplete_verifiers_leave_open(tmp_path
     """Tiny deep networks at radii where crown, lp and ibp all fail: branch and bound
     inside the portfolio settles each instance, in agreement with exact MILP margins."""
     from bench.contract import Property, refuted
-    from bench.vnncomp import default_verifiers, solve
+    from bench.vnncomp.portfolio import default_verifiers, solve
     from models.onnx_import import export_onnx
     from tests.conftest import random_mlp
-    from verifiers.milp import exact_class_margins
+    from verifiers.mip.sample_solves import exact_class_margins
 
     verifiers = default_verifiers()
     decided_by_bab = 0

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.contract import Property
-from bench.vnnlib import VnnlibError, read_vnnlib, vnnlib_text, write_vnnlib
+from bench.vnncomp.vnnlib import VnnlibError, read_vnnlib, vnnlib_text, write_vnnlib
 
 ROBUSTNESS = """; a VNN-COMP style local robustness property, label 1
 (declare-const X_0 Real)

@@ -1,0 +1,111 @@
+"""The VNN-COMP portfolio on one instance: attack, cheap verifiers, branch and bound;
+every counterexample re-checked in float64 and by onnxruntime (see
+:mod:`bench.vnncomp.competition`)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attacks.property_ascent import attack_property
+from bench.contract import Property, project_box, refuted
+from models import MLP
+from verifiers.bab.search import decide
+
+VERIFIERS = ("ibp", "crown", "lp")
+ATTACK_RESTARTS = 16         # per unsafe group
+ATTACK_STEPS = 100
+
+
+@dataclass
+class Answer:
+    result: str                         # sat, unsat, timeout, unknown, error
+    prepare_time: float
+    run_time: float
+    counterexample: tuple[np.ndarray, np.ndarray] | None = None   # (x, f(x))
+    message: str = ""
+    nodes: int = 0                      # branch-and-bound subdomains bounded (0: none ran)
+
+
+
+def confirmed(net64: MLP, prop: Property, point: torch.Tensor,
+              onnx_path: Path | None) -> tuple[bool, np.ndarray]:
+    """Is ``point`` a counterexample? Inside the box exactly, and unsafe by a float64
+    forward pass and (for an ONNX network) by onnxruntime on the file. Returns the
+    verdict and the outputs (onnxruntime's when it ran)."""
+    point = project_box(point.to(torch.float64), prop.lo, prop.hi)
+    with torch.no_grad():
+        outputs = net64(point[None])
+    if not bool(prop.violated_by(outputs)[0]):
+        return False, outputs[0].numpy()
+    if onnx_path is None:
+        return True, outputs[0].numpy()
+    session = _session(str(onnx_path))
+    feed = session.get_inputs()[0]
+    shape = [1 if not isinstance(d, int) else d for d in feed.shape]
+    value = point.to(torch.float32).numpy().reshape(shape)
+    ours = session.run(None, {feed.name: value})[0].reshape(1, -1)
+    theirs = torch.from_numpy(ours.astype(np.float64))
+    return bool(prop.violated_by(theirs)[0]), ours[0].astype(np.float64)
+
+
+@functools.lru_cache(maxsize=8)
+def _session(onnx_path: str):
+    """One onnxruntime session per ONNX file (many instances share a network)."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+
+
+def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
+          verifiers: list | None = None, seed: int = 0, complete: bool = True,
+          device: str = "cpu") -> Answer:
+    """The portfolio on one instance (see the module doc); branch and bound runs on
+    ``device``."""
+    began = time.perf_counter()
+    elapsed = lambda: time.perf_counter() - began                      # noqa: E731
+    net64 = net.float64_copy().requires_grad_(False)
+
+    def sat(point: torch.Tensor, nodes: int = 0) -> Answer | None:
+        """``sat`` with the re-checked point, or ``None`` if the re-check fails."""
+        ok, outputs = confirmed(net64, prop, point, onnx_path)
+        if not ok:
+            return None
+        x = project_box(point.to(torch.float64), prop.lo, prop.hi).numpy()
+        return Answer("sat", 0.0, elapsed(), (x, outputs), nodes=nodes)
+
+    point, _ = attack_property(net64, prop, restarts=ATTACK_RESTARTS, steps=ATTACK_STEPS,
+                               seed=seed)
+    answer = sat(point)
+    if answer is not None:
+        return answer
+    for verifier in verifiers if verifiers is not None else default_verifiers():
+        if elapsed() > timeout:
+            return Answer("timeout", 0.0, elapsed())
+        if refuted(verifier.bound_property(net, prop)):
+            return Answer("unsat", 0.0, elapsed())
+    nodes = 0
+    if complete and elapsed() < timeout:
+        outcome = decide(net, prop, time_limit=timeout - elapsed(), seed=seed, restarts=0,
+                         device=device)
+        nodes = outcome.nodes
+        if outcome.verdict == "holds":
+            return Answer("unsat", 0.0, elapsed(), message=f"bab: {nodes} subdomains",
+                          nodes=nodes)
+        if outcome.verdict == "violated":
+            answer = sat(outcome.counterexample, nodes)
+            if answer is not None:
+                return answer
+    return Answer("timeout" if elapsed() > timeout else "unknown", 0.0, elapsed(), nodes=nodes)
+
+
+def default_verifiers() -> list:
+    from bench.registry import select
+
+    return [info.create() for info in select("verifier", list(VERIFIERS))]
+

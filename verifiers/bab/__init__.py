@@ -1,0 +1,2 @@
+"""Complete verification by branch and bound: subdomains, branching, bounding, root
+tightening, the search; the plugins ``bab`` and ``bab-cex``."""
