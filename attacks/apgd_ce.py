@@ -6,7 +6,7 @@ import torch
 
 from attacks.apgd import apgd, ce_loss
 from attacks.common import frozen_copy, unbroken_runs
-from bench.contract import Configurable, check_options
+from bench.contract import Configurable, Integer, check_options
 from models import MLP
 
 
@@ -17,7 +17,7 @@ class APGDCrossEntropy(Configurable):
     name = "apgd-ce"
 
     def __init__(self, *, steps: int = 100, restarts: int = 1) -> None:
-        check_options(steps=(steps, "int>=1"), restarts=(restarts, "int>=1"))
+        check_options(steps=(steps, Integer(1)), restarts=(restarts, Integer(1)))
         self.steps = steps
         self.restarts = restarts
 

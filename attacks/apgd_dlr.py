@@ -7,7 +7,7 @@ import torch
 
 from attacks.apgd import apgd, dlr_loss
 from attacks.common import frozen_copy, unbroken_runs
-from bench.contract import Configurable, check_options
+from bench.contract import BOOLEAN, Configurable, Integer, check_options
 from models import MLP
 
 
@@ -25,8 +25,8 @@ class APGDDifferenceOfLogitsRatio(Configurable):
 
     def __init__(self, *, steps: int = 100, restarts: int = 1, targeted: bool = True,
                  targets: int = 9) -> None:
-        check_options(steps=(steps, "int>=1"), restarts=(restarts, "int>=1"),
-                      targeted=(targeted, "bool"), targets=(targets, "int>=1"))
+        check_options(steps=(steps, Integer(1)), restarts=(restarts, Integer(1)),
+                      targeted=(targeted, BOOLEAN), targets=(targets, Integer(1)))
         self.steps = steps
         self.restarts = restarts
         self.targeted = targeted

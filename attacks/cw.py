@@ -15,7 +15,7 @@ from foolbox.attacks.gradient_descent_base import LinfBaseGradientDescent
 from foolbox.models import Model
 
 from attacks.foolbox_attack import FoolboxAttack
-from bench.contract import check_options
+from bench.contract import BOOLEAN, POSITIVE, Integer, check_options
 
 
 class LinfMarginAscent(LinfBaseGradientDescent):
@@ -43,10 +43,10 @@ class CarliniWagnerLinf(FoolboxAttack):
     def __init__(self, *, steps: int = 100, rel_stepsize: float = 0.05,
                  confidence: float = math.inf, random_start: bool = False,
                  restarts: int = 1) -> None:
-        check_options(steps=(steps, "int>=1"), rel_stepsize=(rel_stepsize, "number>0"),
-                      confidence=(confidence, "number>0") if math.isfinite(confidence)
-                      else (1, "number>0"), random_start=(random_start, "bool"),
-                      restarts=(restarts, "int>=1"))
+        check_options(steps=(steps, Integer(1)), rel_stepsize=(rel_stepsize, POSITIVE),
+                      confidence=(confidence, POSITIVE) if math.isfinite(confidence)
+                      else (1, POSITIVE), random_start=(random_start, BOOLEAN),
+                      restarts=(restarts, Integer(1)))
         self.steps = steps
         self.rel_stepsize = rel_stepsize
         self.confidence = confidence

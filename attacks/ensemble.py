@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from attacks.common import keep_better
-from bench.contract import check_options, margins, project
+from bench.contract import Integer, check_options, margins, project
 from bench.registry import RegistryError, select
 from models import MLP
 
@@ -38,7 +38,7 @@ class Ensemble:
 
     def __init__(self, *, members: str = DEFAULT_MEMBERS,
                  restarts: int = DEFAULT_RESTARTS) -> None:
-        check_options(restarts=(restarts, "int>=1"))
+        check_options(restarts=(restarts, Integer(1)))
         if not isinstance(members, str):
             raise ValueError(f"members must be comma-separated attack names, got {members!r}")
         names = [part.strip() for part in members.split(",") if part.strip()]

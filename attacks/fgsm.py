@@ -5,7 +5,7 @@ from __future__ import annotations
 from foolbox.attacks import LinfFastGradientAttack
 
 from attacks.foolbox_attack import FoolboxAttack
-from bench.contract import check_options
+from bench.contract import BOOLEAN, check_options
 
 
 class FGSM(FoolboxAttack):
@@ -14,7 +14,7 @@ class FGSM(FoolboxAttack):
     name = "fgsm"
 
     def __init__(self, *, random_start: bool = False) -> None:
-        check_options(random_start=(random_start, "bool"))
+        check_options(random_start=(random_start, BOOLEAN))
         self.random_start = random_start
         self.restarts = 1
 

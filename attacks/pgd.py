@@ -5,7 +5,7 @@ from __future__ import annotations
 from foolbox.attacks import LinfPGD
 
 from attacks.foolbox_attack import FoolboxAttack
-from bench.contract import check_options
+from bench.contract import POSITIVE, Integer, check_options
 
 
 class PGD(FoolboxAttack):
@@ -17,8 +17,8 @@ class PGD(FoolboxAttack):
     name = "pgd"
 
     def __init__(self, *, steps: int = 40, rel_stepsize: float = 0.1, restarts: int = 5) -> None:
-        check_options(steps=(steps, "int>=1"), rel_stepsize=(rel_stepsize, "number>0"),
-                      restarts=(restarts, "int>=1"))
+        check_options(steps=(steps, Integer(1)), rel_stepsize=(rel_stepsize, POSITIVE),
+                      restarts=(restarts, Integer(1)))
         self.steps = steps
         self.rel_stepsize = rel_stepsize
         self.restarts = restarts

@@ -23,7 +23,15 @@ import math
 import torch
 
 from attacks.common import frozen_copy, unbroken_runs
-from bench.contract import Configurable, check_options, input_box, margins, project_box
+from bench.contract import (
+    POSITIVE,
+    Configurable,
+    Integer,
+    check_options,
+    input_box,
+    margins,
+    project_box,
+)
 from models import MLP
 
 SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)   # of 10,000 queries
@@ -110,8 +118,8 @@ class Square(Configurable):
 
     def __init__(self, *, queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
                  image_shape: str = "auto") -> None:
-        check_options(queries=(queries, "int>=1"), p_init=(p_init, "number>0"),
-                      restarts=(restarts, "int>=1"))
+        check_options(queries=(queries, Integer(1)), p_init=(p_init, POSITIVE),
+                      restarts=(restarts, Integer(1)))
         if p_init > 1:
             raise ValueError(f"p_init must be at most 1, got {p_init!r}")
         if not isinstance(image_shape, str):

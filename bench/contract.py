@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
@@ -202,33 +202,139 @@ def statistics(plugin: object) -> list[dict[str, Any]]:
     return list(report()) if callable(report) else []
 
 
-def check_options(**checks: tuple[Any, str | tuple[str, ...]]) -> None:
-    """Validate keyword options when a plugin is built: ``name=(value, rule)`` with rule
-    ``"int>=1"``, ``"int>=0"``, ``"number>0"``, ``"number>=0"``, ``"fraction"`` (a number
-    in ``[0, 1]``), ``"bool"``, or a tuple of the allowed values (a choice).
+class Rule(Protocol):
+    """A typed check of one option's value: ``check(name, value)`` raises ``ValueError``
+    (one line naming the option and the value) unless the value is allowed."""
+
+    def check(self, name: str, value: Any) -> None: ...
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Integer:
+    """An ``int`` (not a ``bool``) of at least ``minimum``."""
+
+    minimum: int = 0
+
+    def check(self, name: str, value: Any) -> None:
+        if not (isinstance(value, int) and not isinstance(value, bool)
+                and value >= self.minimum):
+            raise ValueError(f"{name} must be an integer >= {self.minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite ``int`` or ``float`` above ``minimum`` (``strict``) or at least it, and
+    at most ``maximum`` when one is given."""
+
+    minimum: float = 0.0
+    strict: bool = False
+    maximum: float | None = None
+
+    def check(self, name: str, value: Any) -> None:
+        ok = _is_number(value) and math.isfinite(value) and (
+            value > self.minimum if self.strict else value >= self.minimum) and (
+            self.maximum is None or value <= self.maximum)
+        if not ok:
+            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        if self.maximum is not None:
+            return f"a number from {self.minimum:g} to {self.maximum:g}"
+        return f"a finite number {'>' if self.strict else '>='} {self.minimum:g}"
+
+
+@dataclass(frozen=True)
+class Boolean:
+    """``True`` or ``False`` (not ``0``/``1``)."""
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of ``values``."""
+
+    values: tuple[Any, ...]
+
+    def check(self, name: str, value: Any) -> None:
+        if value not in self.values:
+            raise ValueError(f"{name} must be one of {', '.join(map(str, self.values))}, "
+                             f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string (its meaning is checked where it is used, e.g. a solver's name)."""
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A torch device that torch can compute on here (:func:`torch_device`)."""
+
+    def check(self, name: str, value: Any) -> None:
+        torch_device(value)
+
+
+@dataclass(frozen=True)
+class OrNone:
+    """``None`` (a default that depends on other options) or a value ``rule`` allows."""
+
+    rule: Rule
+
+    def check(self, name: str, value: Any) -> None:
+        if value is not None:
+            self.rule.check(name, value)
+
+
+POSITIVE = Number(0.0, strict=True)
+NON_NEGATIVE = Number(0.0)
+FRACTION = Number(0.0, maximum=1.0)
+BOOLEAN = Boolean()
+
+
+def check_options(**checks: tuple[Any, Rule]) -> None:
+    """Validate keyword options when a plugin is built: ``name=(value, rule)`` with a
+    typed :class:`Rule` (:class:`Integer`, :class:`Number`, :class:`Boolean`,
+    :class:`Choice`, :class:`Device`).
 
     Raises ``ValueError`` naming the option (the registry turns it into one line, exit 1).
     """
     for name, (value, rule) in checks.items():
-        if isinstance(rule, tuple):
-            if value not in rule:
-                raise ValueError(f"{name} must be one of {', '.join(rule)}, got {value!r}")
-            continue
-        if rule == "bool":
-            ok = isinstance(value, bool)
-        elif rule.startswith("int"):
-            ok = isinstance(value, int) and not isinstance(value, bool) and \
-                value >= int(rule[-1])
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                math.isfinite(value) and (value > 0 if rule == "number>0" else value >= 0)
-            ok = ok and (rule != "fraction" or value <= 1)
-        if not ok:
-            kind = {"bool": "True or False", "int>=1": "an integer >= 1",
-                    "int>=0": "an integer >= 0", "number>0": "a finite number > 0",
-                    "number>=0": "a finite number >= 0",
-                    "fraction": "a number from 0 to 1"}[rule]
-            raise ValueError(f"{name} must be {kind}, got {value!r}")
+        rule.check(name, value)
+
+
+def option(default: Any, rule: Rule, doc: str) -> Any:
+    """One field of an :class:`Options` dataclass: its default, its check and one line of
+    documentation (shown by ``bench list --options``)."""
+    return field(default=default, metadata={"rule": rule, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Options:
+    r"""Base of a plugin's options: a frozen dataclass whose fields are :func:`option`\ s,
+    each written once with its type, default, check and doc; checked when built."""
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            item.metadata["rule"].check(item.name, getattr(self, item.name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    @classmethod
+    def docs(cls) -> dict[str, str]:
+        """``{name: one line of doc}`` per option."""
+        return {item.name: item.metadata["doc"] for item in fields(cls)}
 
 
 def torch_device(name: str) -> torch.device:
@@ -263,6 +369,28 @@ class Configurable:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.config().items()))
         return f"{type(self).__name__}({args})"
+
+
+class OptionsPlugin(Configurable):
+    """Base of a plugin whose keyword options are the fields of its ``OPTIONS`` class
+    (an :class:`Options` dataclass): the constructor takes exactly those keywords (its
+    signature, for ``bench list`` and ``--set``, is theirs), checks them by building
+    ``OPTIONS``, keeps the result in ``self._settings`` and each value as a public
+    attribute (the configuration that ``repr`` and the records show)."""
+
+    OPTIONS: type[Options] = Options
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        parameters = [inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=item.default, annotation=item.type)
+                      for item in fields(cls.OPTIONS)]
+        cls.__signature__ = inspect.Signature(parameters)    # type: ignore[attr-defined]
+
+    def __init__(self, **options: Any) -> None:
+        self._settings = self.OPTIONS(**options)
+        for name, value in self._settings.as_dict().items():
+            setattr(self, name, value)
 
 
 @dataclass(frozen=True)

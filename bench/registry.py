@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
-from bench.contract import ContractError, check_hooks, is_opt_in
+from bench.contract import ContractError, OptionsPlugin, check_hooks, is_opt_in
 from bench.errors import CertbenchError
 
 GROUPS = {"verifier": "bench.verifiers", "attack": "bench.attacks"}
@@ -155,9 +155,13 @@ def parse_option(text: str) -> tuple[str, str, Any]:
 def option_lines(cls: type) -> list[str]:
     """``KEY=DEFAULT`` lines for a plugin class's keyword-only options (``--set`` keys)."""
     try:
-        parameters = inspect.signature(cls).parameters.values()
+        parameters = list(inspect.signature(cls).parameters.values())
     except (TypeError, ValueError):
         return []
-    return [f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty
-            else f"{p.name} (required)" for p in parameters
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    docs = cls.OPTIONS.docs() if issubclass(cls, OptionsPlugin) else {}
+    lines = [f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty
+             else f"{p.name} (required)" for p in parameters
+             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [f"{line:<28} {docs[name]}" if name in docs else line
+            for name, line in zip(names, lines)]

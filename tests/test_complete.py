@@ -14,6 +14,7 @@ from bench.contract import Property, margins
 from tests.conftest import random_inputs, random_mlp, sample_ball
 from verifiers.bab.bab import BranchAndBound
 from verifiers.bab.bounding import linear_leaf
+from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import decide
 from verifiers.linear.alpha_crown import AlphaCrown
 from verifiers.linear.crown import Crown
@@ -196,9 +197,10 @@ def test_bab_agrees_with_milp_and_both_verdicts_occur(candidates, refine_depth, 
         worst = float(torch.as_tensor(exact_class_margins(net, x, y, eps)).max())
         prop = Property.robustness(x[0], int(y), eps, 3)
         # CROWN slopes at the root (no optimisation), so the tree has to branch
-        outcome = decide(net, prop, time_limit=60, batch=32, iterations=0,
-                         branch_candidates=candidates, refine_depth=refine_depth,
-                         tighten_layers=tighten)
+        outcome = decide(net, prop, SearchOptions(time_limit=60, batch=32, iterations=0,
+                                                  branch_candidates=candidates,
+                                                  refine_depth=refine_depth,
+                                                  tighten_layers=tighten))
         truth = "holds" if worst < 0 else "violated"
         assert outcome.verdict == truth, (trial, outcome.verdict, worst)
         seen.add(truth)
@@ -236,8 +238,9 @@ def test_bab_without_bound_optimisation_needs_and_trusts_its_linear_leaves():
         eps = 1.0
         worst = float(torch.as_tensor(exact_class_margins(net, x, y, eps, clip=False)).max())
         prop = Property.robustness(x[0], int(y), eps, 2, clip=False)
-        outcome = decide(net, prop, time_limit=60, batch=4, iterations=0, branch_iterations=0,
-                         restarts=0, refine_depth=1 + trial % 2)
+        outcome = decide(net, prop, SearchOptions(time_limit=60, batch=4, iterations=0,
+                                                  branch_iterations=0,
+                                                  refine_depth=1 + trial % 2), restarts=0)
         assert outcome.verdict == ("holds" if worst < 0 else "violated"), trial
         leaves += outcome.stats["linear_leaves"]
     assert leaves > 0
@@ -292,7 +295,7 @@ def test_bab_on_a_general_specification_is_sound():
     for trial in range(8):
         prop = _region_property(net, g, 0.2, 0.05 * (trial - 4))
         lo, hi = prop.lo, prop.hi
-        outcome = decide(net, prop, time_limit=30, batch=32)
+        outcome = decide(net, prop, SearchOptions(time_limit=30, batch=32))
         verdicts.add(outcome.verdict)
         points = lo + (hi - lo) * torch.rand(20000, 4, generator=g, dtype=torch.float64)
         with torch.no_grad():
@@ -398,7 +401,7 @@ def test_milp_bounds_general_specifications_soundly_and_agrees_with_bab():
             values = net(points)
         for (m, d), upper in zip(prop.groups, uppers):
             assert ((values @ m.T - d).amax(dim=0) <= upper + 1e-9).all()
-        verdict = decide(net, prop, time_limit=20, batch=32).verdict
+        verdict = decide(net, prop, SearchOptions(time_limit=20, batch=32)).verdict
         outcomes.add((refuted(uppers), verdict))
         if refuted(uppers):
             assert verdict == "holds"

@@ -15,6 +15,7 @@ import torch
 from attacks.property_ascent import attack_property
 from bench.contract import Property, project_box, refuted
 from models import MLP
+from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import decide
 
 VERIFIERS = ("ibp", "crown", "lp")
@@ -91,8 +92,8 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
             return Answer("unsat", 0.0, elapsed())
     nodes = 0
     if complete and elapsed() < timeout:
-        outcome = decide(net, prop, time_limit=timeout - elapsed(), seed=seed, restarts=0,
-                         device=device)
+        outcome = decide(net, prop, SearchOptions(time_limit=timeout - elapsed(), device=device),
+                         seed=seed, restarts=0)
         nodes = outcome.nodes
         if outcome.verdict == "holds":
             return Answer("unsat", 0.0, elapsed(), message=f"bab: {nodes} subdomains",

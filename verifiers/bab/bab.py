@@ -35,7 +35,7 @@ class BranchAndBound(SharedSearches):
 
     def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:
         """Per group of ``prop``, ``(r_g,)`` upper bounds over its box (see :func:`decide`)."""
-        return decide(net, prop, **self._options()).uppers
+        return decide(net, prop, self._search).uppers
 
     def statistics(self) -> list[dict[str, Any]]:
         """Every sample's verdict, nodes and seconds so far (the harness takes the new rows

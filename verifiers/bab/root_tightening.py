@@ -8,7 +8,7 @@ program on the first ``k`` hidden layers. On VNN-COMP's deep mnistfc networks th
 winning tool tightened the first layers' bounds by MILP before its branch and bound
 (alpha-beta-CROWN's ``bab-refine``, with a commercial solver on many cores); here the
 same bounds come from our own branch and bound, which is much faster per unit than
-HiGHS on these programs (README "Complete verification").
+HiGHS on these programs (docs/complete-verification.md).
 
 :func:`tighten_layer` bounds ``+zhat_{k,i}`` and ``-zhat_{k,i}`` of every unit crossing
 zero, all at once: the sub-network ``params[:k + 1]`` (its output is ``zhat_k``), one

@@ -10,29 +10,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench.contract import Property, check_options, margins, torch_device
+from bench.contract import OptionsPlugin, Property, margins
 from models import MLP, weights_summary
-from verifiers.bab.search import (
-    BRANCH_CANDIDATES,
-    BRANCH_ITERATIONS,
-    MEMORY_GB,
-    REFINE_DEPTH,
-    TIGHTEN_LAYERS,
-    TIGHTEN_SHARE,
-    decide,
-)
-from verifiers.linear.propagation import (
-    crown_slope,
-    margin_upper_bounds,
-)
+from verifiers.bab.options import BabOptions, SearchOptions
+from verifiers.bab.search import decide
+from verifiers.linear.propagation import crown_slope, margin_upper_bounds
 from verifiers.verdicts import SampleVerdict, SharedVerdictsBase, VerdictCache
 
 
 def bab_verdicts(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-                 options: dict[str, Any], clip: bool, cache: VerdictCache | None = None
+                 options: SearchOptions, clip: bool, cache: VerdictCache | None = None
                  ) -> list[SampleVerdict]:
     """Per sample of ``x (N, d)``, ``y (N,)``: :func:`decide` on its robustness property
-    (``B_eps(x)``, ``∩ [0, 1]^d`` with ``clip``) with ``options`` (its keywords), as a
+    (``B_eps(x)``, ``∩ [0, 1]^d`` with ``clip``) with ``options``, as a
     :class:`verifiers.verdicts.SampleVerdict`: ``upper (K,)`` float64 per class, the smaller
     of CROWN's bound and branch and bound's (``-inf`` at the label); the counterexample
     as ``witness`` with its float64 worst margin ``lower >= 0`` (``-inf`` without one);
@@ -51,7 +41,7 @@ def bab_verdicts(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
         for row, n in enumerate(missing):
             label = int(y[n])
             prop = Property.robustness(x64[row], label, eps, net.num_classes, clip)
-            outcome = decide(net, prop, **options)
+            outcome = decide(net, prop, options)
             upper = crown[row].clone()
             others = [j for j in range(net.num_classes) if j != label]
             upper[others] = torch.minimum(upper[others], torch.cat(outcome.uppers))
@@ -69,15 +59,15 @@ def bab_verdicts(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
 
 
 def _sample_keys(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
-                 options: dict[str, Any], clip: bool) -> list[tuple]:
+                 options: SearchOptions, clip: bool) -> list[tuple]:
     """Each sample's verdict-cache key: weights, eps, ``clip`` and ``options``, input,
     label (the one definition :func:`bab_verdicts` and the shared work both use)."""
     net_key = weights_summary(net)
-    config = (clip, *sorted(options.items()))
+    config = (clip, *sorted(options.as_dict().items()))
     return [VerdictCache.key(net_key, eps, config, x[n], int(y[n])) for n in range(len(y))]
 
 
-def _verdicts_of(x: torch.Tensor, y: torch.Tensor, eps: float, options: dict[str, Any],
+def _verdicts_of(x: torch.Tensor, y: torch.Tensor, eps: float, options: SearchOptions,
                  clip: bool, net: MLP) -> list[tuple[tuple, torch.Tensor, SampleVerdict]]:
     """A batch's searches as a piece of shared work: ``(cache key, x_n, verdict)`` rows."""
     cache = VerdictCache(size=max(len(y), 1))
@@ -86,58 +76,35 @@ def _verdicts_of(x: torch.Tensor, y: torch.Tensor, eps: float, options: dict[str
     return [(key, x[n], verdict) for n, (key, verdict) in enumerate(zip(keys, verdicts))]
 
 
-class SharedSearches(SharedVerdictsBase):
-    """Options and verdict cache of ``bab`` and ``bab-cex``: one branch and bound per
-    sample. As for ``milp`` and ``milp-cex`` (the same verdict cache and ``use_shared``,
-    :mod:`verifiers.verdicts`), ``shared_work`` names a batch's searches by everything
-    they depend on, so in a run with both plugins the harness searches each batch once."""
+class SharedSearches(OptionsPlugin, SharedVerdictsBase):
+    """Options (:class:`verifiers.bab.options.BabOptions`) and verdict cache of ``bab``
+    and ``bab-cex``: one branch and bound per sample. As for ``milp`` and ``milp-cex``
+    (the same verdict cache and ``use_shared``, :mod:`verifiers.verdicts`),
+    ``shared_work`` names a batch's searches by everything they depend on, so in a run
+    with both plugins the harness searches each batch once."""
 
-    def __init__(self, *, time_limit: float = 60.0, batch: int = 256, iterations: int = 20,
-                 branch_iterations: int = BRANCH_ITERATIONS,
-                 branch_candidates: int = BRANCH_CANDIDATES,
-                 memory_gb: float = MEMORY_GB, refine_depth: int = REFINE_DEPTH,
-                 tighten_layers: int = TIGHTEN_LAYERS, tighten_share: float = TIGHTEN_SHARE,
-                 clip: bool = True, device: str = "cpu") -> None:
-        check_options(time_limit=(time_limit, "number>0"), batch=(batch, "int>=1"),
-                      iterations=(iterations, "int>=0"),
-                      branch_iterations=(branch_iterations, "int>=0"),
-                      branch_candidates=(branch_candidates, "int>=1"),
-                      memory_gb=(memory_gb, "number>0"), refine_depth=(refine_depth, "int>=0"),
-                      tighten_layers=(tighten_layers, "int>=0"),
-                      tighten_share=(tighten_share, "fraction"), clip=(clip, "bool"))
-        torch_device(device)
-        self.time_limit = time_limit
-        self.batch = batch
-        self.iterations = iterations
-        self.branch_iterations = branch_iterations
-        self.branch_candidates = branch_candidates
-        self.memory_gb = memory_gb
-        self.refine_depth = refine_depth
-        self.tighten_layers = tighten_layers
-        self.tighten_share = tighten_share
-        self.clip = clip
-        self.device = device
+    OPTIONS = BabOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._search: SearchOptions = self._settings.search()
         self._verdicts = VerdictCache()
         self._stats: list[dict[str, Any]] = []      # bab's per-sample rows
-
-    def _options(self) -> dict[str, Any]:
-        """:func:`decide`'s keywords."""
-        return {name: value for name, value in self.config().items() if name != "clip"}
 
     def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
                     workers: int) -> dict[str, Callable[[MLP], list]]:
         """One piece: the batch's searches (``workers`` does not matter: one batch)."""
         x64 = x.detach().to(torch.float64).clone()
         digest = hashlib.sha256(x64.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:24]
-        options = ",".join(f"{k}={v!r}" for k, v in sorted(self._options().items()))
+        options = ",".join(f"{k}={v!r}" for k, v in sorted(self._search.as_dict().items()))
         key = f"bab-verdicts/{options}/{self.clip}/{eps!r}/{digest}"
-        return {key: partial(_verdicts_of, x64, y.clone(), eps, self._options(), self.clip)}
+        return {key: partial(_verdicts_of, x64, y.clone(), eps, self._search, self.clip)}
 
     def verdicts(self, net: MLP, x: torch.Tensor, y: torch.Tensor,
                  eps: float) -> list[SampleVerdict]:
         """The cached verdicts of ``x (N, d)`` (float64, or an attack's float32 copy),
         searching those not cached."""
-        return bab_verdicts(net, x, y, eps, options=self._options(), clip=self.clip,
+        return bab_verdicts(net, x, y, eps, options=self._search, clip=self.clip,
                             cache=self._verdicts)
 
 

@@ -60,7 +60,6 @@ from attacks.property_ascent import attack_property
 from bench.contract import Property, torch_device
 from models import MLP
 from verifiers.bab.bounding import (
-    BRANCH_ITERATIONS,
     bound_domains,
     forward_worst,
     linear_leaf,
@@ -69,39 +68,21 @@ from verifiers.bab.bounding import (
 from verifiers.bab.branching import strong_branching
 from verifiers.bab.domains import DomainPool, Domains, split_children
 from verifiers.bab.layer_bounds import root_layer_bounds
+from verifiers.bab.options import SearchOptions
 from verifiers.bab.root_tightening import tightened_root_bounds
 from verifiers.linear.propagation import (
     Bounds,
     layer_params,
 )
 
-# Units per subdomain judged by strong branching; 1: the intercept score alone. Measured
-# (CPU seconds at equal limits, README "Complete verification"): on one and two hidden
-# layers the score alone settled every instance that 4 candidates settled, with fewer
-# nodes and 1.1x to 2.2x sooner; on four and six hidden layers neither won clearly.
-BRANCH_CANDIDATES = 1
-# Memory for the open subdomains of a group (the cap on their number follows from it):
-# 155,000 on 784-256x6-10, where at most 1,000 are split per second on two cores.
-MEMORY_GB = 2.0
-# On networks of at least REFINE_DEPTH hidden layers, a child's pre-activation bounds are
-# re-derived after its split with the root's intermediate slopes
-# (:func:`verifiers.bab.layer_bounds.refined_layer_bounds`) instead of kept as its parent's
-# clamped to the split, and a unit's branching score is multiplied by EARLY_SPLIT_WEIGHT
-# per hidden layer after its own (a split then also tightens those layers, which the
-# score, the final bound's slack, does not see). Measured (README "Complete
-# verification"): on 784-256x4-10 and 784-256x6-10 this settled more groups of every
-# hard instance tried; on 784-256x2-10 it took 5.8x longer (one layer to re-derive, at
-# 784 inputs, costs more than the nodes it saves).
-REFINE_DEPTH = 4
+# A unit's branching score is multiplied by EARLY_SPLIT_WEIGHT per hidden layer after its
+# own where bounds are re-derived (``refine_depth``, :mod:`verifiers.bab.options`): a split
+# then also tightens those layers, which the score, the final bound's slack, does not see.
 EARLY_SPLIT_WEIGHT = 4.0
-# Before branching, when some group is open at the root, the root bounds of hidden layers
-# 1 .. TIGHTEN_LAYERS are tightened by small searches on sub-networks
-# (:mod:`verifiers.bab.root_tightening`): TIGHTEN_STEPS rounds of TIGHTEN_PER_UNIT splits per
-# unit and direction, within TIGHTEN_SHARE of the time limit.
-TIGHTEN_LAYERS = 2
+# Root tightening (``tighten_layers``): TIGHTEN_STEPS rounds of TIGHTEN_PER_UNIT splits per
+# unit and direction (:mod:`verifiers.bab.root_tightening`).
 TIGHTEN_STEPS = 8
 TIGHTEN_PER_UNIT = 64
-TIGHTEN_SHARE = 0.25
 
 
 @dataclass
@@ -119,15 +100,18 @@ class BabOutcome:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def decide(net: MLP, prop: Property, *, time_limit: float, batch: int = 256,
-           iterations: int = 20, branch_iterations: int = BRANCH_ITERATIONS,
-           restarts: int = 16, attack_steps: int = 100, memory_gb: float = MEMORY_GB,
-           seed: int = 0, branch_candidates: int = BRANCH_CANDIDATES,
-           refine_depth: int = REFINE_DEPTH, tighten_layers: int = TIGHTEN_LAYERS,
-           tighten_share: float = TIGHTEN_SHARE, device: str = "cpu") -> BabOutcome:
-    """Settle ``prop`` on ``net`` within about ``time_limit`` seconds (see the module doc).
-    Bounds and subdomains live on ``device`` (``cpu``, or ``cuda`` where torch sees one);
-    the returned tensors are on the CPU."""
+def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *,
+           restarts: int = 16, attack_steps: int = 100, seed: int = 0) -> BabOutcome:
+    """Settle ``prop`` on ``net`` within about ``options.time_limit`` seconds (see the
+    module doc; every option is documented in :class:`SearchOptions`). ``restarts``
+    starts per group for the first attack (0: none, as when the caller attacked
+    already), ``attack_steps`` its steps, ``seed`` its random starts. Bounds and
+    subdomains live on ``options.device``; the returned tensors are on the CPU."""
+    time_limit, batch, iterations = options.time_limit, options.batch, options.iterations
+    branch_iterations, branch_candidates = options.branch_iterations, options.branch_candidates
+    memory_gb, refine_depth = options.memory_gb, options.refine_depth
+    tighten_layers, tighten_share = options.tighten_layers, options.tighten_share
+    device = options.device
     began = time.perf_counter()
     on = torch_device(device)
     net64 = net.float64_copy().requires_grad_(False).to(on)

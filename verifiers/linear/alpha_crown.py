@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from bench.contract import Configurable, Property, check_options, input_box, split_rows
+from bench.contract import (
+    BOOLEAN,
+    Configurable,
+    Integer,
+    Property,
+    check_options,
+    input_box,
+    split_rows,
+)
 from models import MLP
 from verifiers.linear.propagation import (
     backward_upper,
@@ -49,9 +57,9 @@ class AlphaCrown(Configurable):
 
     def __init__(self, *, iterations: int = 20, intermediate_iterations: int = 10,
                  chunk: int = 32, clip: bool = True) -> None:
-        check_options(iterations=(iterations, "int>=0"),
-                      intermediate_iterations=(intermediate_iterations, "int>=0"),
-                      chunk=(chunk, "int>=1"), clip=(clip, "bool"))
+        check_options(iterations=(iterations, Integer(0)),
+                      intermediate_iterations=(intermediate_iterations, Integer(0)),
+                      chunk=(chunk, Integer(1)), clip=(clip, BOOLEAN))
         self.iterations = iterations
         self.intermediate_iterations = intermediate_iterations
         self.chunk = chunk

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from bench.contract import Configurable, Property, check_options, input_box, split_rows
+from bench.contract import BOOLEAN, Configurable, Property, check_options, input_box, split_rows
 from models import MLP
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]           # per hidden layer: (l, u), (N, m_k)
@@ -238,7 +238,7 @@ class LinearRelaxationVerifier(Configurable):
     slope_rule: SlopeRule
 
     def __init__(self, *, clip: bool = True) -> None:
-        check_options(clip=(clip, "bool"))
+        check_options(clip=(clip, BOOLEAN))
         self.clip = clip
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

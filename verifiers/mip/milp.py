@@ -46,9 +46,8 @@ class MILP(SharedVerdicts):
     opt_in = True
     exact = True
 
-    def __init__(self, *, time_limit: float = 60.0, clip: bool = True,
-                 apgd_seed: bool = True) -> None:
-        super().__init__(time_limit=time_limit, clip=clip, apgd_seed=apgd_seed)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._stats: list[dict[str, Any]] = []
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

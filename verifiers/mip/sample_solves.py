@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from attacks.seeds import seed_points
-from bench.contract import (
-    check_options,
-)
+from bench.contract import BOOLEAN, POSITIVE, Options, OptionsPlugin, option
 from models import MLP, weights_summary
 from verifiers.linear.propagation import backward_upper, crown_slope, finish_margins, margin_spec
 from verifiers.mip.relu_program import ReluProgram, sample_batch, solve_mip
@@ -128,7 +127,18 @@ def _verdicts_of(x: torch.Tensor, y: torch.Tensor, eps: float, time_limit: float
              x[n], verdict) for n, verdict in enumerate(verdicts)]
 
 
-class SharedVerdicts(SharedVerdictsBase):
+@dataclass(frozen=True)
+class MilpOptions(Options):
+    """The options of ``milp`` and ``milp-cex``."""
+
+    time_limit: float = option(60.0, POSITIVE, "seconds per sample, its share of the "
+                               "set-up included; then the interval")
+    clip: bool = option(True, BOOLEAN, "intersect the ball with the box [0, 1]^d")
+    apgd_seed: bool = option(True, BOOLEAN, "seed the incumbents with APGD-DLR towards "
+                             "the top 3 classes")
+
+
+class SharedVerdicts(OptionsPlugin, SharedVerdictsBase):
     """Options and verdict cache of ``milp`` and ``milp-cex``: one MILP search per sample.
 
     ``shared_work`` names a batch's solves by everything they depend on (options, eps,
@@ -136,13 +146,10 @@ class SharedVerdicts(SharedVerdictsBase):
     harness computes it once; ``use_shared`` puts its verdicts in this plugin's cache.
     """
 
-    def __init__(self, *, time_limit: float = 60.0, clip: bool = True,
-                 apgd_seed: bool = True) -> None:
-        check_options(time_limit=(time_limit, "number>0"), clip=(clip, "bool"),
-                      apgd_seed=(apgd_seed, "bool"))
-        self.time_limit = time_limit
-        self.clip = clip
-        self.apgd_seed = apgd_seed
+    OPTIONS = MilpOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._verdicts = VerdictCache()
 
     def shared_work(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,

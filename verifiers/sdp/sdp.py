@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench.contract import check_options
+from bench.contract import Choice, check_options
 from models import MLP
 from verifiers.cvxpy_solvers import check_solver
 from verifiers.sdp.cvxpy_pair_solver import solve_cvxpy
@@ -32,7 +32,7 @@ class SDP(PairwiseSDPBound):
                  target_gap: float = 1e-5, max_iters: int = 5000, rank: int | None = None,
                  solver_eps: float = 1e-6, seed: int = 0) -> None:
         super().__init__()
-        check_options(backend=(backend, BACKENDS))
+        check_options(backend=(backend, Choice(BACKENDS)))
         if backend == "cvxpy":
             check_solver(solver)
         if not 0 < target_gap < 1:

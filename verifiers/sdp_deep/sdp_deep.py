@@ -34,14 +34,28 @@ both are upper bounds on the true worst margin.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from attacks.seeds import seed_points
-from bench.contract import Configurable, Property, check_options, input_box, margins, split_rows
+from bench.contract import (
+    BOOLEAN,
+    Choice,
+    Integer,
+    Options,
+    OptionsPlugin,
+    OrNone,
+    Property,
+    Text,
+    input_box,
+    margins,
+    option,
+    split_rows,
+)
 from models import MLP
-from verifiers.cvxpy_solvers import check_solver
+from verifiers.cvxpy_solvers import SDP_SOLVERS, check_solver
 from verifiers.linear.propagation import (
     Bounds,
     backward_upper,
@@ -82,32 +96,41 @@ def intermediate_bounds(params, lo: torch.Tensor, hi: torch.Tensor, kind: str,
     return optimised_layer_bounds(params, lo, hi, iterations=iterations, tighten_with=both)
 
 
-class SDPDeep(Configurable):
+@dataclass(frozen=True)
+class SDPDeepOptions(Options):
+    """The options of ``sdp-deep``."""
+
+    backend: str = option("ipm", Choice(BACKENDS), "ipm (our interior-point solver), "
+                          "lbfgs (first-order) or cvxpy (small networks)")
+    iterations: int | None = option(None, OrNone(Integer(0)), "solver iterations; default "
+                                    "40 for ipm, 200 for lbfgs")
+    intermediate: str = option("alpha-crown", Choice(INTERMEDIATE), "intermediate bounds: "
+                               "alpha-crown or crown (with lp, intersected)")
+    intermediate_iterations: int = option(20, Integer(0), "alpha-CROWN steps for the "
+                                          "intermediate bounds")
+    decide: bool = option(True, BOOLEAN, "solve to decide margin <= 0, not to optimality")
+    precision: str = option("float32", Choice(PRECISIONS), "the solver's float type (the "
+                            "certificate is float64 either way)")
+    chunk: int = option(16, Integer(1), "problems solved in one batch")
+    solver: str = option("SCS", Text(), "cvxpy's SDP solver (backend=cvxpy): "
+                         + ", ".join(SDP_SOLVERS))
+    clip: bool = option(True, BOOLEAN, "intersect the ball with the box [0, 1]^d")
+
+
+class SDPDeep(OptionsPlugin):
     """Certified multi-layer SDP upper bound ``U (N, K)`` for ReLU networks of any depth."""
 
     name = "sdp-deep"
     opt_in = True     # seconds per sample: asked for by name, not in the default grid
 
-    def __init__(self, *, backend: str = "ipm", iterations: int | None = None,
-                 intermediate: str = "alpha-crown", intermediate_iterations: int = 20,
-                 decide: bool = True, precision: str = "float32", chunk: int = 16,
-                 solver: str = "SCS", clip: bool = True) -> None:
-        iterations = ITERATIONS.get(backend, 0) if iterations is None else iterations
-        check_options(backend=(backend, BACKENDS), intermediate=(intermediate, INTERMEDIATE),
-                      precision=(precision, PRECISIONS), iterations=(iterations, "int>=0"),
-                      intermediate_iterations=(intermediate_iterations, "int>=0"),
-                      decide=(decide, "bool"), chunk=(chunk, "int>=1"), clip=(clip, "bool"))
-        if backend == "cvxpy":
-            check_solver(solver)
-        self.backend = backend
-        self.iterations = iterations
-        self.intermediate = intermediate
-        self.intermediate_iterations = intermediate_iterations
-        self.decide = decide
-        self.precision = precision
-        self.chunk = chunk
-        self.solver = solver
-        self.clip = clip
+    OPTIONS = SDPDeepOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.iterations is None:            # the backend's default, shown in the repr
+            self.iterations = ITERATIONS[self.backend]
+        if self.backend == "cvxpy":
+            check_solver(self.solver)
         # the relaxation's constraints, shown in the repr the records keep
         self.constraints = "relu(z>=0,z>=zhat,z*z=z*zhat),triangle,boxes(input,hidden)"
         self._stats: list[dict[str, Any]] = []
