@@ -6,7 +6,7 @@ momentum 0.75 and a step size that starts at ``2 eps`` and halves at checkpoints
 ``w_0 = 0, w_1 = 0.22 steps, w_{j+1} = w_j + max(w_j - w_{j-1} - 0.03 steps,
 0.06 steps)`` whenever, since the last checkpoint, the loss rose on at most 75% of the
 steps, or neither the step size nor the best loss changed; a halving restarts from
-the best point. Written here, not wrapped (see the README: torchattacks 3.5.1 pins
+the best point. Written here, not wrapped (see docs/attacks.md: torchattacks 3.5.1 pins
 ``requests~=2.25.1`` and pulls torchvision, which replaces torch with a CUDA build);
 ``benchmarks/test_attack_strength.py`` compares it with torchattacks' APGD.
 

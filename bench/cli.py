@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import CertbenchError
+from bench.limits import MAX_INSTANCE_TIMEOUT
 from bench.registry import (
     GROUPS,
     discover,
@@ -26,6 +27,7 @@ from models import shipped_names
 
 DEFAULT_EPS = [0.1]
 DEFAULT_N = 1000
+MAX_TIMEOUT = MAX_INSTANCE_TIMEOUT
 DEFAULT_OUT = Path("results")           # bench report: the committed report's folder
 RUNS_DIR = Path("runs")                  # bench run: a fresh runs/DATE-TIME by default
 DEFAULT_TRAIN_DIR = Path("trained")      # bench train: never the shipped networks' folder
@@ -92,6 +94,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _timeout(text: str) -> float:
+    value = _non_negative(text, "--timeout")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"--timeout must be above 0 and at most "
+                                         f"{MAX_TIMEOUT:g} seconds, got {text!r}")
+    return value
+
+
 def _integer_at_least(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
@@ -136,6 +146,11 @@ def _executor(args: argparse.Namespace) -> Any:
         raise UsageError("--scheduler is for --executor dask")
     if args.worker_threads is not None and args.executor == "inprocess":
         raise UsageError("--worker-threads is for --executor local or dask")
+    cores = os.cpu_count() or 1
+    if args.workers is not None and args.workers > cores:
+        print(f"warning: --workers {args.workers} is more than the {cores} cores here; "
+              f"using {cores}", file=sys.stderr)
+        args.workers = cores
     return executor(args.executor, workers=args.workers, threads=args.worker_threads,
                     scheduler=args.scheduler, echo=lambda line: print(line, file=sys.stderr))
 
@@ -252,37 +267,49 @@ def recipe_names() -> list[str]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from bench.vnncomp.competition import draw_images, instance_files, write_instances
     from models import load
     from models.onnx_import import export_onnx
 
     net, card = load(args.name, args.model_dir) if args.model_dir else load(args.name)
     shape = (1, 28, 28) if net.input_dim == 784 else (net.input_dim,)
+    radii = list(dict.fromkeys(args.eps or DEFAULT_EPS))      # a repeated radius counts once
+    if args.draw_seed is not None and not args.properties:
+        raise UsageError("--draw-seed draws the images of --properties N; give both")
+    # every argument is checked, and every file this would write, before anything is written
+    indices = draw_images(args.properties, args.draw_seed) if args.properties else []
+    targets = [args.onnx] + ([args.onnx.parent / name for name in
+                              instance_files(card.name, indices, radii)] if indices else [])
+    for target in targets:
+        if target.is_dir():
+            raise UsageError(f"{target} is a folder; --onnx names the file to write")
+        if target.exists() and not args.force:
+            raise UsageError(f"{target} exists; pass --force to overwrite it")
     path = export_onnx(net, args.onnx, input_shape=shape)
     print(f"wrote {path} ({card.name}: {' -> '.join(map(str, net.widths))}, input "
           f"{'x'.join(map(str, shape))})")
-    if args.properties:
-        from bench.vnncomp.competition import draw_images, write_instances
-
-        indices = draw_images(args.properties, args.draw_seed)
-        rows = write_instances(net, card.name, path, indices, args.eps or DEFAULT_EPS,
-                               args.timeout)
-        folder = path.parent
-        print(f"wrote {len(rows)} properties and {folder / 'instances.csv'}")
+    if indices:
+        rows = write_instances(net, card.name, path, indices, radii, args.timeout)
+        print(f"wrote {len(rows)} properties and {path.parent / 'instances.csv'}")
     return 0
 
 
 def cmd_vnncomp(args: argparse.Namespace) -> int:
     from bench.vnncomp.competition import run, score
+    from bench.vnncomp.files import read_reference
 
     out = args.out or RUNS_DIR / ("vnncomp-" + time.strftime("%Y%m%d-%H%M%S"))
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    reference = read_reference(args.reference) if args.reference else None   # checked first
     with _executor(args) as chosen:
         rows = run(args.instances, out, echo=lambda line: print(line, file=sys.stderr),
                    executor=chosen, device=args.device)
     counts = {r: sum(1 for row in rows if row["result"] == r)
               for r in ("sat", "unsat", "timeout", "unknown", "error")}
     print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; wrote {out / 'results.csv'}")
-    if args.reference:
-        total, disagreements = score(rows, args.reference)
+    if reference is not None:
+        total, disagreements = score(rows, reference)
         print(f"score {total} against {args.reference}")
         for line in disagreements:
             print(f"DISAGREES: {line}")
@@ -359,11 +386,13 @@ def build_parser() -> Parser:
                         "instances.csv, beside the ONNX file")
     export.add_argument("--eps", type=_eps, nargs="+", help="radii of the properties "
                         "(default: 0.1)")
-    export.add_argument("--draw-seed", type=int, metavar="S", help="draw the N test images "
+    export.add_argument("--draw-seed", type=_count, metavar="S", help="draw the N test images "
                         "at random with this seed (as the competition's generators do); "
                         "default: the first N")
-    export.add_argument("--timeout", type=_seconds, default=60.0, help="the instances' "
+    export.add_argument("--timeout", type=_timeout, default=60.0, help="the instances' "
                         "timeout in seconds (default: 60)")
+    export.add_argument("--force", action="store_true", help="overwrite the ONNX file, the "
+                        "VNNLIB files and instances.csv if they exist (default: refuse)")
     export.set_defaults(func=cmd_export)
 
     vnn = sub.add_parser("vnncomp", help="run a VNN-COMP benchmark (instances.csv)")

@@ -112,6 +112,10 @@ def read_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str]:
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels must be {len(images)} integers, got {labels.dtype} "
                         f"{labels.shape}")
+    if labels.min() < 0:
+        bad = int(np.argmax(labels < 0))
+        raise DataError(f"{path}: labels must be class indices >= 0; label {bad} is "
+                        f"{int(labels[bad])}")
     if images.dtype == np.uint8:
         x = images.reshape(len(images), -1).astype(np.float64) / 255.0
     elif np.issubdtype(images.dtype, np.floating):

@@ -292,8 +292,9 @@ def executor(kind: str = "inprocess", *, workers: int | None = None,
                             "with `dask scheduler`)")
     try:
         client = Client(scheduler, timeout="10s")
-    except (OSError, TimeoutError) as exc:
-        raise ExecutorError(f"no Dask scheduler at {scheduler} ({exc})") from None
+    except (OSError, TimeoutError, ValueError) as exc:      # ValueError: a malformed address
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExecutorError(f"no Dask scheduler at {scheduler} ({first})") from None
     found = len(client.scheduler_info().get("workers", {}))
     echo(f"Dask: scheduler {scheduler}, {found} workers; dashboard {client.dashboard_link}")
     if found == 0:

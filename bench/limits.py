@@ -12,6 +12,10 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+# The longest timeout an instance may have (VNN-COMP's are minutes): a limit beyond what
+# the alarm timer can hold (1e300 s) is refused when read, not an ``error`` later.
+MAX_INSTANCE_TIMEOUT = 1e6
+
 
 class PluginTimeout(BaseException):
     """The plugin call ran past its time limit.

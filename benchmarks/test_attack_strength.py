@@ -32,7 +32,6 @@ COUNT_APGD = 1000
 COUNT_ENSEMBLE = 500
 INDEPENDENT_PGD = {"sdp-nn": 0.196, "fro-nn": 0.616, "spe-nn": 0.438, "at-nn": 0.214,
                    "lp-nn": 0.192}
-RESULTS: dict[str, tuple[float, float]] = {}
 
 
 def _images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,27 +59,37 @@ def _ours(net, x, y):
     return APGDCrossEntropy(steps=100, restarts=1).perturb(net, x, y, EPS)
 
 
-@pytest.mark.parametrize("implementation", ["certbench", "torchattacks"])
-def test_apgd_ce_on_at_nn(benchmark, report, implementation):
+def _timed(run, net, x, y) -> tuple[torch.Tensor, float]:
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    x_adv = run(net, x, y)
+    return x_adv.detach().float(), COUNT_APGD / (time.perf_counter() - start)
+
+
+def test_apgd_ce_on_at_nn(benchmark, report):
+    """Ours against torchattacks in one run (docs/attacks.md quotes 19.5% at 408
+    samples/s against 19.1% at 282): ours breaks at least 18.5%, and where torchattacks
+    is installed, at least as much as it less one point, and at least as fast."""
     net, _ = models.load("at-nn")
     x, y = _images(COUNT_APGD)
-    run = _ours if implementation == "certbench" else _torchattacks_apgd
-    if implementation == "torchattacks":
-        pytest.importorskip("torchattacks")
-    torch.manual_seed(0)
     benchmark.group = "apgd-ce-at-nn"
-    start = time.perf_counter()
-    x_adv = benchmark.pedantic(run, args=(net, x, y), rounds=1, iterations=1)
-    seconds = time.perf_counter() - start
-    rate = success_rate(net, x_adv.detach().float(), x, y)
-    RESULTS[implementation] = (rate, COUNT_APGD / seconds)
-    benchmark.extra_info.update(success_rate=rate, samples_per_second=COUNT_APGD / seconds)
-    report(f"APGD-CE ({implementation}) on AT-NN, first {COUNT_APGD} images, eps {EPS}: "
-           f"{100 * rate:.1f}% broken, {COUNT_APGD / seconds:.1f} samples/s")
-    if len(RESULTS) == 2:
-        ours, theirs = RESULTS["certbench"], RESULTS["torchattacks"]
-        report(f"APGD-CE certbench / torchattacks: success {100 * ours[0]:.1f}% / "
-               f"{100 * theirs[0]:.1f}%, speed ratio {ours[1] / theirs[1]:.2f}x")
+    x_adv, speed = benchmark.pedantic(_timed, args=(_ours, net, x, y), rounds=1, iterations=1)
+    rate = success_rate(net, x_adv, x, y)
+    benchmark.extra_info.update(success_rate=rate, samples_per_second=speed)
+    report(f"APGD-CE (certbench) on AT-NN, first {COUNT_APGD} images, eps {EPS}: "
+           f"{100 * rate:.1f}% broken, {speed:.1f} samples/s")
+    assert rate >= 0.185
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        report("APGD-CE: torchattacks not installed (pip install --no-deps "
+               "torchattacks==3.5.1), no comparison")
+        return
+    their_adv, their_speed = _timed(_torchattacks_apgd, net, x, y)
+    theirs = success_rate(net, their_adv, x, y)
+    report(f"APGD-CE certbench / torchattacks: success {100 * rate:.1f}% / "
+           f"{100 * theirs:.1f}%, speed ratio {speed / their_speed:.2f}x")
+    assert rate >= theirs - 0.01 and speed >= their_speed
 
 
 @pytest.mark.parametrize("name", models.shipped_names())

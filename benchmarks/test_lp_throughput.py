@@ -44,6 +44,8 @@ def test_samples_per_second(benchmark, setup, report, verifier):
 
 
 def test_lp_exact_seconds_per_sample(benchmark, setup, report):
+    """Measures only: seconds per sample of ``lp-exact`` (docs/verifiers.md: about 1 s);
+    its bounds are checked against ``lp`` and brute force in tests/test_lp_family.py."""
     net, x, y = setup
     count = 5
     benchmark.group = "lp-exact-784-500-10"

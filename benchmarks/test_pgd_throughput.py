@@ -16,7 +16,6 @@ from attacks.pgd import PGD
 from bench import data
 
 BATCH, STEPS, EPS = 1000, 40, 0.1
-TIMES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +36,35 @@ def plain_torch_pgd(net, x, y, eps=EPS, steps=STEPS, step=0.1 * EPS):
     return x_adv
 
 
-def _measure(benchmark, label, fn):
+def test_pgd_foolbox_plugin_against_plain_torch(benchmark, setup, report):
+    """Our Foolbox path against the plain loop in one test, the plain loop timed first
+    (median of 5 after a warm-up): ours keeps at least half the plain loop's throughput
+    (Foolbox's wrapping is the overhead measured; docs/benchmarks.md)."""
+    import statistics
+    import time
+
+    net, x, y = setup
+
+    def median_seconds(fn) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            began = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - began)
+        return statistics.median(times)
+
+    torch.manual_seed(0)
+    plain = median_seconds(lambda: plain_torch_pgd(net, x, y))
+    attack = PGD(steps=STEPS, rel_stepsize=0.1, restarts=1)
     torch.manual_seed(0)
     benchmark.group = "pgd-throughput"
-    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
-    if benchmark.stats is not None:
-        TIMES[label] = benchmark.stats.stats.mean
-        benchmark.extra_info["sample_steps_per_second"] = BATCH * STEPS / TIMES[label]
-
-
-def test_pgd_plain_torch(benchmark, setup):
-    net, x, y = setup
-    _measure(benchmark, "plain", lambda: plain_torch_pgd(net, x, y))
-
-
-def test_pgd_foolbox_plugin(benchmark, setup, report):
-    net, x, y = setup
-    attack = PGD(steps=STEPS, rel_stepsize=0.1, restarts=1)
-    _measure(benchmark, "ours", lambda: attack.perturb(net, x, y, EPS))
-    if {"plain", "ours"} <= TIMES.keys():
-        plain, ours = (BATCH * STEPS / TIMES[k] for k in ("plain", "ours"))
-        report(f"PGD sample-steps/s: ours {ours:,.0f}, plain torch {plain:,.0f}, "
-               f"ours/plain = {ours / plain:.2f}")
+    benchmark.pedantic(lambda: attack.perturb(net, x, y, EPS), rounds=5, warmup_rounds=1)
+    ours = benchmark.stats.stats.median if benchmark.stats is not None else \
+        median_seconds(lambda: attack.perturb(net, x, y, EPS))
+    ratio = plain / ours
+    benchmark.extra_info.update(sample_steps_per_second=BATCH * STEPS / ours,
+                                ours_over_plain=ratio)
+    report(f"PGD sample-steps/s: ours {BATCH * STEPS / ours:,.0f}, plain torch "
+           f"{BATCH * STEPS / plain:,.0f}, ours/plain = {ratio:.2f}")
+    assert ratio >= 0.5

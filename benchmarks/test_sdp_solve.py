@@ -12,7 +12,6 @@ from verifiers.sdp.cvxpy_pair_solver import solve_cvxpy
 from verifiers.sdp.pair_solver import pair_block, solve_pair
 from verifiers.sdp.sdp import SDP
 
-RESULTS: dict[str, object] = {}
 TARGET_SECONDS = 10.0
 
 
@@ -48,31 +47,26 @@ def small_block():
     return w, v[1] - v[0]
 
 
-def test_small_pair_scs(benchmark, small_block):
-    benchmark.group = "sdp-100-50-10"
-    solution = benchmark.pedantic(lambda: solve_cvxpy(pair_block(*small_block), solver="SCS",
-                                                      eps=1e-6),
-                                  rounds=1, iterations=1)
-    RESULTS["scs"] = solution
-    if benchmark.stats is not None:
-        RESULTS["scs_seconds"] = benchmark.stats.stats.mean
-        benchmark.extra_info.update(rel_gap=solution.rel_gap)
+def test_small_pair_mixing_against_scs(benchmark, small_block, report):
+    """One pair of a 100-50-10 network (D = 151), SCS then ours, in one test: ours reaches
+    an equal or better certified gap, the same certified value to 1e-3, and is at least
+    100 times faster (docs/benchmarks.md quotes the speed-up)."""
+    import time
 
-
-def test_small_pair_mixing(benchmark, small_block, report):
+    began = time.perf_counter()
+    scs = solve_cvxpy(pair_block(*small_block), solver="SCS", eps=1e-6)
+    scs_seconds = time.perf_counter() - began
+    target = min(1e-6, scs.rel_gap)
     benchmark.group = "sdp-100-50-10"
-    scs = RESULTS.get("scs")
-    target = min(1e-6, scs.rel_gap) if scs is not None else 1e-6
     solution = benchmark.pedantic(lambda: solve_pair(*small_block, target_gap=target),
                                   rounds=5, iterations=1)
-    assert solution.rel_gap <= target
-    if scs is not None:
-        assert solution.rel_gap <= scs.rel_gap             # equal or better certified gap
-        assert abs(solution.certified - scs.certified) <= 1e-3 * scs.certified
-    if benchmark.stats is not None and "scs_seconds" in RESULTS:
+    assert solution.rel_gap <= target                     # equal or better certified gap
+    assert abs(solution.certified - scs.certified) <= 1e-3 * scs.certified
+    if benchmark.stats is not None:
         ours = benchmark.stats.stats.mean
-        ratio = RESULTS["scs_seconds"] / ours
+        ratio = scs_seconds / ours
         benchmark.extra_info.update(rel_gap=solution.rel_gap, speedup_vs_scs=ratio)
         report(f"SDP, one pair, D = 151: mixing {ours * 1e3:.1f} ms at gap "
-               f"{solution.rel_gap:.1e}; SCS {RESULTS['scs_seconds']:.1f} s at gap "
+               f"{solution.rel_gap:.1e}; SCS {scs_seconds:.1f} s at gap "
                f"{scs.rel_gap:.1e}; speed-up {ratio:,.0f}x")
+        assert ratio >= 100

@@ -29,6 +29,10 @@ def atomic_write(path: Path, write: Callable[[IO], None], *, binary: bool = True
             tmp.close()
             os.unlink(tmp.name)
             raise
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
+    try:
+        os.chmod(tmp.name, 0o644)
+        os.replace(tmp.name, path)
+    except BaseException:                # e.g. ``path`` is a folder: leave no temp file
+        os.unlink(tmp.name)
+        raise
     return path

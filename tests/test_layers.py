@@ -57,3 +57,22 @@ def test_an_upward_import_breaks_the_contract(tree, module, upward):
         path.write_text(original)
     assert done.returncode != 0
     assert "BROKEN" in done.stdout and upward.split()[-1] in done.stdout
+
+
+def test_no_plugin_module_imports_another_plugin_module():
+    """A plugin module imports engines, never another plugin's module (pyproject's entry
+    points name the plugin modules)."""
+    import ast
+
+    tomllib = pytest.importorskip("tomllib")          # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    plugins = {target.split(":")[0] for group in ("bench.verifiers", "bench.attacks")
+               for target in project["entry-points"][group].values()}
+    assert len(plugins) >= 20
+    for module in sorted(plugins):
+        tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+        imported = {node.module for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        assert not (imported & (plugins - {module})), (module, imported & plugins)

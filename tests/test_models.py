@@ -94,7 +94,7 @@ def test_nt_nn_is_accurate():
 def test_shipped_networks_follow_their_recipes(name):
     """What ships is what ``python -m bench train NAME`` trains: same objective, widths,
     seed and hyper-parameters (a changed recipe fails here). The training time is the
-    card's own record, reported in the README, not something a test can check."""
+    card's own record, reported in docs/networks-and-data.md, not something a test can check."""
     from bench.training.trainer import RECIPES
     net, card = models.load(name)
     recipe = RECIPES[name]

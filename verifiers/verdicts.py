@@ -75,8 +75,6 @@ class VerdictCache:
         self._rounded.clear()
 
 
-
-
 class SharedVerdictsBase(Configurable):
     """Base of a plugin whose per-sample verdicts come from shared work: ``use_shared``
     puts the verdicts of a batch's piece (``(cache key, x_n, verdict)`` rows) into the

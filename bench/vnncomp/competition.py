@@ -2,9 +2,10 @@
 
 Input: ``instances.csv`` rows ``onnx,vnnlib,timeout`` (paths relative to the CSV's
 folder). Output, in ``OUT``: ``results.csv`` rows ``onnx,vnnlib,prepare_time,result,
-run_time`` with result ``sat`` / ``unsat`` / ``timeout`` / ``unknown`` / ``error``, and for
-each ``sat`` a counterexample file ``counterexamples/INDEX.counterexample`` in the
-competition's form ``((X_0 v) ... (Y_0 v) ...)``.
+run_time`` with result ``sat`` / ``unsat`` / ``timeout`` / ``unknown`` / ``error`` (then
+the timeout and both files' SHA-256, :mod:`bench.vnncomp.files`), and for each ``sat`` a
+counterexample file ``counterexamples/NAME-KEY.counterexample``, named by the instance's
+digests, in the competition's form ``((X_0 v) ... (Y_0 v) ...)``.
 
 The portfolio per instance, cheapest first, stopping at the first decisive answer; the
 instance's timeout is checked between stages and inside branch and bound. A stage that
@@ -28,16 +29,19 @@ worker process is ended) and the answer is ``timeout``. With ``--executor local`
 
 With ``--reference VERDICTS.csv`` (the same columns plus ``verdict``) it scores as the
 competition does (+10 for a correct sat/unsat, -150 for an incorrect one, 0 otherwise)
-and lists every disagreement. Rerunning into the same folder skips the instances
-already answered.
+and lists every disagreement.
+
+Rerunning into the same folder resumes, trusting nothing it reads back: an answer is
+kept only if its ONNX and VNNLIB files still have the digests it was found for; ``sat``
+only with its counterexample file, re-checked (inside the box, float64 forward pass and
+onnxruntime) against the current files; ``timeout`` and ``unknown`` only at the same
+timeout; ``error`` never. Everything else is solved again, so a resumed run answers as a
+fresh one would.
 """
 
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,53 +51,27 @@ import numpy as np
 import torch
 
 from bench.contract import Property, torch_device
-from bench.errors import CertbenchError
 from bench.limits import PluginTimeout, time_limit
 from bench.tasks import NetworkRef
-from bench.vnncomp.portfolio import Answer, default_verifiers, solve
+from bench.vnncomp.files import (
+    Instance,
+    VnncompError,
+    answer_digest,
+    counterexample_name,
+    counterexample_text,
+    file_digest,
+    read_counterexample,
+    read_instances,
+    read_results,
+    write_results,
+)
+from bench.vnncomp.portfolio import Answer, confirmed, default_verifiers, solve
 from bench.vnncomp.vnnlib import read_vnnlib
 from models import MLP
 from models.files import atomic_write
 
-RESULT_FIELDS = ["onnx", "vnnlib", "prepare_time", "result", "run_time"]
 SCORES = {"correct": 10, "incorrect": -150}
-
-
-
-
-class VnncompError(CertbenchError, ValueError):
-    """An instances or reference file that cannot be read (one line)."""
-
-
-@dataclass
-class Instance:
-    onnx: str
-    vnnlib: str
-    timeout: float
-
-
-
-
-def read_instances(path: Path) -> list[Instance]:
-    """The rows of an ``instances.csv`` (no header; ``onnx,vnnlib,timeout``)."""
-    try:
-        rows = [row for row in csv.reader(Path(path).read_text().splitlines()) if row]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VnncompError(f"{path}: cannot read ({exc})") from None
-    out = []
-    for number, row in enumerate(rows, start=1):
-        if len(row) != 3:
-            raise VnncompError(f"{path}:{number}: expected onnx,vnnlib,timeout")
-        try:
-            timeout = float(row[2])
-        except ValueError:
-            raise VnncompError(f"{path}:{number}: timeout {row[2]!r} is not a number") from None
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise VnncompError(f"{path}:{number}: timeout must be positive, got {row[2]!r}")
-        out.append(Instance(row[0].strip(), row[1].strip(), timeout))
-    return out
-
-
+RESUMABLE = ("sat", "unsat", "timeout", "unknown")
 
 
 def draw_images(count: int, seed: int | None) -> list[int]:
@@ -109,6 +87,17 @@ def draw_images(count: int, seed: int | None) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(total, size=count, replace=False).tolist())
 
 
+def property_file(name: str, index: int, eps: float) -> str:
+    """The VNNLIB file name of test image ``index``'s property at radius ``eps``."""
+    return f"{name}_{index}_eps{eps!r}.vnnlib"
+
+
+def instance_files(name: str, indices: list[int], radii: list[float]) -> list[str]:
+    """Every file :func:`write_instances` writes beside the ONNX file (to check first)."""
+    return [property_file(name, index, eps) for eps in radii for index in indices] + [
+        "instances.csv"]
+
+
 def write_instances(net: MLP, name: str, onnx_path: Path, indices: list[int],
                     radii: list[float], timeout: float) -> list[str]:
     """Robustness properties of test images ``indices`` at each radius, as VNNLIB files
@@ -122,20 +111,13 @@ def write_instances(net: MLP, name: str, onnx_path: Path, indices: list[int],
     rows = []
     for eps in radii:
         for n, index in enumerate(indices):
-            file = f"{name}_{index}_eps{eps:g}.vnnlib"
+            file = property_file(name, index, eps)
             write_vnnlib(Property.robustness(x[n], int(labels[index]), eps, net.num_classes),
                          folder / file)
             rows.append(f"{Path(onnx_path).name},{file},{timeout:g}")
     text = ("\n".join(rows) + "\n").encode()
     atomic_write(folder / "instances.csv", lambda handle: handle.write(text))
     return rows
-
-
-def counterexample_text(x: np.ndarray, y: np.ndarray) -> str:
-    """The competition's counterexample format."""
-    parts = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)]
-    parts += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y)]
-    return "(" + "\n".join(parts) + ")\n"
 
 
 GRACE = 10.0    # seconds past an instance's timeout before the executor stops it
@@ -187,77 +169,118 @@ def answer(task: InstanceTask) -> Answer:
 
 def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
         seed: int = 0, executor: Any = None, device: str = "cpu") -> list[dict]:
-    """Answer every instance (resuming) on ``executor`` (default: in this process),
-    writing ``OUT/results.csv`` as answers arrive; return its rows in instance order.
-    Branch and bound runs on ``device`` (checked here, before any instance)."""
+    """Answer every instance (resuming what still checks, see the module doc) on
+    ``executor`` (default: in this process), writing ``OUT/results.csv`` as answers
+    arrive; return its rows in instance order. Branch and bound runs on ``device``.
+    Every argument and the files already in ``out`` are checked before anything runs."""
     try:
         torch_device(device)
     except ValueError as exc:
         raise VnncompError(str(exc)) from None
     from bench.executors import InProcess
 
+    if out.exists() and not out.is_dir():
+        raise VnncompError(f"--out {out} is a file, not a folder")
     instances = read_instances(instances_csv)
     root = Path(instances_csv).resolve().parent
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "results.csv"
-    done: dict[tuple[str, str], dict] = {}
-    if path.exists():
-        for row in csv.DictReader(path.read_text().splitlines()):
-            done[(row["onnx"], row["vnnlib"])] = row
+    earlier = read_results(path)
     digests: dict[Path, str] = {}
+
+    def digest(file: Path) -> str:
+        if file not in digests:
+            digests[file] = file_digest(file)
+        return digests[file]
+
+    done: dict[tuple[str, str], dict] = {}
+    queued: set[tuple[str, str]] = set()
     tasks = []
     for index, item in enumerate(instances):
-        if (item.onnx, item.vnnlib) in done:
+        onnx_path, vnnlib_path = (root / item.onnx).resolve(), (root / item.vnnlib).resolve()
+        row = {"onnx": item.onnx, "vnnlib": item.vnnlib, "timeout": f"{item.timeout!r}",
+               "onnx_sha256": digest(onnx_path), "vnnlib_sha256": digest(vnnlib_path)}
+        if item.key in done or item.key in queued:   # the same instance twice: answered once
             continue
-        onnx_path = (root / item.onnx).resolve()
-        if onnx_path not in digests:
-            try:
-                digests[onnx_path] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-            except OSError as exc:
-                digests[onnx_path] = f"unreadable: {exc.strerror}"
-        tasks.append(InstanceTask(index, item, onnx_path, root / item.vnnlib,
-                                  digests[onnx_path], seed, device))
+        kept = earlier.get(item.key)
+        if kept is not None and _still_holds(kept, row, onnx_path, vnnlib_path, out):
+            done[item.key] = {**kept, **row}
+            continue
+        queued.add(item.key)
+        tasks.append(InstanceTask(index, item, onnx_path, vnnlib_path, row["onnx_sha256"],
+                                  seed, device))
+    out.mkdir(parents=True, exist_ok=True)
+    checks = {item.key: {"timeout": f"{item.timeout!r}",
+                         "onnx_sha256": digest((root / item.onnx).resolve()),
+                         "vnnlib_sha256": digest((root / item.vnnlib).resolve())}
+              for item in instances}
     nodes: dict[tuple[str, str], int] = {}
+    if tasks and len(tasks) < len(instances):
+        echo(f"resuming: {len(instances) - len(tasks)} answers kept, {len(tasks)} to solve")
 
     def finished(task: InstanceTask, result: Answer) -> None:
         item = task.item
+        check = checks[item.key]
+        cex = out / "counterexamples" / counterexample_name(
+            check["onnx_sha256"], check["vnnlib_sha256"], item.vnnlib)
         if result.counterexample is not None:
             text = counterexample_text(*result.counterexample).encode()
-            atomic_write(out / "counterexamples" / f"{task.index}.counterexample",
-                         lambda handle: handle.write(text))
-        done[(item.onnx, item.vnnlib)] = {
+            atomic_write(cex, lambda handle: handle.write(text))
+        elif cex.exists():                    # an earlier sat of this instance, now not
+            cex.unlink()
+        done[item.key] = {
             "onnx": item.onnx, "vnnlib": item.vnnlib,
             "prepare_time": f"{result.prepare_time:.4f}", "result": result.result,
-            "run_time": f"{result.run_time:.4f}"}
-        nodes[(item.onnx, item.vnnlib)] = result.nodes
+            "run_time": f"{result.run_time:.4f}", **check}
+        done[item.key]["answer_sha256"] = answer_digest(done[item.key])
+        nodes[item.key] = result.nodes
         echo(f"{task.index + 1}/{len(instances)} {item.onnx} {item.vnnlib}: {result.result} "
              f"({result.run_time:.2f} s){'; ' + result.message if result.message else ''}")
-        _write_results(path, [done[(i.onnx, i.vnnlib)] for i in instances
-                              if (i.onnx, i.vnnlib) in done])
+        write_results(path, [done[i.key] for i in instances if i.key in done])
 
+    if not tasks:
+        write_results(path, [done[i.key] for i in instances if i.key in done])
     (executor or InProcess()).map(answer, tasks, finished)
-    return [{**done[(i.onnx, i.vnnlib)], "nodes": nodes[(i.onnx, i.vnnlib)]}
-            if (i.onnx, i.vnnlib) in nodes else done[(i.onnx, i.vnnlib)] for i in instances]
+    return [{**done[i.key], "nodes": nodes[i.key]} if i.key in nodes else done[i.key]
+            for i in instances]
 
 
-def _write_results(path: Path, rows: list[dict]) -> None:
-    lines = [",".join(str(row[f]) for f in RESULT_FIELDS) for row in rows]
-    text = ("\n".join([",".join(RESULT_FIELDS), *lines]) + "\n").encode()
-    atomic_write(path, lambda handle: handle.write(text))
-
-
-def score(rows: list[dict], reference_csv: Path) -> tuple[int, list[str]]:
-    """The competition's score against reference verdicts, and every disagreement."""
+def _still_holds(kept: dict[str, str], row: dict[str, str], onnx_path: Path,
+                 vnnlib_path: Path, out: Path) -> bool:
+    """Whether an earlier answer may stand: found for these very files (digests), as
+    written (its answer digest), not an ``error``, a ``timeout``/``unknown`` at this
+    timeout, and a ``sat`` only with its counterexample file, re-checked now
+    (:func:`bench.vnncomp.portfolio.confirmed`)."""
+    if kept.get("result") not in RESUMABLE or row["onnx_sha256"].startswith("unreadable"):
+        return False
+    if any(kept.get(field) != row[field] for field in ("onnx_sha256", "vnnlib_sha256")):
+        return False
+    if kept.get("answer_sha256") != answer_digest(kept):    # edited since it was written
+        return False
+    if kept["result"] in ("timeout", "unknown") and kept.get("timeout") != row["timeout"]:
+        return False
+    if kept["result"] != "sat":
+        return True
     try:
-        reference = {(r["onnx"], r["vnnlib"]): r["verdict"].strip() for r in
-                     csv.DictReader(Path(reference_csv).read_text().splitlines())}
-    except (OSError, KeyError, UnicodeDecodeError) as exc:
-        raise VnncompError(f"{reference_csv}: needs columns onnx,vnnlib,verdict ({exc})") \
-            from None
+        net = NetworkRef(str(onnx_path), None, row["onnx_sha256"]).load().net
+        prop = read_vnnlib(vnnlib_path, num_inputs=net.input_dim, num_outputs=net.num_classes)
+    except Exception:            # noqa: BLE001 - not loadable now: solve it (and say why)
+        return False
+    point = read_counterexample(out / "counterexamples" / counterexample_name(
+        row["onnx_sha256"], row["vnnlib_sha256"], row["vnnlib"]), net.input_dim)
+    if point is None:
+        return False
+    ok, _ = confirmed(net.float64_copy().requires_grad_(False), prop,
+                      torch.from_numpy(point), onnx_path)
+    return ok
+
+
+def score(rows: list[dict], reference: dict[tuple[str, str], str]) -> tuple[int, list[str]]:
+    """The competition's score against reference verdicts (:func:`read_reference`), and
+    every disagreement."""
     total, disagreements = 0, []
     for row in rows:
         truth = reference.get((row["onnx"], row["vnnlib"]))
-        if truth not in ("sat", "unsat") or row["result"] not in ("sat", "unsat"):
+        if truth is None or row["result"] not in ("sat", "unsat"):
             continue
         if row["result"] == truth:
             total += SCORES["correct"]

@@ -33,7 +33,6 @@ class Answer:
     nodes: int = 0                      # branch-and-bound subdomains bounded (0: none ran)
 
 
-
 def confirmed(net64: MLP, prop: Property, point: torch.Tensor,
               onnx_path: Path | None) -> tuple[bool, np.ndarray]:
     """Is ``point`` a counterexample? Inside the box exactly, and unsafe by a float64

@@ -17,6 +17,7 @@ they read back exactly), and the unsafe set as one ``(or (and ...) ...)``.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 
@@ -71,9 +72,12 @@ def _linear(term, line: int, source: str, declared: set[str]) -> dict[str, float
         if value in declared:
             return {value: 1.0}
         try:
-            return {"": float(value)}
+            number = float(value)
         except ValueError:
             raise VnnlibError(f"{source}:{line}: unknown symbol {value!r}") from None
+        if not math.isfinite(number):
+            raise VnnlibError(f"{source}:{line}: {value!r} is not a finite number")
+        return {"": number}
     if not value:
         raise VnnlibError(f"{source}:{line}: empty expression")
     head, args = value[0][0], value[1:]
@@ -120,6 +124,8 @@ def _formula(expr, source: str, declared: set[str]) -> list[list[tuple[dict, int
         if head in ("<=", "<"):
             difference = {k: -v for k, v in difference.items()}
         return [[(difference, line)]]
+    if head in ("and", "or") and not args:
+        raise VnnlibError(f"{source}:{line}: '{head}' with nothing to combine")
     if head == "and":
         groups: list[list] = [[]]
         for arg in args:

@@ -50,7 +50,6 @@ def screened_worst(net32: MLP, net64: MLP, points: torch.Tensor, rows: torch.Ten
     return int(keep[best]), float(exact[best])
 
 
-
 @torch.no_grad()
 def linear_leaf(params, domains: Domains, index: int, lo: torch.Tensor, hi: torch.Tensor,
                 rows: torch.Tensor, offsets: torch.Tensor
@@ -100,7 +99,6 @@ def linear_leaf(params, domains: Domains, index: int, lo: torch.Tensor, hi: torc
         if -result.fun + constant > best_value:
             best_value, best_point = -result.fun + constant, result.x
     return found, best_point
-
 
 
 def bound_domains(params, domains: Domains, lo: torch.Tensor, hi: torch.Tensor,

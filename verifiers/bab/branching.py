@@ -30,7 +30,6 @@ def intercept_scores(coefs: list[torch.Tensor], bounds: Bounds, early_weight: fl
     return out
 
 
-
 def quick_values(params32, domains: Domains, lo32: torch.Tensor, hi32: torch.Tensor,
                  rows32: torch.Tensor, offsets32: torch.Tensor) -> torch.Tensor:
     """``(D,)`` float32 estimates of the domains' bounds with their inherited slopes and

@@ -206,7 +206,6 @@ class DomainPool:
         return float(self.buffers[-1][:self.end][self.alive[:self.end]].max())
 
 
-
 def split_children(parents: Domains, choice: torch.Tensor) -> Domains:
     """Both children of every parent (``zhat >= 0`` first, then ``zhat <= 0``), split on
     unit ``choice (D,)`` (an index into the hidden units of all layers): bounds clamped,

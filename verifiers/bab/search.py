@@ -130,6 +130,7 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
 
     groups = [(m.to(on, torch.float64), d.to(on, torch.float64)) for m, d in prop.groups]
     inf_bounds = [torch.full((len(d),), torch.inf, dtype=torch.float64) for _, d in groups]
+    point: torch.Tensor | None
     if restarts > 0:                                                  # 1. attack
         point, value = attack_property(net64, prop, restarts=restarts, steps=attack_steps,
                                        seed=seed)
@@ -204,10 +205,10 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
             batch_began = time.perf_counter()
             exhausted = head.exhausted()
             for index in torch.nonzero(exhausted).flatten().tolist():
-                leaf, point = linear_leaf(params, head, index, lo, hi, rows, offsets)
+                leaf, optimum = linear_leaf(params, head, index, lo, hi, rows, offsets)
                 stats["linear_leaves"] += 1
-                if point is not None:
-                    x = torch.from_numpy(point).to(on).clamp(lo, hi)
+                if optimum is not None:
+                    x = torch.from_numpy(optimum).to(on).clamp(lo, hi)
                     if float(forward_worst(net64, x[None], rows, offsets)[0]) >= 0:
                         return done("violated", inf_bounds, x)
                 if bool((leaf < 0).any()):

@@ -18,7 +18,7 @@ weights (for training) and works in the dtype of ``x``.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 
@@ -32,7 +32,8 @@ Relaxed = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 def layer_params(net: MLP, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``[(W_k (m_k, m_{k-1}), b_k (m_k,))]`` in ``dtype``, keeping the autograd graph."""
-    return [(layer.weight.to(dtype), layer.bias.to(dtype)) for layer in net.linears]
+    return [(cast(torch.Tensor, layer.weight).to(dtype), cast(torch.Tensor, layer.bias).to(dtype))
+            for layer in net.linears]
 
 
 def interval_bounds(params, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
@@ -90,7 +91,7 @@ def fixed_relaxation(bounds: Bounds) -> list[Relaxed]:
     (as in :func:`relaxation`), the crossing units (bool) and the stable active units
     (1.0, else 0.0). An optimiser that evaluates :func:`backward_upper` many times on
     the same bounds computes them once (``relaxed=``)."""
-    return [tuple(t.unsqueeze(1) for t in _upper_lines(lower, upper))
+    return [cast(Relaxed, tuple(t.unsqueeze(1) for t in _upper_lines(lower, upper)))
             for lower, upper in bounds]
 
 
@@ -150,8 +151,10 @@ def backward_upper(params, bounds: Bounds, spec: torch.Tensor, lo: torch.Tensor,
         if record is not None:
             record.append(coef)
         if relaxed is None:
+            assert rule is not None, "backward_upper needs a slope rule or slopes"
             s, offset, alpha = (t.unsqueeze(1) for t in relaxation(*bounds[k], rule))
         else:
+            assert slopes is not None
             s, offset = relaxed[k][:2]
             alpha = free_slopes(relaxed[k], slopes[k])
         positive, negative = coef.clamp(min=0), coef.clamp(max=0)
@@ -217,8 +220,6 @@ def margin_upper_bounds(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float,
     bounds = linear_layer_bounds(params, lo, hi, rule)
     spec = margin_spec(y, net.num_classes, x.dtype)
     return finish_margins(backward_upper(params, bounds, spec, lo, hi, rule), y)
-
-
 
 
 def property_upper_bounds(net: MLP, prop: Property, rule: SlopeRule) -> list[torch.Tensor]:

@@ -171,7 +171,6 @@ class SharedVerdicts(OptionsPlugin, SharedVerdictsBase):
                              cache=self._verdicts, apgd_seed=self.apgd_seed)
 
 
-
 def exact_class_margins(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                         clip: bool = True, time_limit: float = 600.0) -> np.ndarray:
     """Every class's exact worst margin (no early stop), ``(N, K)``, ``-inf`` at the label.

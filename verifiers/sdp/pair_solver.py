@@ -270,6 +270,7 @@ def mixing_rounds(weight: torch.Tensor, v: torch.Tensor, side_s: torch.Tensor, r
                 new = new + relax * (new - side_s)
                 new = new / _column_norms(new)[:, None, :].clamp(min=1e-30)
             side_s = new
+    assert side_t is not None and c_s is not None, "mixing_rounds needs rounds >= 1"
     return side_t, side_s, c_s
 
 
@@ -392,11 +393,13 @@ def _solve_pairs(weight, v, *, rank, target_gap, max_iters, relax, first_check, 
             primal, certified, c = _certify(w64, v64[p], side_s[p])
             gap = (certified - primal) / max(abs(certified), 1e-300)
             current = Solution(primal, certified, int(done_iters[p]), 0.0, "", c)
-            if best[p] is None or certified < best[p].certified:
+            previous = best[p]
+            if previous is None or certified < previous.certified:
                 best[p] = current
             history[p].append((int(done_iters[p]), gap))
             if gap <= target_gap or done_iters[p] >= max_iters:
                 solution = best[p]
+                assert solution is not None                     # set just above
                 solution.primal = max(solution.primal, primal)
                 solution.iterations = int(done_iters[p])
                 solution.status = ("optimal" if solution.rel_gap <= target_gap
