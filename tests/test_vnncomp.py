@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bench import data
+from bench.vnncomp.files import counterexample_name
 from bench.vnncomp.vnnlib import read_vnnlib
 from models import load
 from tests.conftest import invoke
@@ -56,7 +57,8 @@ def test_vnncomp_verdicts_agree_with_exact_milp(benchmark_dir, tmp_path):
     for index, row in enumerate(results):       # every answer is right, or unknown
         assert row["result"] in (truth[(row["onnx"], row["vnnlib"])], "unknown")
         if row["result"] == "sat":
-            text = (out / "counterexamples" / f"{index}.counterexample").read_text()
+            name = counterexample_name(row["onnx_sha256"], row["vnnlib_sha256"], row["vnnlib"])
+            text = (out / "counterexamples" / name).read_text()
             values = dict(re.findall(r"\((\w+) ([-\d.e+]+)\)", text))
             point = torch.tensor([float(values[f"X_{i}"]) for i in range(784)],
                                  dtype=torch.float64)

@@ -78,6 +78,17 @@ def test_a_general_disjunctive_linear_specification():
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"
      "(assert (>= X_0 0))", "no output constraint"),
     ("(declare-const X_0 Int)", "expected (declare-const NAME Real)"),
+    # a constant that is no number a verifier could use: named with its line
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"
+     "(assert (>= X_0 0))\n(assert (>= Y_0 nan))", ":5: 'nan' is not a finite number"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 nan))\n"
+     "(assert (>= X_0 0))\n(assert (>= Y_0 0))", ":3: 'nan' is not a finite number"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"
+     "(assert (>= X_0 0))\n(assert (>= Y_0 (* -inf X_0)))", ":5: '-inf' is not a finite"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"
+     "(assert (>= X_0 0))\n(assert (or))", ":5: 'or' with nothing to combine"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"
+     "(assert (>= X_0 0))\n(assert (and))", ":5: 'and' with nothing to combine"),
 ])
 def test_malformed_files_are_one_line_errors_naming_the_line(text, message):
     with pytest.raises(VnnlibError) as caught:
