@@ -200,7 +200,7 @@ def test_bab_agrees_with_milp_and_both_verdicts_occur(candidates, refine_depth, 
         outcome = decide(net, prop, SearchOptions(time_limit=60, batch=32, iterations=0,
                                                   branch_candidates=candidates,
                                                   refine_depth=refine_depth,
-                                                  tighten_layers=tighten))
+                                                  tighten_layers=tighten, branching="relu"))
         truth = "holds" if worst < 0 else "violated"
         assert outcome.verdict == truth, (trial, outcome.verdict, worst)
         seen.add(truth)
@@ -239,7 +239,7 @@ def test_bab_without_bound_optimisation_needs_and_trusts_its_linear_leaves():
         worst = float(torch.as_tensor(exact_class_margins(net, x, y, eps, clip=False)).max())
         prop = Property.robustness(x[0], int(y), eps, 2, clip=False)
         outcome = decide(net, prop, SearchOptions(time_limit=60, batch=4, iterations=0,
-                                                  branch_iterations=0,
+                                                  branch_iterations=0, branching="relu",
                                                   refine_depth=1 + trial % 2), restarts=0)
         assert outcome.verdict == ("holds" if worst < 0 else "violated"), trial
         leaves += outcome.stats["linear_leaves"]
@@ -295,7 +295,7 @@ def test_bab_on_a_general_specification_is_sound():
     for trial in range(8):
         prop = _region_property(net, g, 0.2, 0.05 * (trial - 4))
         lo, hi = prop.lo, prop.hi
-        outcome = decide(net, prop, SearchOptions(time_limit=30, batch=32))
+        outcome = decide(net, prop, SearchOptions(time_limit=30, batch=32, branching="relu"))
         verdicts.add(outcome.verdict)
         points = lo + (hi - lo) * torch.rand(20000, 4, generator=g, dtype=torch.float64)
         with torch.no_grad():
@@ -401,7 +401,8 @@ def test_milp_bounds_general_specifications_soundly_and_agrees_with_bab():
             values = net(points)
         for (m, d), upper in zip(prop.groups, uppers):
             assert ((values @ m.T - d).amax(dim=0) <= upper + 1e-9).all()
-        verdict = decide(net, prop, SearchOptions(time_limit=20, batch=32)).verdict
+        verdict = decide(net, prop, SearchOptions(time_limit=20, batch=32,
+                                                   branching="relu")).verdict
         outcomes.add((refuted(uppers), verdict))
         if refuted(uppers):
             assert verdict == "holds"
@@ -421,6 +422,8 @@ def test_bab_statistics_reach_solver_stats_for_every_batch(tmp_path, model_dir):
         {"time_limit": 5.0}))], n=3, eps=(0.05,), batch_size=1, models=("tiny-a",))
     stats = result.solver_stats
     assert sorted(stats.loc[stats["method"] == "bab", "sample"]) == [0, 1, 2]
+    # the tiny networks have 784 inputs: ReLU splitting, and the rows say so
+    assert set(stats.loc[stats["method"] == "bab", "branching"]) == {"relu"}
 
 
 @pytest.mark.parametrize("keep_bounds", [False, True])

@@ -28,6 +28,7 @@ class SampleVerdict:
     nodes: int
     seconds: float
     milps: int
+    branching: str = ""          # bab: "relu" or "input" (what its search split)
 
 
 class VerdictCache:

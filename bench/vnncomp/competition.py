@@ -65,8 +65,13 @@ from bench.vnncomp.files import (
     read_results,
     write_results,
 )
-from bench.vnncomp.portfolio import Answer, confirmed, default_verifiers, solve
-from bench.vnncomp.vnnlib import read_vnnlib
+from bench.vnncomp.portfolio import (
+    Answer,
+    confirmed_in_some_case,
+    default_verifiers,
+    solve_cases,
+)
+from bench.vnncomp.vnnlib import read_vnnlib_cases
 from models import MLP
 from models.files import atomic_write
 
@@ -155,10 +160,10 @@ def answer(task: InstanceTask) -> Answer:
         with time_limit(task.limit):
             net = NetworkRef(str(task.onnx_path), None, task.weights_sha256).load().net
             prepare = time.perf_counter() - started
-            prop = read_vnnlib(task.vnnlib_path, num_inputs=net.input_dim,
-                               num_outputs=net.num_classes)
-            result = solve(net, prop, task.item.timeout, task.onnx_path, default_verifiers(),
-                           task.seed, device=task.device)
+            cases = read_vnnlib_cases(task.vnnlib_path, num_inputs=net.input_dim,
+                                      num_outputs=net.num_classes)
+            result = solve_cases(net, cases, task.item.timeout, task.onnx_path,
+                                 default_verifiers(), task.seed, device=task.device)
         result.prepare_time = prepare
         return result
     except PluginTimeout:
@@ -262,16 +267,16 @@ def _still_holds(kept: dict[str, str], row: dict[str, str], onnx_path: Path,
         return True
     try:
         net = NetworkRef(str(onnx_path), None, row["onnx_sha256"]).load().net
-        prop = read_vnnlib(vnnlib_path, num_inputs=net.input_dim, num_outputs=net.num_classes)
+        cases = read_vnnlib_cases(vnnlib_path, num_inputs=net.input_dim,
+                                  num_outputs=net.num_classes)
     except Exception:            # noqa: BLE001 - not loadable now: solve it (and say why)
         return False
     point = read_counterexample(out / "counterexamples" / counterexample_name(
         row["onnx_sha256"], row["vnnlib_sha256"], row["vnnlib"]), net.input_dim)
     if point is None:
         return False
-    ok, _ = confirmed(net.float64_copy().requires_grad_(False), prop,
-                      torch.from_numpy(point), onnx_path)
-    return ok
+    return confirmed_in_some_case(net.float64_copy().requires_grad_(False), cases,
+                                  torch.from_numpy(point), onnx_path)
 
 
 def score(rows: list[dict], reference: dict[tuple[str, str], str]) -> tuple[int, list[str]]:

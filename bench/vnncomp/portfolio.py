@@ -95,13 +95,58 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
                          seed=seed, restarts=0)
         nodes = outcome.nodes
         if outcome.verdict == "holds":
-            return Answer("unsat", 0.0, elapsed(), message=f"bab: {nodes} subdomains",
-                          nodes=nodes)
+            return Answer("unsat", 0.0, elapsed(), nodes=nodes,
+                          message=f"bab ({outcome.stats.get('branching', 'relu')} splits): "
+                                  f"{nodes} subdomains")
         if outcome.verdict == "violated":
             answer = sat(outcome.counterexample, nodes)
             if answer is not None:
                 return answer
     return Answer("timeout" if elapsed() > timeout else "unknown", 0.0, elapsed(), nodes=nodes)
+
+
+def solve_cases(net: MLP, cases: list[Property], timeout: float, onnx_path: Path | None,
+                verifiers: list | None = None, seed: int = 0, device: str = "cpu") -> Answer:
+    """The portfolio on an instance whose input set is a union of boxes, one property per
+    box (:func:`bench.vnncomp.vnnlib.read_vnnlib_cases`): ``sat`` as soon as one case has
+    a re-checked counterexample, ``unsat`` when every case is ``unsat``. First every case
+    gets the attack and the cheap verifiers, then the cases left open share the time
+    left for branch and bound, in turn."""
+    if len(cases) == 1:
+        return solve(net, cases[0], timeout, onnx_path, verifiers, seed, device=device)
+    began = time.perf_counter()
+    elapsed = lambda: time.perf_counter() - began                      # noqa: E731
+    chosen = verifiers if verifiers is not None else default_verifiers()
+    still_open = []
+    for case in cases:
+        answer = solve(net, case, timeout - elapsed(), onnx_path, chosen, seed,
+                       complete=False, device=device)
+        if answer.result == "sat":
+            answer.run_time = elapsed()
+            return answer
+        if answer.result != "unsat":
+            still_open.append(case)
+    nodes, settled = 0, 0
+    for index, case in enumerate(still_open):
+        share = (timeout - elapsed()) / (len(still_open) - index)
+        if share <= 0:
+            break
+        answer = solve(net, case, share, onnx_path, [], seed, device=device)
+        nodes += answer.nodes
+        if answer.result == "sat":
+            answer.run_time, answer.nodes = elapsed(), nodes
+            return answer
+        settled += answer.result == "unsat"        # an open case: the others may be sat
+    if settled == len(still_open):
+        return Answer("unsat", 0.0, elapsed(), nodes=nodes, message=f"{len(cases)} input "
+                      f"boxes, {len(still_open)} settled by branch and bound")
+    return Answer("timeout" if elapsed() > timeout else "unknown", 0.0, elapsed(), nodes=nodes)
+
+
+def confirmed_in_some_case(net64: MLP, cases: list[Property], point: torch.Tensor,
+                           onnx_path: Path | None) -> bool:
+    """Whether ``point`` is a counterexample of some case (:func:`confirmed`)."""
+    return any(confirmed(net64, case, point, onnx_path)[0] for case in cases)
 
 
 def default_verifiers() -> list:

@@ -3,11 +3,13 @@
 Read: ``(declare-const X_i Real)`` / ``(declare-const Y_j Real)``; ``(assert ...)`` with
 atoms ``(<= a b)``, ``(>= a b)``, ``(< a b)``, ``(> a b)`` over linear terms (numbers,
 variables, ``(+ ...)``, ``(- ...)``, ``(* number term)``), combined by ``and`` and ``or``.
-Atoms over one input variable and a number bound the input box (they must not sit inside
-an ``or``); atoms over outputs describe the unsafe set, which the file states as the
-conjunction of its asserts and is brought into disjunctive normal form (groups of rows
-``c . Y >= d``). Strict and non-strict inequalities are the same here (the closure of
-the unsafe set, the conservative reading for a verifier). Anything else is a one-line
+Atoms over one input variable and a number bound the input box; atoms over outputs
+describe the unsafe set. The conjunction of the asserts is brought into disjunctive
+normal form; each disjunct is an input box and a group of rows ``c . Y >= d``, and the
+disjuncts of one box make one property (:func:`read_vnnlib_cases`: a union of input
+boxes, as ACAS Xu's property 6, is one property per box). Strict and non-strict
+inequalities are the same here (the closure of the unsafe set, the conservative reading
+for a verifier). Anything else is a one-line
 :class:`VnnlibError` naming the line.
 
 Write: the box as one ``<=`` and one ``>=`` per input, numbers printed with ``repr`` (so
@@ -142,7 +144,24 @@ def _formula(expr, source: str, declared: set[str]) -> list[list[tuple[dict, int
 def read_vnnlib(path: Path | str, *, num_inputs: int | None = None,
                 num_outputs: int | None = None, text: str | None = None) -> Property:
     """Read a VNNLIB file into a :class:`Property` (float64), checking the variable counts
-    against the network's when they are given."""
+    against the network's when they are given. A file whose input set is a union of
+    boxes is a one-line error here; :func:`read_vnnlib_cases` reads it."""
+    cases = read_vnnlib_cases(path, num_inputs=num_inputs, num_outputs=num_outputs,
+                              text=text)
+    if len(cases) != 1:
+        raise VnnlibError(f"{path}: the input set is a union of {len(cases)} boxes; this "
+                          "reader takes one box (bench vnncomp takes unions)")
+    return cases[0]
+
+
+def read_vnnlib_cases(path: Path | str, *, num_inputs: int | None = None,
+                      num_outputs: int | None = None, text: str | None = None
+                      ) -> list[Property]:
+    """Read a VNNLIB file as one :class:`Property` per input box: the asserts' conjunction
+    in disjunctive normal form, each disjunct an input box (its bounds on ``X_i``) and an
+    unsafe group (its rows on ``Y_j``), disjuncts of the same box gathered into one
+    property. The file's property holds iff every returned property holds (a file with
+    one box, as most, gives one). ACAS Xu's property 6 (two boxes) gives two."""
     source = str(path)
     if text is None:
         try:
@@ -152,9 +171,7 @@ def read_vnnlib(path: Path | str, *, num_inputs: int | None = None,
     commands = _parse(_tokens(text, source), source)
     inputs: dict[int, str] = {}
     outputs: dict[int, str] = {}
-    lower: dict[str, float] = {}
-    upper: dict[str, float] = {}
-    unsafe: list[list] = [[]]
+    conjunction: list[list] = [[]]          # the asserts so far, in DNF
     for command, line in commands:
         if not isinstance(command, list) or not command:
             raise VnnlibError(f"{source}:{line}: expected a command in parentheses")
@@ -172,21 +189,25 @@ def read_vnnlib(path: Path | str, *, num_inputs: int | None = None,
                 raise VnnlibError(f"{source}:{line}: assert takes one formula")
             declared = set(inputs.values()) | set(outputs.values())
             dnf = _formula(command[1], source, declared)
-            on_inputs = [atom for group in dnf for atom in group
-                         if any(k.startswith("X_") for k in atom[0])]
-            if on_inputs:
-                if len(dnf) != 1:
-                    raise VnnlibError(f"{source}:{line}: input constraints inside 'or' are "
-                                      "not supported (only a box)")
-                for atom, atom_line in dnf[0]:
-                    _bound(atom, atom_line, source, lower, upper)
-                continue
-            unsafe = [g + h for g, h in itertools.product(unsafe, dnf)]
-            if len(unsafe) > MAX_GROUPS:
+            conjunction = [g + h for g, h in itertools.product(conjunction, dnf)]
+            if len(conjunction) > MAX_GROUPS:
                 raise VnnlibError(f"{source}:{line}: more than {MAX_GROUPS} disjuncts")
         else:
             raise VnnlibError(f"{source}:{line}: unsupported command {head!r}")
-    return _assemble(source, inputs, outputs, lower, upper, unsafe, num_inputs, num_outputs)
+    boxes: dict[tuple, tuple[dict, dict, list[list]]] = {}
+    for disjunct in conjunction:
+        lower: dict[str, float] = {}
+        upper: dict[str, float] = {}
+        rows = []
+        for atom, atom_line in disjunct:
+            if any(k.startswith("X_") for k in atom):
+                _bound(atom, atom_line, source, lower, upper)
+            else:
+                rows.append((atom, atom_line))
+        key = (tuple(sorted(lower.items())), tuple(sorted(upper.items())))
+        boxes.setdefault(key, (lower, upper, []))[2].append(rows)
+    return [_assemble(source, inputs, outputs, lower, upper, groups, num_inputs, num_outputs)
+            for lower, upper, groups in boxes.values()]
 
 
 def _bound(atom: dict[str, float], line: int, source: str, lower: dict, upper: dict) -> None:
@@ -224,7 +245,7 @@ def _assemble(source, inputs, outputs, lower, upper, unsafe, num_inputs, num_out
         bad = int((lo > hi).nonzero()[0])
         raise VnnlibError(f"{source}: input X_{bad} has lower bound {float(lo[bad])!r} above "
                           f"its upper bound {float(hi[bad])!r}")
-    if unsafe == [[]]:
+    if not unsafe or any(not group for group in unsafe):
         raise VnnlibError(f"{source}: no output constraint (nothing to verify)")
     groups = []
     index = {outputs[j]: j for j in range(len(outputs))}

@@ -30,7 +30,8 @@ class BranchAndBound(SharedSearches):
         verdicts = self.verdicts(net, x, y, eps)
         for row, verdict in enumerate(verdicts):
             self._stats.append({"row": row, "verdict": verdict.verdict,
-                                "nodes": verdict.nodes, "seconds": round(verdict.seconds, 4)})
+                                "branching": verdict.branching, "nodes": verdict.nodes,
+                                "seconds": round(verdict.seconds, 4)})
         return torch.from_numpy(np.stack([v.upper for v in verdicts]))
 
     def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.contract import BOOLEAN, FRACTION, POSITIVE, Device, Integer, Options, option
+from bench.contract import (
+    BOOLEAN,
+    FRACTION,
+    POSITIVE,
+    Choice,
+    Device,
+    Integer,
+    Options,
+    option,
+)
 from verifiers.bab.bounding import BRANCH_ITERATIONS
+from verifiers.bab.input_split import INPUT_SPLIT_MAX_INPUTS
 
 # Units per subdomain judged by strong branching; 1: the intercept score alone. Measured
 # (CPU seconds at equal limits): on one and two hidden layers the score alone settled
@@ -57,6 +67,9 @@ class SearchOptions(Options):
                                   "tightening may take")
     device: str = option("cpu", Device(), "torch device of bounds and subdomains: cpu, or "
                          "cuda[:N] where torch sees one")
+    branching: str = option("auto", Choice(("auto", "relu", "input")), "split ReLUs, or "
+                            "the input box; auto: the input box on networks of at most "
+                            f"{INPUT_SPLIT_MAX_INPUTS} inputs")
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,9 @@ def bab_verdicts(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                 witness = witness.numpy()
             verdict = {"holds": "certified", "violated": "broken"}.get(outcome.verdict,
                                                                        "unknown")
-            store.put(keys[n], x64[row], SampleVerdict(upper.numpy(), lower, witness, verdict,
-                                                       outcome.nodes, outcome.seconds, 0))
+            store.put(keys[n], x64[row], SampleVerdict(
+                upper.numpy(), lower, witness, verdict, outcome.nodes, outcome.seconds, 0,
+                outcome.stats.get("branching", "")))
     return [store.get(key) for key in keys]
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -67,6 +67,7 @@ from verifiers.bab.bounding import (
 )
 from verifiers.bab.branching import strong_branching
 from verifiers.bab.domains import DomainPool, Domains, split_children
+from verifiers.bab.input_split import branching_for, search_group
 from verifiers.bab.layer_bounds import root_layer_bounds
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.root_tightening import tightened_root_bounds
@@ -112,6 +113,7 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
     memory_gb, refine_depth = options.memory_gb, options.refine_depth
     tighten_layers, tighten_share = options.tighten_layers, options.tighten_share
     device = options.device
+    branching = branching_for(options.branching, prop.num_inputs)
     began = time.perf_counter()
     on = torch_device(device)
     net64 = net.float64_copy().requires_grad_(False).to(on)
@@ -119,13 +121,16 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
     params = layer_params(net64, torch.float64)
     lo, hi = prop.lo.to(on, torch.float64), prop.hi.to(on, torch.float64)
     nodes, leaves_open = 0, 0
-    stats: dict[str, Any] = {"linear_leaves": 0}
+    stats: dict[str, Any] = {"linear_leaves": 0, "branching": branching}
 
-    def done(verdict: str, uppers: list[torch.Tensor], point: torch.Tensor | None = None
-             ) -> BabOutcome:
+    def done(verdict: str, uppers: list[torch.Tensor], point: torch.Tensor | None = None,
+             **extra: Any) -> BabOutcome:
+        """The outcome; ``extra`` goes to its stats (``boxes``: the input-split count of
+        bounded boxes, reported as its nodes)."""
         stats["open_leaves"] = leaves_open
+        stats.update(extra)
         return BabOutcome(verdict, [u.cpu() for u in uppers],
-                          None if point is None else point.cpu(), nodes,
+                          None if point is None else point.cpu(), extra.get("boxes", nodes),
                           time.perf_counter() - began, stats)
 
     groups = [(m.to(on, torch.float64), d.to(on, torch.float64)) for m, d in prop.groups]
@@ -136,6 +141,9 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
                                        seed=seed)
         if value >= 0:
             return done("violated", inf_bounds, point)
+    if branching == "input":                                          # 2'. split the box
+        return _by_input_splits(net64, params, lo, hi, groups, options, began, done,
+                                inf_bounds)
     if len(params) == 1:          # a linear classifier: the root bound below is exact
         iterations = 0
     with torch.no_grad():                                              # 2. root
@@ -242,3 +250,25 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
     return done("holds", uppers)
 
 
+def _by_input_splits(net64: MLP, params, lo: torch.Tensor, hi: torch.Tensor,
+                     groups: list[tuple[torch.Tensor, torch.Tensor]], options: SearchOptions,
+                     began: float, done: Callable[..., BabOutcome],
+                     inf_bounds: list[torch.Tensor]) -> BabOutcome:
+    """Every group by input-split branch and bound (:mod:`verifiers.bab.input_split`)
+    within the time limit: ``violated`` at the first counterexample, ``holds`` when every
+    group holds, else ``unknown`` (a group left open does not stop the others, which may
+    still give a counterexample)."""
+    deadline = began + options.time_limit
+    uppers, verdicts, boxes, open_boxes = [], [], 0, 0
+    for rows, offsets in groups:
+        outcome = search_group(net64, params, lo, hi, rows, offsets, deadline=deadline,
+                               batch=options.batch, memory_gb=options.memory_gb)
+        boxes += outcome.boxes
+        open_boxes += outcome.open_boxes
+        if outcome.verdict == "violated":
+            return done("violated", inf_bounds, outcome.point, boxes=boxes)
+        uppers.append(outcome.upper)
+        verdicts.append(outcome.verdict)
+    verdict = "holds" if all(v == "holds" for v in verdicts) else "unknown"
+    return done(verdict, uppers, boxes=boxes, open_boxes=open_boxes,
+                groups_settled=sum(v == "holds" for v in verdicts))
