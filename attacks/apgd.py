@@ -73,6 +73,10 @@ def checkpoints(steps: int) -> list[int]:
     return sorted(set(points))
 
 
+Objective = Callable[[torch.Tensor, torch.Tensor],
+                     tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 def _value_and_grad(net: torch.nn.Module, loss: Loss, point: torch.Tensor, y: torch.Tensor,
                     target: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,18 +103,36 @@ def apgd(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, los
     lo, hi = input_box(x, eps)
     direction = 2 * torch.rand_like(x) - 1
     start = x + eps * direction / direction.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def objective(point: torch.Tensor, active: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _value_and_grad(net, loss, point, y[active],
+                               None if target is None else target[active])
+
+    return apgd_in_box(objective, start, lo, hi, torch.full((len(x), 1), 2.0 * eps,
+                                                            dtype=x.dtype), steps=steps)
+
+
+def apgd_in_box(objective: Objective, start: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                step: torch.Tensor, *, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The APGD iteration (module doc) in boxes ``[lo, hi] (N, d)`` from ``start (N, d)``
+    with first step sizes ``step (N, 1)``: ``objective(points (M, d), active (M,))``
+    returns ``(loss (M,), criterion (M,), grad of the loss (M, d))`` for the rows
+    ``active`` of the batch. Returns per row the point of largest criterion and that
+    criterion ``(N,)``; a row whose criterion reaches 0 (a counterexample) leaves the
+    batch."""
+    active = torch.arange(len(start))
     point = project_box(start, lo, hi)
-    value, margin, grad = _value_and_grad(net, loss, point, y, target)
+    value, margin, grad = objective(point, active)
     best_point, best_margin = point.clone(), margin.clone()        # the harness's criterion
     top_point, top_value, top_grad = point.clone(), value.clone(), grad.clone()  # APGD's x_max
-    step = torch.full((len(x), 1), 2.0 * eps, dtype=x.dtype)
+    step = step.clone()
     previous = point.clone()
-    increases = torch.zeros(len(x), dtype=torch.int64)
+    increases = torch.zeros(len(start), dtype=torch.int64)
     top_at_check = top_value.clone()
-    halved_at_check = torch.zeros(len(x), dtype=torch.bool)
+    halved_at_check = torch.zeros(len(start), dtype=torch.bool)
     marks = checkpoints(steps)
     last_mark = 0
-    active = torch.arange(len(x))
     for iteration in range(1, steps + 1):
         a = 1.0 if iteration == 1 else MOMENTUM
         with torch.no_grad():
@@ -118,8 +140,7 @@ def apgd(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, los
             moved = project_box(point + a * (z - point) + (1 - a) * (point - previous), lo, hi)
         previous = point
         point = moved
-        new_value, margin, grad = _value_and_grad(
-            net, loss, point, y[active], None if target is None else target[active])
+        new_value, margin, grad = objective(point, active)
         with torch.no_grad():
             increases += (new_value > value).long()
             value = new_value

@@ -14,9 +14,9 @@ cannot be interrupted there (one long bound computation) is stopped by the execu
 worker process is ended) and the answer is ``timeout``. With ``--executor local`` or
 ``dask`` the instances run in parallel on the workers:
 
-1. an attack: signed-gradient ascent inside the box on each unsafe group's smallest row
-   ``min_i c_i . f(x) - d_i``, from the box's centre and random starts
-   (:func:`attacks.property_ascent.attack_property`). A candidate counts only after the harness
+1. two attacks: signed-gradient ascent, then APGD, inside the box on each unsafe group's
+   violation ``min_i c_i . f(x) - d_i``, from the box's centre and random starts
+   (:mod:`attacks.property_ascent`). A candidate counts only after the harness
    re-checks it: inside the box, and violating the property by a float64 forward pass
    *and* by onnxruntime on the ONNX file itself. Then the answer is ``sat``.
 2. the verifiers that bound general specifications (``bound_property``), cheapest first

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks.property_ascent import attack_property
+from attacks.property_ascent import apgd_property, attack_property
 from bench.contract import Property, project_box, refuted
 from models import MLP
 from verifiers.bab.options import SearchOptions
@@ -79,11 +79,12 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
         x = project_box(point.to(torch.float64), prop.lo, prop.hi).numpy()
         return Answer("sat", 0.0, elapsed(), (x, outputs), nodes=nodes)
 
-    point, _ = attack_property(net64, prop, restarts=ATTACK_RESTARTS, steps=ATTACK_STEPS,
-                               seed=seed)
-    answer = sat(point)
-    if answer is not None:
-        return answer
+    for attack in (attack_property, apgd_property):     # the cheap ascent, then APGD
+        point, _ = attack(net64, prop, restarts=ATTACK_RESTARTS, steps=ATTACK_STEPS,
+                          seed=seed)
+        answer = sat(point)
+        if answer is not None:
+            return answer
     for verifier in verifiers if verifiers is not None else default_verifiers():
         if elapsed() > timeout:
             return Answer("timeout", 0.0, elapsed())
