@@ -220,3 +220,44 @@ def test_the_property_attacks_return_points_in_the_box_with_their_true_violation
         assert bool(((point >= lo) & (point <= hi)).all())
         assert violation <= worst(point) + 1e-12
         assert violation >= worst((lo + hi) / 2) - 1e-12
+
+
+def test_bench_vnncomp_answers_a_union_of_boxes_through_onnx(tmp_path):
+    """End to end: an ONNX network, a property-6-style VNN-LIB file (two input boxes),
+    ``bench vnncomp``: the answer agrees with MILP, a ``sat`` comes with a counterexample
+    file that lies in one of the boxes, and the rerun keeps it (re-checked)."""
+    from bench.vnncomp.competition import run
+    from bench.vnncomp.files import counterexample_name, read_counterexample
+    from models.onnx_import import export_onnx
+
+    pytest.importorskip("onnxruntime")
+    net = random_mlp([2, 16, 16, 3], seed=701, scale=1.5)
+    export_onnx(net, tmp_path / "net.onnx")
+    template = read_vnnlib_cases_of(threshold=0)
+    maxima = [exact_max(net.double(), case.lo, case.hi, np.array([1.0, 0.0, 0.0]))
+              for case in template]
+    top = max(reached for reached, _ in maxima)
+    proved = max(bound for _, bound in maxima)
+    rows = []
+    for name, threshold, truth in (("below", top - 0.05 * (1 + abs(top)), "sat"),
+                                   ("above", proved + 0.05 * (1 + abs(proved)), "unsat")):
+        (tmp_path / f"{name}.vnnlib").write_text(UNION.format(threshold=repr(threshold)))
+        rows.append((f"net.onnx,{name}.vnnlib,30", truth))
+    (tmp_path / "instances.csv").write_text("\n".join(row for row, _ in rows) + "\n")
+    lines: list[str] = []
+    answers = run(tmp_path / "instances.csv", tmp_path / "out", echo=lines.append)
+    assert [answer["result"] for answer in answers] == [truth for _, truth in rows]
+    sat = answers[0]
+    name = counterexample_name(sat["onnx_sha256"], sat["vnnlib_sha256"], sat["vnnlib"])
+    point = torch.from_numpy(read_counterexample(tmp_path / "out" / "counterexamples" / name,
+                                                 2))
+    assert any(bool(((point >= case.lo) & (point <= case.hi)).all()) for case in template)
+    again: list[str] = []
+    run(tmp_path / "instances.csv", tmp_path / "out", echo=again.append)
+    assert again == []                                     # both kept, the sat re-checked
+
+
+def read_vnnlib_cases_of(threshold: float) -> list[Property]:
+    from bench.vnncomp.vnnlib import read_vnnlib_cases
+
+    return read_vnnlib_cases("p6.vnnlib", text=UNION.format(threshold=repr(threshold)))
