@@ -6,6 +6,7 @@ instances solve in milliseconds; the portfolio itself is tested in test_vnncomp.
 from __future__ import annotations
 
 import csv
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,14 @@ def bench_dir(tmp_path_factory) -> Path:
 
 def results(out: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+
+
+def write_rows(out: Path, rows: list[dict[str, str]]) -> None:
+    """``results.csv`` rewritten by hand (as a user's editor would: the same columns)."""
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def verdicts(rows: list[dict]) -> dict[tuple[str, str], str]:
@@ -98,11 +107,7 @@ def test_a_hand_edited_verdict_is_solved_again(bench_dir, fresh, tmp_path):
     quiet_run(instances, out)
     rows = results(out)
     flipped = {"sat": "unsat", "unsat": "sat"}
-    edited = [{**row, "result": flipped[row["result"]]} for row in rows]
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(edited)
+    write_rows(out, [{**row, "result": flipped[row["result"]]} for row in rows])
     lines: list[str] = []
     again = run(instances, out, echo=lines.append)
     assert len([line for line in lines if "net.onnx" in line]) == 6   # all solved again
@@ -122,7 +127,7 @@ def test_a_changed_network_or_property_is_noticed(bench_dir, fresh, tmp_path):
     assert not any(line.startswith("resuming") for line in lines)   # nothing kept
     assert len([line for line in lines if "net.onnx" in line]) == 6   # all solved again
     assert {r["onnx_sha256"] for r in again} == {
-        __import__("hashlib").sha256((tmp_path / "net.onnx").read_bytes()).hexdigest()}
+        hashlib.sha256((tmp_path / "net.onnx").read_bytes()).hexdigest()}
     sat_has_its_checked_counterexample(out, tmp_path)
 
 
@@ -184,10 +189,7 @@ def test_a_resumed_run_answers_as_a_fresh_one(bench_dir, fresh, tmp_path_factory
         rows[index]["result"] = word
         if garble:
             rows[index]["vnnlib_sha256"] = "0" * 64
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(out, rows)
     if drop_counterexamples:
         shutil.rmtree(out / "counterexamples", ignore_errors=True)
     lines = instances.read_text().splitlines()
