@@ -14,7 +14,9 @@ Leaderboard, one row per (model, eps, method):
 Gap table, one row per (model, eps): the best certified error among sound
 verifiers, the best attack error, their gap, and the per-sample combination
 (certified by any sound verifier = min over verifiers; broken by any attack = max
-over attacks) with its own gap. Every fraction is a float in [0, 1].
+over attacks) with its own gap: the true error lies in ``[combined_attack_error,
+combined_certified_error]``, and ``n_unsettled`` samples are neither certified nor
+broken. Every fraction is a float in [0, 1].
 
 With an exact method in the run (a plugin with ``exact = True``, e.g. ``milp``,
 ``milp-cex`` and ``bab``), the gap table also splits the gap on the *decided* samples:
@@ -47,7 +49,8 @@ LEADERBOARD_COLUMNS = ["model", "eps", "method", "kind", "n", "n_ok", "error", "
                        "version", "model_sha256"]
 GAP_COLUMNS = ["model", "eps", "n", "best_certified_error", "best_verifier",
                "best_attack_error", "best_attack", "gap", "combined_certified_error",
-               "combined_attack_error", "combined_gap", "n_decided", "exact_error",
+               "combined_attack_error", "combined_gap", "n_unsettled", "n_decided",
+               "exact_error",
                "verifier_looseness", "attack_weakness", "unsound_verifiers"]
 VIOLATION_COLUMNS = ["model", "eps", "sample", "verifier", "verifier_bound", "attack",
                      "attack_margin"]
@@ -177,6 +180,9 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame, exact: set[str] = frozenset()
         if len(attacks):
             broken = _any_success(group, list(attacks["method"]))
             row["combined_attack_error"] = float(broken.mean())
+        if len(verifiers) and len(attacks):
+            certified = _any_success(group, list(verifiers["method"]))
+            row["n_unsettled"] = int((~broken & ~certified).sum())
         row.update(_exact_split(group, list(verifiers["method"]), list(attacks["method"]), exact))
         rows.append(row)
     out = pd.DataFrame(rows, columns=GAP_COLUMNS)
@@ -185,15 +191,28 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame, exact: set[str] = frozenset()
     return out
 
 
-GROUND_TRUTH_COLUMNS = ["model", "eps", "method", "kind", "n", "n_decided", "n_undecided",
-                       "exact_error", "error_on_decided", "looseness", "weakness",
-                       "seconds_per_sample"]
+GROUND_TRUTH_COLUMNS = ["model", "eps", "method", "kind", "n", "true_error_low",
+                        "true_error_high", "n_unsettled", "error", "looseness_low",
+                        "looseness_high", "weakness_low", "weakness_high", "n_decided",
+                        "n_undecided", "exact_error", "error_on_decided", "looseness",
+                        "weakness", "seconds_per_sample"]
 
 
 def ground_truth(frame: pd.DataFrame, exact: set[str]) -> pd.DataFrame:
     """Each method against the exact verdicts, one row per (model, eps, method).
 
-    A sample is *decided* when an exact verifier certified it or any attack broke it;
+    **Over all samples** (what a reader can defend): the true error lies in
+    ``[true_error_low, true_error_high]``, the fraction broken by any attack (complete
+    methods' counterexamples included) and the fraction certified by no sound verifier
+    (complete methods included); ``n_unsettled`` samples are neither. A method's
+    ``error`` is its certified error (verifier) or attack error (attack) over all
+    samples; its looseness ``error - true error`` lies in ``[looseness_low,
+    looseness_high]``, an attack's weakness ``true error - error`` in ``[weakness_low,
+    weakness_high]``.
+
+    **On the decided samples** (biased: the samples left undecided are the hard-to-break
+    ones, so the error there overstates the network's): a sample is *decided* when an
+    exact verifier certified it or any attack broke it;
     ``exact_error`` is the fraction of decided samples that some attack broke. On
     the decided samples, ``error_on_decided`` is a verifier's certified error or an
     attack's error, ``looseness = error_on_decided - exact_error`` (verifier, >= 0 when
@@ -210,13 +229,27 @@ def ground_truth(frame: pd.DataFrame, exact: set[str]) -> pd.DataFrame:
             continue
         decided, exact_error = _decided(group, verifiers, attacks, exact)
         n, n_decided = len(decided), int(decided.sum())
+        unsound = set(violations(group)["verifier"])
+        broken = _any_success(group, attacks)
+        certified = _any_success(group, [m for m in verifiers if m not in unsound])
+        low, high = float(broken.mean()), 1.0 - float(certified.mean())
+        unsettled = int((~broken & ~certified).sum())
         for method, kind in methods:
             succeeded = _any_success(group, [method])[decided]
             applies = not (group.loc[group["method"] == method, "status"] == "n/a").all()
             error = ((1.0 - float(succeeded.mean())) if kind == "verifier"
                      else float(succeeded.mean())) if n_decided and applies else math.nan
             seconds = group.loc[group["method"] == method, "seconds"].mean()
+            everywhere = float(_any_success(group, [method]).mean()) if applies else math.nan
+            overall = 1.0 - everywhere if kind == "verifier" else everywhere
+            verifier, attack = kind == "verifier", kind == "attack"
             rows.append({"model": model, "eps": eps, "method": method, "kind": kind, "n": n,
+                         "true_error_low": low, "true_error_high": high,
+                         "n_unsettled": unsettled, "error": overall,
+                         "looseness_low": overall - high if verifier else math.nan,
+                         "looseness_high": overall - low if verifier else math.nan,
+                         "weakness_low": low - overall if attack else math.nan,
+                         "weakness_high": high - overall if attack else math.nan,
                          "n_decided": n_decided, "n_undecided": n - n_decided,
                          "exact_error": exact_error, "error_on_decided": error,
                          "looseness": error - exact_error if kind == "verifier" else math.nan,

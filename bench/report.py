@@ -256,48 +256,61 @@ def _exact_methods(time_limit: float, warn: Callable[[str], None]) -> list[Metho
 
 
 def ground_truth_markdown(table: pd.DataFrame) -> str:
-    """Per network: exact error and undecided samples, then each method's looseness or
-    weakness on the decided samples beside its seconds per sample."""
+    """Per network: the true error as an interval over all samples (broken by someone,
+    certified by no one) and the samples left unsettled; each method's error over all
+    samples, its looseness or weakness as an interval, and, labelled as such, its error
+    on the decided samples, beside its seconds per sample."""
     lines = []
     for model in _ordered(list(table["model"].unique())):
         rows = table[table["model"] == model]
         first = rows.iloc[0]
         lines += [f"### {model.upper()} (eps = {first['eps']:g}, first {int(first['n'])} "
                   f"images)", "",
-                  f"Exact error {100 * first['exact_error']:.1f}% on {int(first['n_decided'])} "
-                  f"decided samples; {int(first['n_undecided'])} undecided.", "",
-                  "| method | kind | error on decided | looseness / weakness | s per sample |",
-                  "|---|---|---|---|---|"]
+                  f"True error between {100 * first['true_error_low']:.1f}% (broken by an "
+                  f"attack or a complete method) and {100 * first['true_error_high']:.1f}% "
+                  f"(certified by none); {int(first['n_unsettled'])} samples unsettled. On "
+                  f"the {int(first['n_decided'])} decided samples alone the exact error is "
+                  f"{100 * first['exact_error']:.1f}% (biased: the undecided ones are the "
+                  "hard-to-break ones).", "",
+                  "| method | kind | error (all samples) | looseness / weakness (interval) | "
+                  "error on decided | s per sample |",
+                  "|---|---|---|---|---|---|"]
         for row in rows.sort_values(["kind", "method"], ascending=[False, True]).itertuples():
-            gap = row.looseness if row.kind == "verifier" else row.weakness
-            cells = ("n/a", "n/a") if pd.isna(row.error_on_decided) else (
-                f"{100 * row.error_on_decided:.1f}%", f"{round(100 * gap, 1) + 0.0:+.1f} pp")
-            lines.append(f"| {row.method} | {row.kind} | {cells[0]} | {cells[1]} | "
+            low, high = ((row.looseness_low, row.looseness_high) if row.kind == "verifier"
+                         else (row.weakness_low, row.weakness_high))
+            if pd.isna(row.error):
+                cells = ("n/a", "n/a", "n/a")
+            else:
+                ends = (f"{round(100 * end, 1) + 0.0:+.1f}" for end in (low, high))
+                cells = (f"{100 * row.error:.1f}%", " to ".join(ends) + " pp",
+                         "n/a" if pd.isna(row.error_on_decided)
+                         else f"{100 * row.error_on_decided:.1f}%")
+            lines.append(f"| {row.method} | {row.kind} | {cells[0]} | {cells[1]} | {cells[2]} | "
                          f"{row.seconds_per_sample:.3g} |")
         lines.append("")
-    lines.append("Looseness: a verifier's certified error minus the exact error; weakness: the "
-                 "exact error minus an attack's error; both on the decided samples (certified "
-                 "by `milp` or `bab`, or broken by any attack), in percentage points.")
+    lines.append("Looseness: a verifier's certified error minus the true error; weakness: the "
+                 "true error minus an attack's error; both over all samples, as intervals "
+                 "because the true error is known only between the two bounds above, in "
+                 "percentage points.")
     return "\n".join(lines) + "\n"
 
 
 def figure_exact(board: pd.DataFrame, table: pd.DataFrame, exact: set[str]):
     """Per network on the ground-truth images: best certified error of the inexact
-    verifiers, exact error (bar: the fraction known broken; whisker: up to the fraction
-    not known safe, i.e. with the undecided samples) and best error of the inexact
+    verifiers, the true error as an interval (bar: the fraction broken by anyone;
+    whisker: up to the fraction certified by no one) and best error of the inexact
     attacks. ``board``: that run's leaderboard; ``table``: :func:`ground_truth`'s."""
     usable = board[(board["status"] != "n/a") & ~board["method"].isin(exact)]
     bars, tops = {}, {}
     for model, rows in table.groupby("model"):
         mine = usable[usable["model"] == model]
         first = rows.iloc[0]
-        broken = first["exact_error"] * first["n_decided"] if first["n_decided"] else 0.0
         bars[model] = {"certified": mine[mine["kind"] == "verifier"]["error"].min(),
-                       "exact": broken / first["n"],
+                       "exact": first["true_error_low"],
                        "attack": mine[mine["kind"] == "attack"]["error"].max()}
-        tops[model] = {"exact": (broken + first["n_undecided"]) / first["n"]}
+        tops[model] = {"exact": first["true_error_high"]}
     labels = {"certified": "certified error (best verifier)",
-              "exact": "exact error (whisker: undecided)",
+              "exact": "true error (bar: broken; whisker: not certified)",
               "attack": "attack error (best attack)"}
     return _grouped_bars(pd.DataFrame.from_dict(bars, orient="index"), list(labels), labels,
                          "Certified, exact and attack error per network",

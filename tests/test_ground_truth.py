@@ -47,6 +47,40 @@ def test_ground_truth_by_hand():
     assert math.isnan(table.loc["a", "looseness"]) and math.isnan(table.loc["v", "weakness"])
 
 
+def test_the_true_error_and_every_method_as_intervals_over_all_samples():
+    """Samples 2 and 3 broken (a, b), 0 and 1 certified (x, v), 4 neither: the true error
+    is between 2/5 and 3/5 with one sample unsettled; each method's looseness or weakness
+    is its error over all five samples against both ends."""
+    table = ground_truth(to_frame(scenario()), {"x"}).set_index("method")
+    assert table["true_error_low"].tolist() == pytest.approx([0.4] * 5)
+    assert table["true_error_high"].tolist() == pytest.approx([0.6] * 5)
+    assert (table["n_unsettled"] == 1).all()
+    expected = {"x": (0.6, 0.0, 0.2), "v": (0.8, 0.2, 0.4)}        # error, looseness interval
+    for method, (error, low, high) in expected.items():
+        assert table.loc[method, "error"] == pytest.approx(error)
+        assert table.loc[method, "looseness_low"] == pytest.approx(low)
+        assert table.loc[method, "looseness_high"] == pytest.approx(high)
+    expected = {"a": (0.2, 0.2, 0.4), "b": (0.4, 0.0, 0.2)}        # error, weakness interval
+    for method, (error, low, high) in expected.items():
+        assert table.loc[method, "error"] == pytest.approx(error)
+        assert table.loc[method, "weakness_low"] == pytest.approx(low)
+        assert table.loc[method, "weakness_high"] == pytest.approx(high)
+    assert math.isnan(table.loc["n", "error"])
+    _, gaps, _ = tabulate(scenario(), {"x"})
+    row = gaps.iloc[0]
+    assert row["combined_attack_error"] == pytest.approx(0.4)
+    assert row["combined_certified_error"] == pytest.approx(0.6)
+    assert row["n_unsettled"] == 1
+
+
+def test_an_unsound_verifier_certifies_nothing_in_the_interval():
+    """A verifier whose bound an attack beats is not trusted: its 'certified' samples do
+    not lower the upper end of the true error."""
+    rows = scenario() + [record("u", "verifier", s, True, -1.0) for s in range(5)]
+    table = ground_truth(to_frame(rows), {"x"}).set_index("method")
+    assert table["true_error_high"].tolist() == pytest.approx([0.6] * 6)
+
+
 def test_the_gap_table_uses_the_same_decided_samples():
     _, gaps, _ = tabulate(scenario(), {"x"})
     row = gaps.iloc[0]
