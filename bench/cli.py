@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.errors import CertbenchError
 from bench.limits import MAX_INSTANCE_TIMEOUT
+from bench.page import write_page
 from bench.registry import (
     GROUPS,
     discover,
@@ -221,7 +222,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"every row is in {args.out / 'solver_stats.csv'}:")
             for (model, method), rows in chosen.groupby(["model", "method"], sort=True):
                 print(f"  {model} {method}: {solve_summary(rows)}")
-    print(f"\nwrote {args.out / 'leaderboard.csv'} and {args.out / 'gaps.csv'}")
+    page = write_page(args.out, title=f"certbench run {args.out.name}", settings=[
+        ("models", ", ".join(args.models or shipped_names())),
+        ("eps", ", ".join(f"{e:g}" for e in (args.eps or DEFAULT_EPS))), ("n", str(args.n))])
+    print(f"\nwrote {args.out / 'leaderboard.csv'}, {args.out / 'gaps.csv'} and {page}")
     if len(result.violations):
         print(f"\nUNSOUND: {len(result.violations)} (verifier, attack, sample) triples have an "
               "attack margin above the verifier's bound:", file=sys.stderr)
@@ -295,6 +299,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_vnncomp(args: argparse.Namespace) -> int:
+    from bench.vnncomp.cactus import cactus_plot
     from bench.vnncomp.competition import run, score
     from bench.vnncomp.files import read_reference
 
@@ -307,7 +312,12 @@ def cmd_vnncomp(args: argparse.Namespace) -> int:
                    executor=chosen, device=args.device)
     counts = {r: sum(1 for row in rows if row["result"] == r)
               for r in ("sat", "unsat", "timeout", "unknown", "error")}
-    print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; wrote {out / 'results.csv'}")
+    cactus_plot(rows, out / "cactus.png", reference_decided=None if reference is None else sum(
+        1 for row in rows if (row["onnx"], row["vnnlib"]) in reference))
+    page = write_page(out, title=f"certbench vnncomp {out.name}",
+                      settings=[("instances", str(args.instances))])
+    print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; wrote {out / 'results.csv'} "
+          f"and {page}")
     if reference is not None:
         total, disagreements = score(rows, reference)
         print(f"score {total} against {args.reference}")

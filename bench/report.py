@@ -47,6 +47,7 @@ import pandas as pd
 from bench.contract import is_exact
 from bench.executors import Executor
 from bench.leaderboard import ground_truth, to_frame, write_csv
+from bench.page import write_page
 from bench.registry import select
 from bench.runner import CACHE_DIR, Method, Runner, RunResult, RunSpec
 from models import shipped_names
@@ -376,4 +377,7 @@ def report(*, out: Path, n: int, models: list[str] | None = None,
         written.update(files)
         violations += unsound
     _pyplot().close("all")
+    written["page"] = write_page(out, title="certbench report", settings=[
+        ("images", str(n)), ("ground truth", f"first {min(n, exact_n)} images, "
+                                               f"{exact_time_limit:g} s per sample")])
     return written, violations

@@ -267,6 +267,11 @@ def test_reference_words_and_bad_rows(bench_dir, fresh, tmp_path, reference, fin
     if fine is True:
         assert code == 0, err
         assert "score 20" in stdout
+        from bench.page import page_tables
+        page = page_tables((tmp_path / "out" / "index.html").read_text())
+        with open(tmp_path / "out" / "results.csv", newline="") as handle:
+            assert page["results.csv"] == list(csv.reader(handle))
+        assert (tmp_path / "out" / "cactus.png").stat().st_size > 1000
     else:
         assert code == 1 and err.count("\n") == 1 and fine in err
         assert not (tmp_path / "out").exists()

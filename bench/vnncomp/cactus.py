@@ -1,0 +1,42 @@
+"""The cactus plot of a VNN-COMP run: instances solved against time, as every VNN-COMP
+report draws them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.files import atomic_write
+
+
+def solved_times(rows: list[dict]) -> list[float]:
+    """The run times of the decided instances (``sat`` or ``unsat``), ascending: point
+    ``k`` of the plot is ``(k + 1, times[k])``."""
+    return sorted(float(row["run_time"]) for row in rows if row["result"] in ("sat", "unsat"))
+
+
+def cactus_plot(rows: list[dict], path: Path, *, reference_decided: int | None = None,
+                label: str = "certbench portfolio") -> Path:
+    """Write the cactus plot of ``rows`` (``results.csv`` rows) to ``path`` (PNG): one
+    line of the decided instances' sorted run times; with a reference, a dashed line at
+    the number of instances it decides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = solved_times(rows)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.step(range(1, len(times) + 1), times, where="post", label=label, marker=".")
+    if reference_decided is not None:
+        axes.axvline(reference_decided, linestyle="--", color="grey",
+                     label=f"reference: {reference_decided} decided")
+    axes.set_xlabel("instances solved")
+    axes.set_ylabel("time (s)")
+    axes.set_yscale("log")
+    axes.set_xlim(0, max(len(rows), 1))
+    axes.set_title(f"{len(times)} of {len(rows)} instances decided")
+    axes.legend()
+    figure.tight_layout()
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    plt.close(figure)
+    return path
