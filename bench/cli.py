@@ -222,6 +222,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"every row is in {args.out / 'solver_stats.csv'}:")
             for (model, method), rows in chosen.groupby(["model", "method"], sort=True):
                 print(f"  {model} {method}: {solve_summary(rows)}")
+    from bench.report import write_per_sample
+
+    write_per_sample(result.records or [], args.out)
     page = write_page(args.out, title=f"certbench run {args.out.name}", settings=[
         ("models", ", ".join(args.models or shipped_names())),
         ("eps", ", ".join(f"{e:g}" for e in (args.eps or DEFAULT_EPS))), ("n", str(args.n))])

@@ -258,6 +258,33 @@ def ground_truth(frame: pd.DataFrame, exact: set[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=GROUND_TRUTH_COLUMNS)
 
 
+PER_SAMPLE_COLUMNS = ["model", "eps", "sample", "certified_bound", "attack_margin"]
+
+
+def per_sample(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per sample the gap made visible: ``certified_bound``, the smallest bound of the
+    sound verifiers (``< 0``: certified), and ``attack_margin``, the largest margin an
+    attack reached (``>= 0``: broken); ``attack_margin <= certified_bound`` on every
+    sample, and the true worst margin lies between them. NaN where no verifier or no
+    attack ran on the sample."""
+    unsound = violations(frame)
+    ok = frame[(frame["status"] == "ok") & frame["bound"].notna()]
+    out = []
+    for (model, eps), group in ok.groupby(["model", "eps"], sort=True):
+        bad = set(unsound.loc[(unsound["model"] == model) & (unsound["eps"] == eps),
+                              "verifier"])
+        verifiers = group[(group["kind"] == "verifier") & ~group["method"].isin(bad)]
+        attacks = group[group["kind"] == "attack"]
+        samples = sorted(group["sample"].unique())
+        upper = verifiers.groupby("sample")["bound"].min().reindex(samples)
+        lower = attacks.groupby("sample")["bound"].max().reindex(samples)
+        out.append(pd.DataFrame({"model": model, "eps": eps, "sample": samples,
+                                 "certified_bound": upper.to_numpy(),
+                                 "attack_margin": lower.to_numpy()}))
+    return (pd.concat(out, ignore_index=True) if out
+            else pd.DataFrame(columns=PER_SAMPLE_COLUMNS))
+
+
 def tabulate(records: list[dict[str, Any]], exact: set[str] = frozenset()
              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """``(leaderboard, gaps, violations)`` from a list of records; ``exact`` names the

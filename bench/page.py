@@ -26,6 +26,7 @@ PAGE_NAME = "index.html"
 TABLES = [("leaderboard.csv", "Leaderboard"), ("gaps.csv", "Gap table"),
           ("ground_truth.csv", "Ground truth"), ("table1.csv", "Table 1"),
           ("results.csv", "VNN-COMP results"), ("violations.csv", "Soundness violations"),
+          ("per_sample.csv", "Per sample: certified bound and attack margin"),
           ("solver_stats.csv", "Solver statistics")]
 
 TEMPLATE = """<!doctype html>

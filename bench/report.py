@@ -40,13 +40,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 
 from bench.contract import is_exact
 from bench.executors import Executor
-from bench.leaderboard import ground_truth, to_frame, write_csv
+from bench.leaderboard import ground_truth, per_sample, to_frame, write_csv
 from bench.page import write_page
 from bench.registry import select
 from bench.runner import CACHE_DIR, Method, Runner, RunResult, RunSpec
@@ -294,6 +294,41 @@ def ground_truth_markdown(table: pd.DataFrame) -> str:
                  "because the true error is known only between the two bounds above, in "
                  "percentage points.")
     return "\n".join(lines) + "\n"
+
+
+def figure_per_sample(table: pd.DataFrame):
+    """Per network (one panel each, at the table's first eps), every sample's best
+    attack margin (x) against its certified bound (y): samples above the diagonal are
+    the gap, those left of 0 and below 0 certified, those right of 0 broken.
+    ``table``: :func:`bench.leaderboard.per_sample`'s."""
+    plt = _pyplot()
+    models = _ordered(list(table["model"].unique()))
+    figure, axes = plt.subplots(1, max(len(models), 1), figsize=(4 * max(len(models), 1), 4),
+                                squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = table[(table["model"] == model)]
+        rows = rows[rows["eps"] == rows["eps"].iloc[0]].dropna()
+        ax.scatter(rows["attack_margin"], rows["certified_bound"], s=6, alpha=0.6)
+        ends = [min(rows["attack_margin"].min(), rows["certified_bound"].min(), 0),
+                max(rows["attack_margin"].max(), rows["certified_bound"].max(), 0)]
+        ax.plot(ends, ends, color="grey", linewidth=0.8)
+        ax.axhline(0, color="green", linewidth=0.6)
+        ax.axvline(0, color="red", linewidth=0.6)
+        ax.set_title(f"{model} (eps {rows['eps'].iloc[0]:g})" if len(rows) else model)
+        ax.set_xlabel("best attack margin")
+        ax.set_ylabel("certified bound (best verifier)")
+    figure.tight_layout()
+    return figure
+
+
+def write_per_sample(records: list[dict[str, Any]], out: Path) -> None:
+    """``per_sample.csv`` and ``per_sample.png`` of a run's records into ``out``."""
+    table = per_sample(to_frame(records))
+    write_csv(table, out / "per_sample.csv")
+    if len(table.dropna()):
+        figure = figure_per_sample(table)
+        _save_figure(figure, out / "per_sample.png")
+        _pyplot().close(figure)
 
 
 def figure_exact(board: pd.DataFrame, table: pd.DataFrame, exact: set[str]):

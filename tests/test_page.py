@@ -54,3 +54,28 @@ def test_the_cactus_plot_draws_the_decided_instances_sorted():
             [("sat", "3.0"), ("unsat", "1.5"), ("timeout", "60"), ("unsat", "0.2")]]
     assert solved_times(rows) == [0.2, 1.5, 3.0]
     assert np.all(np.diff(solved_times(rows)) >= 0)
+
+
+def test_the_per_sample_figure_plots_the_per_sample_table(tmp_path, model_dir):
+    """``bench run`` writes ``per_sample.csv`` and ``per_sample.png``; the points drawn
+    are the table's rows, and no attack margin exceeds its certified bound."""
+    import pandas as pd
+
+    from bench.leaderboard import per_sample, to_frame
+    from bench.report import figure_per_sample
+    from tests.conftest import run_grid
+
+    result = run_grid(tmp_path / "out", model_dir, n=6, eps=(0.05,), models=("tiny-a",))
+    table = per_sample(to_frame(result.records))
+    assert (table["attack_margin"] <= table["certified_bound"] + 1e-6).all()
+    figure = figure_per_sample(table)
+    drawn = figure.axes[0].collections[0].get_offsets()
+    assert np.allclose(drawn, table[["attack_margin", "certified_bound"]].to_numpy())
+    out = tmp_path / "run"
+    code, _, err = invoke(["run", "--model-dir", str(model_dir), "--models", "tiny-a",
+                           "--verifiers", "ibp,crown", "--attacks", "fgsm,pgd", "--n", "5",
+                           "--out", str(out), "--quiet"])
+    assert code == 0, err
+    written = pd.read_csv(out / "per_sample.csv")
+    assert len(written) == 5 and (out / "per_sample.png").exists()
+    assert (written["attack_margin"] <= written["certified_bound"] + 1e-6).all()
