@@ -28,7 +28,6 @@ from models import shipped_names
 
 DEFAULT_EPS = [0.1]
 DEFAULT_N = 1000
-MAX_TIMEOUT = MAX_INSTANCE_TIMEOUT
 DEFAULT_OUT = Path("results")           # bench report: the committed report's folder
 RUNS_DIR = Path("runs")                  # bench run: a fresh runs/DATE-TIME by default
 DEFAULT_TRAIN_DIR = Path("trained")      # bench train: never the shipped networks' folder
@@ -97,9 +96,9 @@ def _seconds(text: str) -> float:
 
 def _timeout(text: str) -> float:
     value = _non_negative(text, "--timeout")
-    if not 0 < value <= MAX_TIMEOUT:
+    if not 0 < value <= MAX_INSTANCE_TIMEOUT:
         raise argparse.ArgumentTypeError(f"--timeout must be above 0 and at most "
-                                         f"{MAX_TIMEOUT:g} seconds, got {text!r}")
+                                         f"{MAX_INSTANCE_TIMEOUT:g} seconds, got {text!r}")
     return value
 
 
@@ -226,8 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     write_per_sample(result.records or [], args.out)
     page = write_page(args.out, title=f"certbench run {args.out.name}", settings=[
-        ("models", ", ".join(args.models or shipped_names())),
-        ("eps", ", ".join(f"{e:g}" for e in (args.eps or DEFAULT_EPS))), ("n", str(args.n))])
+        ("models", ", ".join(models)), ("eps", ", ".join(f"{e:g}" for e in eps)),
+        ("n", str(args.n))])
     print(f"\nwrote {args.out / 'leaderboard.csv'}, {args.out / 'gaps.csv'} and {page}")
     if len(result.violations):
         print(f"\nUNSOUND: {len(result.violations)} (verifier, attack, sample) triples have an "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
@@ -329,7 +329,7 @@ class Options:
             item.metadata["rule"].check(item.name, getattr(self, item.name))
 
     def as_dict(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+        return asdict(self)
 
     @classmethod
     def docs(cls) -> dict[str, str]:

@@ -175,13 +175,12 @@ def gaps(frame: pd.DataFrame, board: pd.DataFrame, exact: set[str] = frozenset()
             best = attacks.sort_values(["error", "method"], ascending=[False, True]).iloc[0]
             row["best_attack_error"], row["best_attack"] = best["error"], best["method"]
         if len(verifiers):
-            row["combined_certified_error"] = \
-                1.0 - float(_any_success(group, list(verifiers["method"])).mean())
+            certified = _any_success(group, list(verifiers["method"]))
+            row["combined_certified_error"] = 1.0 - float(certified.mean())
         if len(attacks):
             broken = _any_success(group, list(attacks["method"]))
             row["combined_attack_error"] = float(broken.mean())
         if len(verifiers) and len(attacks):
-            certified = _any_success(group, list(verifiers["method"]))
             row["n_unsettled"] = int((~broken & ~certified).sum())
         row.update(_exact_split(group, list(verifiers["method"]), list(attacks["method"]), exact))
         rows.append(row)
@@ -235,12 +234,13 @@ def ground_truth(frame: pd.DataFrame, exact: set[str]) -> pd.DataFrame:
         low, high = float(broken.mean()), 1.0 - float(certified.mean())
         unsettled = int((~broken & ~certified).sum())
         for method, kind in methods:
-            succeeded = _any_success(group, [method])[decided]
+            success = _any_success(group, [method])          # per sample, all samples
+            succeeded = success[decided]
             applies = not (group.loc[group["method"] == method, "status"] == "n/a").all()
             error = ((1.0 - float(succeeded.mean())) if kind == "verifier"
                      else float(succeeded.mean())) if n_decided and applies else math.nan
             seconds = group.loc[group["method"] == method, "seconds"].mean()
-            everywhere = float(_any_success(group, [method]).mean()) if applies else math.nan
+            everywhere = float(success.mean()) if applies else math.nan
             overall = 1.0 - everywhere if kind == "verifier" else everywhere
             verifier, attack = kind == "verifier", kind == "attack"
             rows.append({"model": model, "eps": eps, "method": method, "kind": kind, "n": n,

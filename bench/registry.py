@@ -155,13 +155,15 @@ def parse_option(text: str) -> tuple[str, str, Any]:
 def option_lines(cls: type) -> list[str]:
     """``KEY=DEFAULT`` lines for a plugin class's keyword-only options (``--set`` keys)."""
     try:
-        parameters = list(inspect.signature(cls).parameters.values())
+        parameters = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):
         return []
     docs = cls.OPTIONS.docs() if issubclass(cls, OptionsPlugin) else {}
-    lines = [f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty
-             else f"{p.name} (required)" for p in parameters
-             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    names = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return [f"{line:<28} {docs[name]}" if name in docs else line
-            for name, line in zip(names, lines)]
+    lines = []
+    for p in parameters:
+        if p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        line = (f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty
+                else f"{p.name} (required)")
+        lines.append(f"{line:<28} {docs[p.name]}" if p.name in docs else line)
+    return lines

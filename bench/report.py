@@ -46,6 +46,7 @@ import pandas as pd
 
 from bench.contract import is_exact
 from bench.executors import Executor
+from bench.figures import pyplot, save_figure
 from bench.leaderboard import ground_truth, per_sample, to_frame, write_csv
 from bench.page import write_page
 from bench.registry import select
@@ -84,11 +85,6 @@ def _ordered(models: list[str]) -> list[str]:
     return known + sorted(m for m in models if m not in PAPER_ORDER)
 
 
-def _save_figure(figure, path: Path) -> None:
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120,
-                                                     metadata={"Software": None}))
-
-
 def _at_eps(board: pd.DataFrame, eps: float) -> pd.DataFrame:
     """The leaderboard rows at radius ``eps``."""
     return board[(board["eps"] - eps).abs() < 1e-12]
@@ -99,19 +95,11 @@ def _errors(board: pd.DataFrame, eps: float) -> pd.DataFrame:
     return _at_eps(board, eps).pivot(index="model", columns="method", values="error")
 
 
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str],
                   title: str, whiskers: pd.DataFrame | None = None):
     """Bars of ``table`` (fractions, model rows, method columns) in percent; a column of
     ``whiskers`` (same shape) draws a whisker from its bar up to that value."""
-    plt = _pyplot()
+    plt = pyplot()
     models = _ordered([m for m in table.index])
     methods = [m for m in methods if m in table.columns]
     figure, axis = plt.subplots(figsize=(9.5, 4))
@@ -146,7 +134,7 @@ def figure3a(board: pd.DataFrame):
 
 
 def figure3b(sweep: pd.DataFrame):
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     styles = {"sdp": ("SDP bound", "k--"), "pgd": ("PGD", "o-"), "cw": ("CW", "s-"),
               "fgsm": ("FGSM", "^-")}
@@ -301,7 +289,7 @@ def figure_per_sample(table: pd.DataFrame):
     attack margin (x) against its certified bound (y): samples above the diagonal are
     the gap, those left of 0 and below 0 certified, those right of 0 broken.
     ``table``: :func:`bench.leaderboard.per_sample`'s."""
-    plt = _pyplot()
+    plt = pyplot()
     models = _ordered(list(table["model"].unique()))
     figure, axes = plt.subplots(1, max(len(models), 1), figsize=(4 * max(len(models), 1), 4),
                                 squeeze=False)
@@ -327,8 +315,8 @@ def write_per_sample(records: list[dict[str, Any]], out: Path) -> None:
     write_csv(table, out / "per_sample.csv")
     if len(table.dropna()):
         figure = figure_per_sample(table)
-        _save_figure(figure, out / "per_sample.png")
-        _pyplot().close(figure)
+        save_figure(figure, out / "per_sample.png")
+        pyplot().close(figure)
 
 
 def figure_exact(board: pd.DataFrame, table: pd.DataFrame, exact: set[str]):
@@ -364,7 +352,7 @@ def _ground_truth(models: list[str], n: int, out: Path, time_limit: float,
     write_csv(table, out / "ground_truth.csv")
     text = ground_truth_markdown(table).encode()
     atomic_write(out / "ground_truth.md", lambda handle: handle.write(text))
-    _save_figure(figure_exact(result.leaderboard, table, exact), out / "fig_exact.png")
+    save_figure(figure_exact(result.leaderboard, table, exact), out / "fig_exact.png")
     return ({"ground_truth": out / "ground_truth.md", "fig_exact": out / "fig_exact.png"},
             len(result.violations))
 
@@ -388,13 +376,13 @@ def report(*, out: Path, n: int, models: list[str] | None = None,
     violations = len(main.violations)
     board = main.leaderboard
     for name, draw in [("fig2_bounds", figure2), ("fig3a_sdp_vs_pgd", figure3a)]:
-        _save_figure(draw(board), out / f"{name}.png")
+        save_figure(draw(board), out / f"{name}.png")
         written[name] = out / f"{name}.png"
     if SWEEP_MODEL in models:
         sweep = stages.run([SWEEP_MODEL], _methods([SWEEP_VERIFIER], SWEEP_ATTACKS),
                            SWEEP_EPS, out / "sweep")
         violations += len(sweep.violations)
-        _save_figure(figure3b(sweep.leaderboard), out / "fig3b_sdp_nn_attacks.png")
+        save_figure(figure3b(sweep.leaderboard), out / "fig3b_sdp_nn_attacks.png")
         written["fig3b"] = out / "fig3b_sdp_nn_attacks.png"
     else:
         echo(f"{SWEEP_MODEL} is not among the models; Figure 3b skipped")
@@ -411,7 +399,7 @@ def report(*, out: Path, n: int, models: list[str] | None = None,
                                        stages)
         written.update(files)
         violations += unsound
-    _pyplot().close("all")
+    pyplot().close("all")
     written["page"] = write_page(out, title="certbench report", settings=[
         ("images", str(n)), ("ground truth", f"first {min(n, exact_n)} images, "
                                                f"{exact_time_limit:g} s per sample")])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.files import atomic_write
+from bench.figures import pyplot, save_figure
 
 
 def solved_times(rows: list[dict]) -> list[float]:
@@ -19,11 +19,7 @@ def cactus_plot(rows: list[dict], path: Path, *, reference_decided: int | None =
     """Write the cactus plot of ``rows`` (``results.csv`` rows) to ``path`` (PNG): one
     line of the decided instances' sorted run times; with a reference, a dashed line at
     the number of instances it decides."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     times = solved_times(rows)
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.step(range(1, len(times) + 1), times, where="post", label=label, marker=".")
@@ -37,6 +33,6 @@ def cactus_plot(rows: list[dict], path: Path, *, reference_decided: int | None =
     axes.set_title(f"{len(times)} of {len(rows)} instances decided")
     axes.legend()
     figure.tight_layout()
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    save_figure(figure, path)
     plt.close(figure)
     return path

@@ -198,26 +198,22 @@ def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
         return digests[file]
 
     done: dict[tuple[str, str], dict] = {}
-    queued: set[tuple[str, str]] = set()
+    checks: dict[tuple[str, str], dict[str, str]] = {}    # per instance: what a row records
     tasks = []
     for index, item in enumerate(instances):
-        onnx_path, vnnlib_path = (root / item.onnx).resolve(), (root / item.vnnlib).resolve()
-        row = {"onnx": item.onnx, "vnnlib": item.vnnlib, "timeout": f"{item.timeout!r}",
-               "onnx_sha256": digest(onnx_path), "vnnlib_sha256": digest(vnnlib_path)}
-        if item.key in done or item.key in queued:   # the same instance twice: answered once
+        if item.key in checks:                   # the same instance twice: answered once
             continue
+        onnx_path, vnnlib_path = (root / item.onnx).resolve(), (root / item.vnnlib).resolve()
+        row = checks[item.key] = {
+            "onnx": item.onnx, "vnnlib": item.vnnlib, "timeout": f"{item.timeout!r}",
+            "onnx_sha256": digest(onnx_path), "vnnlib_sha256": digest(vnnlib_path)}
         kept = earlier.get(item.key)
         if kept is not None and _still_holds(kept, row, onnx_path, vnnlib_path, out):
             done[item.key] = {**kept, **row}
             continue
-        queued.add(item.key)
         tasks.append(InstanceTask(index, item, onnx_path, vnnlib_path, row["onnx_sha256"],
                                   seed, device))
     out.mkdir(parents=True, exist_ok=True)
-    checks = {item.key: {"timeout": f"{item.timeout!r}",
-                         "onnx_sha256": digest((root / item.onnx).resolve()),
-                         "vnnlib_sha256": digest((root / item.vnnlib).resolve())}
-              for item in instances}
     nodes: dict[tuple[str, str], int] = {}
     if tasks and len(tasks) < len(instances):
         echo(f"resuming: {len(instances) - len(tasks)} answers kept, {len(tasks)} to solve")
@@ -232,18 +228,15 @@ def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
             atomic_write(cex, lambda handle: handle.write(text))
         elif cex.exists():                    # an earlier sat of this instance, now not
             cex.unlink()
-        done[item.key] = {
-            "onnx": item.onnx, "vnnlib": item.vnnlib,
-            "prepare_time": f"{result.prepare_time:.4f}", "result": result.result,
-            "run_time": f"{result.run_time:.4f}", **check}
+        done[item.key] = {**check, "prepare_time": f"{result.prepare_time:.4f}",
+                          "result": result.result, "run_time": f"{result.run_time:.4f}"}
         done[item.key]["answer_sha256"] = answer_digest(done[item.key])
         nodes[item.key] = result.nodes
         echo(f"{task.index + 1}/{len(instances)} {item.onnx} {item.vnnlib}: {result.result} "
              f"({result.run_time:.2f} s){'; ' + result.message if result.message else ''}")
         write_results(path, [done[i.key] for i in instances if i.key in done])
 
-    if not tasks:
-        write_results(path, [done[i.key] for i in instances if i.key in done])
+    write_results(path, [done[i.key] for i in instances if i.key in done])   # what stands
     (executor or InProcess()).map(answer, tasks, finished)
     return [{**done[i.key], "nodes": nodes[i.key]} if i.key in nodes else done[i.key]
             for i in instances]

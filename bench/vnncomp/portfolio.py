@@ -64,9 +64,10 @@ def _session(onnx_path: str):
 
 def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
           verifiers: list | None = None, seed: int = 0, complete: bool = True,
-          device: str = "cpu") -> Answer:
+          device: str = "cpu", attack: bool = True) -> Answer:
     """The portfolio on one instance (see the module doc); branch and bound runs on
-    ``device``."""
+    ``device``. ``attack=False`` skips the attacks (a caller that ran them already);
+    ``complete=False`` stops before branch and bound."""
     began = time.perf_counter()
     elapsed = lambda: time.perf_counter() - began                      # noqa: E731
     net64 = net.float64_copy().requires_grad_(False)
@@ -79,8 +80,8 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
         x = project_box(point.to(torch.float64), prop.lo, prop.hi).numpy()
         return Answer("sat", 0.0, elapsed(), (x, outputs), nodes=nodes)
 
-    for attack in (attack_property, apgd_property):     # the cheap ascent, then APGD
-        point, _ = attack(net64, prop, restarts=ATTACK_RESTARTS, steps=ATTACK_STEPS,
+    for search in (attack_property, apgd_property) if attack else ():   # ascent, then APGD
+        point, _ = search(net64, prop, restarts=ATTACK_RESTARTS, steps=ATTACK_STEPS,
                           seed=seed)
         answer = sat(point)
         if answer is not None:
@@ -132,7 +133,7 @@ def solve_cases(net: MLP, cases: list[Property], timeout: float, onnx_path: Path
         share = (timeout - elapsed()) / (len(still_open) - index)
         if share <= 0:
             break
-        answer = solve(net, case, share, onnx_path, [], seed, device=device)
+        answer = solve(net, case, share, onnx_path, [], seed, device=device, attack=False)
         nodes += answer.nodes
         if answer.result == "sat":
             answer.run_time, answer.nodes = elapsed(), nodes

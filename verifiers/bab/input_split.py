@@ -71,12 +71,17 @@ def bound_boxes(params, lo: torch.Tensor, hi: torch.Tensor, rows: torch.Tensor,
     return upper - offsets, record[-1]
 
 
+def smallest_row_coef(upper: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Per box the input coefficients ``(B, d)`` of its smallest row's linear bound (the
+    row closest to closing the box): ``upper (B, S)``, ``coef (B, S, d)``."""
+    return coef[torch.arange(len(upper)), upper.argmin(dim=1)]
+
+
 def split_dimension(coef: torch.Tensor, upper: torch.Tensor, lo: torch.Tensor,
                     hi: torch.Tensor) -> torch.Tensor:
     """Per box the dimension to split ``(B,)``: the largest ``|a_j| (hi_j - lo_j)`` of its
     smallest row's input coefficients (ties, e.g. all zero: the widest dimension)."""
-    row = upper.argmin(dim=1)
-    a = coef[torch.arange(len(row)), row]                                   # (B, d)
+    a = smallest_row_coef(upper, coef)
     width = hi - lo
     score = a.abs() * width + 1e-12 * width / width.amax(dim=1, keepdim=True).clamp(min=1e-300)
     return score.argmax(dim=1)
@@ -141,8 +146,7 @@ def counterexample(net64: MLP, lo: torch.Tensor, hi: torch.Tensor, upper: torch.
                    ) -> torch.Tensor | None:
     """The most violating of the boxes' centres and their smallest rows' maximisers
     ``(d,)``, if it violates by a float64 forward pass (:func:`forward_worst` ``>= 0``)."""
-    row = upper.argmin(dim=1)
-    a = coef[torch.arange(len(row)), row]
+    a = smallest_row_coef(upper, coef)
     candidates = torch.cat([(lo + hi) / 2, torch.where(a > 0, hi, lo)])
     values = forward_worst(net64, candidates, rows, offsets)
     best = int(values.argmax())
