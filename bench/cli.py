@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -296,38 +298,78 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{'x'.join(map(str, shape))})")
     if indices:
         rows = write_instances(net, card.name, path, indices, radii, args.timeout)
-        print(f"wrote {len(rows)} properties and {path.parent / 'instances.csv'}")
+        print(f"wrote {len(rows)} properties in the VNN-COMP dialect with "
+              f"{path.parent / 'instances.csv'} and in VNN-LIB 2.0 with "
+              f"{path.parent / 'instances-v2.csv'}")
     return 0
+
+
+def _external_solvers(pairs: list[str]) -> dict[str, list[str]]:
+    """``--external NAME=COMMAND`` as ``{NAME: argv words}`` (checked before any run)."""
+    from verifiers.external.standard_solver import command_words
+
+    solvers: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, sep, command = pair.partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name == "portfolio":
+            raise UsageError(f"--external takes NAME=COMMAND with NAME of letters, digits, "
+                             f"'._-' (not 'portfolio'), got {pair!r}")
+        if name in solvers:
+            raise UsageError(f"--external names {name!r} twice")
+        try:
+            solvers[name] = command_words(command)
+        except ValueError as exc:
+            raise UsageError(f"--external {name}: {exc}") from None
+        if shutil.which(solvers[name][0]) is None and not Path(solvers[name][0]).is_file():
+            raise UsageError(f"--external {name}: {solvers[name][0]!r} is not a program "
+                             "on PATH or a file")
+    return solvers
 
 
 def cmd_vnncomp(args: argparse.Namespace) -> int:
     from bench.vnncomp.cactus import cactus_plot
-    from bench.vnncomp.competition import run, score
+    from bench.vnncomp.competition import run, score, side_by_side
     from bench.vnncomp.files import read_reference
 
     out = args.out or RUNS_DIR / ("vnncomp-" + time.strftime("%Y%m%d-%H%M%S"))
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
     reference = read_reference(args.reference) if args.reference else None   # checked first
+    solvers: dict[str, list[str] | None] = {} if args.no_portfolio else {"portfolio": None}
+    solvers.update(_external_solvers(args.external))
+    if not solvers:
+        raise UsageError("--no-portfolio leaves no solver: add --external NAME=COMMAND")
+    runs: dict[str, list[dict]] = {}
     with _executor(args) as chosen:
-        rows = run(args.instances, out, echo=lambda line: print(line, file=sys.stderr),
-                   executor=chosen, device=args.device)
-    counts = {r: sum(1 for row in rows if row["result"] == r)
-              for r in ("sat", "unsat", "timeout", "unknown", "error")}
-    cactus_plot(rows, out / "cactus.png", reference_decided=None if reference is None else sum(
-        1 for row in rows if (row["onnx"], row["vnnlib"]) in reference))
+        for name, command in solvers.items():
+            folder = out if command is None else out / "solvers" / name
+            echo = (lambda line, n=name: print(f"[{n}] {line}" if len(solvers) > 1 else line,
+                                               file=sys.stderr))
+            runs[name] = run(args.instances, folder, echo=echo, executor=chosen,
+                             device=args.device, command=command)
+    decided = None if reference is None else sum(
+        1 for row in next(iter(runs.values())) if (row["onnx"], row["vnnlib"]) in reference)
+    cactus_plot(runs, out / "cactus.png", reference_decided=decided)
+    if len(runs) > 1:
+        side_by_side(runs, out / "solvers.csv")
     page = write_page(out, title=f"certbench vnncomp {out.name}",
-                      settings=[("instances", str(args.instances))])
-    print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; wrote {out / 'results.csv'} "
-          f"and {page}")
-    if reference is not None:
-        total, disagreements = score(rows, reference)
-        print(f"score {total} against {args.reference}")
-        for line in disagreements:
-            print(f"DISAGREES: {line}")
-        if disagreements:
-            return 3
-    return 0
+                      settings=[("instances", str(args.instances))] + [
+                          (f"solver {name}", "certbench portfolio" if command is None
+                           else " ".join(command)) for name, command in solvers.items()])
+    status = 0
+    for name, rows in runs.items():
+        counts = {r: sum(1 for row in rows if row["result"] == r)
+                  for r in ("sat", "unsat", "timeout", "unknown", "error")}
+        print(f"{name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        if reference is not None:
+            total, disagreements = score(rows, reference)
+            print(f"{name}: score {total} against {args.reference}")
+            for line in disagreements:
+                print(f"DISAGREES ({name}): {line}")
+            status = 3 if disagreements else status
+    print(f"wrote {out / 'cactus.png'} and {page}")
+    return status
 
 
 def build_parser() -> Parser:
@@ -394,8 +436,9 @@ def build_parser() -> Parser:
                         help="the .onnx file to write (input 1x28x28 for MNIST networks)")
     export.add_argument("--model-dir", type=Path, help="folder of networks (default: shipped)")
     export.add_argument("--properties", type=_positive, metavar="N", help="also write "
-                        "robustness properties of the first N test images as VNNLIB, and an "
-                        "instances.csv, beside the ONNX file")
+                        "robustness properties of the first N test images beside the ONNX "
+                        "file, in the VNN-COMP dialect (listed in instances.csv) and in "
+                        "VNN-LIB 2.0 (*.v2.vnnlib, listed in instances-v2.csv)")
     export.add_argument("--eps", type=_eps, nargs="+", help="radii of the properties "
                         "(default: 0.1)")
     export.add_argument("--draw-seed", type=_count, metavar="S", help="draw the N test images "
@@ -413,6 +456,13 @@ def build_parser() -> Parser:
                      "runs/vnncomp-DATE-TIME); rerunning into it resumes")
     vnn.add_argument("--reference", type=Path, help="CSV onnx,vnnlib,verdict: score the "
                      "results as the competition does and list every disagreement")
+    vnn.add_argument("--external", action="append", default=[], metavar="NAME=COMMAND",
+                     help="also run a solver of the VNN-LIB standard's command line "
+                     "(COMMAND verify QUERY --network ... --timeout S) on every instance, "
+                     "into OUT/solvers/NAME; its sat assignments are re-checked "
+                     "(repeatable)")
+    vnn.add_argument("--no-portfolio", action="store_true", help="run only the --external "
+                     "solvers, not certbench's portfolio")
     vnn.add_argument("--device", default="cpu", help="torch device of branch and bound: "
                      "cpu (default) or cuda[:N] where torch sees a GPU")
     _add_executor_options(vnn, "the instances")

@@ -25,7 +25,9 @@ PAGE_NAME = "index.html"
 # the tables a results folder may hold, in the order the page shows them
 TABLES = [("leaderboard.csv", "Leaderboard"), ("gaps.csv", "Gap table"),
           ("ground_truth.csv", "Ground truth"), ("table1.csv", "Table 1"),
-          ("results.csv", "VNN-COMP results"), ("violations.csv", "Soundness violations"),
+          ("results.csv", "VNN-COMP results"),
+          ("solvers.csv", "VNN-COMP solvers side by side"),
+          ("violations.csv", "Soundness violations"),
           ("per_sample.csv", "Per sample: certified bound and attack margin"),
           ("solver_stats.csv", "Solver statistics")]
 

@@ -32,9 +32,9 @@ import torch
 
 from bench.contract import refuted
 from bench.data import mnist_test
+from bench.properties import read_vnnlib
 from bench.training.trainer import train
 from bench.vnncomp.competition import draw_images, read_instances, run, write_instances
-from bench.vnncomp.vnnlib import read_vnnlib
 from models import load, shipped_names
 from models.onnx_import import export_onnx
 from verifiers.linear.crown import Crown

@@ -35,6 +35,21 @@ from models.mlp import MLP
 
 MAX_DENSE_ENTRIES = 200_000_000       # 1.6 GB in float64 while compiling
 
+# The operators the importer understands, the one list: the error for any other names
+# them, and ``certbench-solver supports --onnx-operators`` prints them.
+LIVE_OPERATORS = ("Add", "BatchNormalization", "Conv", "Div", "Dropout", "Flatten", "Gemm",
+                  "Identity", "MatMul", "Mul", "Relu", "Reshape", "Sub", "Transpose")
+"""Operators applied to the variable tensor (each folded into the affine map or, for
+``Relu``, closing a layer)."""
+CONSTANT_OPERATORS = ("Add", "Cast", "Concat", "Constant", "Div", "Gather", "Identity",
+                      "Mul", "Reshape", "Shape", "Squeeze", "Sub", "Unsqueeze")
+"""Operators evaluated when their inputs are constants (``Shape`` of the variable tensor
+too): exporters compute Reshape targets with them."""
+OPSET_VERSIONS = (9, 21)
+"""The default-domain opsets whose spellings of these operators the importer reads (the
+attribute and input forms of Squeeze/Unsqueeze axes, Dropout's ratio input); each is
+imported in ``tests/test_onnx_operators.py``."""
+
 
 @dataclass
 class Live:
@@ -134,7 +149,8 @@ def _fold_constant(op: str, inputs: list[np.ndarray], attrs: dict, where: str) -
         return fn(inputs[0], inputs[1])
     if op == "Reshape":
         return inputs[0].reshape(_target_shape(inputs[1], inputs[0].shape, where, batch=False))
-    raise OnnxImportError(f"{where}: unsupported operator on constants")
+    raise OnnxImportError(f"{where}: unsupported operator on constants (certbench evaluates "
+                          f"{', '.join(CONSTANT_OPERATORS)})")
 
 
 def _target_shape(spec: np.ndarray, current: tuple[int, ...], where: str,
@@ -204,6 +220,9 @@ def import_onnx(path: Path) -> tuple[MLP, dict]:
                 raise OnnxImportError(f"{where}: input {exc} is neither computed nor an "
                                       "initializer") from None
             continue
+        if op not in LIVE_OPERATORS:
+            raise OnnxImportError(f"{where}: unsupported operator (certbench imports "
+                                  f"{', '.join(LIVE_OPERATORS)})")
         if len(variable) > 1:
             raise OnnxImportError(f"{where}: combines two variable tensors; only sequential "
                                   "networks are supported")
@@ -280,10 +299,8 @@ def import_onnx(path: Path) -> tuple[MLP, dict]:
             extra = (1,) * (len(x.shape) - 1)
             out = x.elementwise(factor.reshape(-1, *extra),
                                 (beta - mean * factor).reshape(-1, *extra))
-        else:
-            raise OnnxImportError(f"{where}: unsupported operator (certbench imports Gemm, "
-                                  "MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv, "
-                                  "BatchNormalization, Identity, Constant, Transpose)")
+        else:                                     # a name in LIVE_OPERATORS without a rule
+            raise AssertionError(f"{where}: LIVE_OPERATORS lists {op} but no rule folds it")
         live[node.output[0]] = out
     if len(graph.output) != 1 or graph.output[0].name not in live:
         raise OnnxImportError(f"{path}: the graph's output is not computed from its input "
@@ -303,6 +320,27 @@ def import_onnx(path: Path) -> tuple[MLP, dict]:
         if name.startswith(CERTIFICATE_PREFIX)}
     return net.eval(), {"input_shape": list(shape), "nodes": len(graph.node),
                         "operators": sorted(operators)}
+
+
+def onnx_io_shapes(path: Path, num_inputs: int, num_outputs: int
+                   ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ONNX graph's input and output shapes, a symbolic batch dimension read as 1
+    (what a VNN-LIB 2.0 query declares for it); ``(1, n)`` where the file gives no shape
+    of the right size."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+
+    def shape(value, size: int) -> tuple[int, ...]:
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                     for d in value.type.tensor_type.shape.dim)
+        return dims if dims and int(np.prod(dims)) == size else (1, size)
+
+    return (shape(inputs[0], num_inputs) if inputs else (1, num_inputs),
+            shape(model.graph.output[0], num_outputs) if model.graph.output
+            else (1, num_outputs))
 
 
 def load_onnx(path: Path) -> tuple[MLP, Card]:

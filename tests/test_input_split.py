@@ -135,7 +135,7 @@ UNION = """(declare-const X_0 Real)
 
 
 def test_a_union_of_input_boxes_reads_as_one_property_per_box():
-    from bench.vnncomp.vnnlib import VnnlibError, read_vnnlib, read_vnnlib_cases
+    from bench.properties import VnnlibError, read_vnnlib, read_vnnlib_cases
 
     cases = read_vnnlib_cases("p6.vnnlib", text=UNION.format(threshold=1.5))
     assert [case.lo.tolist() for case in cases] == [[-1.0, -1.0], [0.2, -1.0]]
@@ -151,8 +151,8 @@ def test_a_union_of_input_boxes_reads_as_one_property_per_box():
 def test_the_portfolio_decides_a_union_of_boxes_as_milp_does(seed):
     """The threshold between the two boxes' exact maxima: violated (a point in the box of
     the larger maximum) or, above both, holds; every answer agrees with MILP."""
+    from bench.properties import read_vnnlib_cases
     from bench.vnncomp.portfolio import solve_cases
-    from bench.vnncomp.vnnlib import read_vnnlib_cases
 
     net = random_mlp([2, 16, 16, 3], seed=700 + seed, scale=1.5).double()
     template = read_vnnlib_cases("p6.vnnlib", text=UNION.format(threshold=0))
@@ -258,6 +258,6 @@ def test_bench_vnncomp_answers_a_union_of_boxes_through_onnx(tmp_path):
 
 
 def read_vnnlib_cases_of(threshold: float) -> list[Property]:
-    from bench.vnncomp.vnnlib import read_vnnlib_cases
+    from bench.properties import read_vnnlib_cases
 
     return read_vnnlib_cases("p6.vnnlib", text=UNION.format(threshold=repr(threshold)))

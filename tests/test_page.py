@@ -24,7 +24,8 @@ def test_the_page_tables_equal_the_csvs_and_the_figures_are_embedded(tmp_path):
     with open(tmp_path / "leaderboard.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     (tmp_path / "gaps.csv").write_text("model,gap\nnet,0.1\n")
-    cactus_plot([{"result": "sat", "run_time": "0.5"}, {"result": "unknown", "run_time": "9"}],
+    cactus_plot({"ours": [{"result": "sat", "run_time": "0.5"},
+                          {"result": "unknown", "run_time": "9"}]},
                 tmp_path / "cactus.png")
     page = write_page(tmp_path, title="a <test>", settings=[("n", "3")])
     text = page.read_text()

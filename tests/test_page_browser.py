@@ -73,7 +73,8 @@ def test_the_page_renders_sorts_and_shows_its_images(tmp_path):
             ["c", "z", "1"], ["d", "w", "0.25"]]
     with open(tmp_path / "leaderboard.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    cactus_plot([{"result": "sat", "run_time": "0.5"}, {"result": "unsat", "run_time": "2"}],
+    cactus_plot({"ours": [{"result": "sat", "run_time": "0.5"},
+                          {"result": "unsat", "run_time": "2"}]},
                 tmp_path / "cactus.png")
     found = probe(write_page(tmp_path, title="probe"), tmp_path)
     assert found["errors"] == []

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bench import data
+from bench.properties import read_vnnlib
 from bench.vnncomp.files import counterexample_name
-from bench.vnncomp.vnnlib import read_vnnlib
 from models import load
 from tests.conftest import invoke
 from verifiers.mip.sample_solves import solve_samples

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.contract import Property
+from bench.properties import write_vnnlib
 from bench.vnncomp.competition import run
 from bench.vnncomp.files import counterexample_name, read_counterexample
-from bench.vnncomp.vnnlib import write_vnnlib
 from models.onnx_import import export_onnx
 from tests.conftest import invoke, random_mlp
 
@@ -84,7 +84,7 @@ def copy_of(bench_dir: Path, folder: Path) -> Path:
 
 def sat_has_its_checked_counterexample(out: Path, folder: Path) -> None:
     """Every ``sat`` row has its counterexample file, inside the box and violating."""
-    from bench.vnncomp.vnnlib import read_vnnlib
+    from bench.properties import read_vnnlib
     from models import load
 
     net, _ = load(str(folder / "net.onnx"))
@@ -150,7 +150,7 @@ def test_a_counterexample_that_does_not_check_is_solved_again(bench_dir, fresh, 
     quiet_run(instances, out)
     sat = next(row for row in results(out) if row["result"] == "sat")
     name = counterexample_name(sat["onnx_sha256"], sat["vnnlib_sha256"], sat["vnnlib"])
-    from bench.vnncomp.vnnlib import read_vnnlib
+    from bench.properties import read_vnnlib
     from models import load
 
     net, _ = load(str(tmp_path / "net.onnx"))

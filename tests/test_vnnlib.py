@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.contract import Property
-from bench.vnncomp.vnnlib import VnnlibError, read_vnnlib, vnnlib_text, write_vnnlib
+from bench.properties import VnnlibError, read_vnnlib, vnnlib_text, write_vnnlib
 
 ROBUSTNESS = """; a VNN-COMP style local robustness property, label 1
 (declare-const X_0 Real)
@@ -72,7 +72,7 @@ def test_a_general_disjunctive_linear_specification():
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"
      "(assert (>= X_0 0))\n(assert (>= (* Y_0 Y_0) 0))", "not linear"),
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"
-     "(assert (>= X_0 0))\n(assert (>= Y_0 X_0))", "one input variable by a number"),
+     "(assert (>= X_0 0))\n(assert (>= Y_0 X_0))", "mixes input and output variables"),
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"
      "(assert (>= X_0 0))\n(check-sat)", "unsupported command 'check-sat'"),
     ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1))\n"

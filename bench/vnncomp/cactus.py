@@ -14,15 +14,19 @@ def solved_times(rows: list[dict]) -> list[float]:
     return sorted(float(row["run_time"]) for row in rows if row["result"] in ("sat", "unsat"))
 
 
-def cactus_plot(rows: list[dict], path: Path, *, reference_decided: int | None = None,
-                label: str = "certbench portfolio") -> Path:
-    """Write the cactus plot of ``rows`` (``results.csv`` rows) to ``path`` (PNG): one
-    line of the decided instances' sorted run times; with a reference, a dashed line at
-    the number of instances it decides."""
+def cactus_plot(runs: dict[str, list[dict]], path: Path, *,
+                reference_decided: int | None = None) -> Path:
+    """Write the cactus plot of ``runs`` (``{solver: results.csv rows}``) to ``path``
+    (PNG): per solver one line of its decided instances' sorted run times; with a
+    reference, a dashed line at the number of instances it decides."""
     plt = pyplot()
-    times = solved_times(rows)
     figure, axes = plt.subplots(figsize=(6, 4))
-    axes.step(range(1, len(times) + 1), times, where="post", label=label, marker=".")
+    decided = {}
+    for label, rows in runs.items():
+        times = solved_times(rows)
+        decided[label] = len(times)
+        axes.step(range(1, len(times) + 1), times, where="post", label=label, marker=".")
+    rows = max(runs.values(), key=len) if runs else []
     if reference_decided is not None:
         axes.axvline(reference_decided, linestyle="--", color="grey",
                      label=f"reference: {reference_decided} decided")
@@ -30,7 +34,8 @@ def cactus_plot(rows: list[dict], path: Path, *, reference_decided: int | None =
     axes.set_ylabel("time (s)")
     axes.set_yscale("log")
     axes.set_xlim(0, max(len(rows), 1))
-    axes.set_title(f"{len(times)} of {len(rows)} instances decided")
+    axes.set_title(", ".join(f"{label} {n}" for label, n in decided.items())
+                   + f" of {len(rows)} instances decided", fontsize=9)
     axes.legend()
     figure.tight_layout()
     save_figure(figure, path)

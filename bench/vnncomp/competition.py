@@ -52,6 +52,7 @@ import torch
 
 from bench.contract import Property, torch_device
 from bench.limits import PluginTimeout, time_limit
+from bench.properties import read_vnnlib_cases
 from bench.tasks import NetworkRef
 from bench.vnncomp.files import (
     Instance,
@@ -67,11 +68,11 @@ from bench.vnncomp.files import (
 )
 from bench.vnncomp.portfolio import (
     Answer,
+    confirmed,
     confirmed_in_some_case,
     default_verifiers,
     solve_cases,
 )
-from bench.vnncomp.vnnlib import read_vnnlib_cases
 from models import MLP
 from models.files import atomic_write
 
@@ -92,37 +93,51 @@ def draw_images(count: int, seed: int | None) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(total, size=count, replace=False).tolist())
 
 
-def property_file(name: str, index: int, eps: float) -> str:
-    """The VNNLIB file name of test image ``index``'s property at radius ``eps``."""
-    return f"{name}_{index}_eps{eps!r}.vnnlib"
+def property_file(name: str, index: int, eps: float, standard: bool = False) -> str:
+    """The VNNLIB file name of test image ``index``'s property at radius ``eps`` (the
+    VNN-LIB 2.0 one with ``standard``)."""
+    return f"{name}_{index}_eps{eps!r}{'.v2' if standard else ''}.vnnlib"
+
+
+INSTANCE_LISTS = {False: "instances.csv", True: "instances-v2.csv"}
 
 
 def instance_files(name: str, indices: list[int], radii: list[float]) -> list[str]:
     """Every file :func:`write_instances` writes beside the ONNX file (to check first)."""
-    return [property_file(name, index, eps) for eps in radii for index in indices] + [
-        "instances.csv"]
+    return [property_file(name, index, eps, standard) for standard in (False, True)
+            for eps in radii for index in indices] + list(INSTANCE_LISTS.values())
 
 
 def write_instances(net: MLP, name: str, onnx_path: Path, indices: list[int],
                     radii: list[float], timeout: float) -> list[str]:
-    """Robustness properties of test images ``indices`` at each radius, as VNNLIB files
-    beside ``onnx_path``, and ``instances.csv`` there; returns its rows."""
+    """Robustness properties of test images ``indices`` at each radius beside
+    ``onnx_path``, in both dialects: the VNN-COMP one listed in ``instances.csv``, VNN-LIB
+    2.0 (``*.v2.vnnlib``, ``real`` declarations over the ONNX file's shapes) in
+    ``instances-v2.csv``; returns the rows of the first."""
     from bench.data import mnist_test, to_tensor
-    from bench.vnncomp.vnnlib import write_vnnlib
+    from bench.properties import query_text, write_vnnlib
+    from models.onnx_import import onnx_io_shapes
 
     images, labels = mnist_test()
     x = to_tensor(images[indices], torch.float64)
     folder = Path(onnx_path).parent
-    rows = []
+    shapes = onnx_io_shapes(onnx_path, net.input_dim, net.num_classes)
+    rows: dict[bool, list[str]] = {False: [], True: []}
     for eps in radii:
         for n, index in enumerate(indices):
-            file = property_file(name, index, eps)
-            write_vnnlib(Property.robustness(x[n], int(labels[index]), eps, net.num_classes),
-                         folder / file)
-            rows.append(f"{Path(onnx_path).name},{file},{timeout:g}")
-    text = ("\n".join(rows) + "\n").encode()
-    atomic_write(folder / "instances.csv", lambda handle: handle.write(text))
-    return rows
+            prop = Property.robustness(x[n], int(labels[index]), eps, net.num_classes)
+            for standard in (False, True):
+                file = property_file(name, index, eps, standard)
+                if standard:
+                    text = query_text([prop], *shapes).encode()
+                    atomic_write(folder / file, lambda handle, t=text: handle.write(t))
+                else:
+                    write_vnnlib(prop, folder / file)
+                rows[standard].append(f"{Path(onnx_path).name},{file},{timeout:g}")
+    for standard, listing in INSTANCE_LISTS.items():
+        text = ("\n".join(rows[standard]) + "\n").encode()
+        atomic_write(folder / listing, lambda handle, t=text: handle.write(t))
+    return rows[False]
 
 
 GRACE = 10.0    # seconds past an instance's timeout before the executor stops it
@@ -139,6 +154,8 @@ class InstanceTask:
     weights_sha256: str
     seed: int = 0
     device: str = "cpu"
+    command: tuple[str, ...] | None = None     # a standard solver's command (else ours)
+    workdir: Path | None = None                # where its queries are written
 
     @property
     def limit(self) -> float:
@@ -162,8 +179,11 @@ def answer(task: InstanceTask) -> Answer:
             prepare = time.perf_counter() - started
             cases = read_vnnlib_cases(task.vnnlib_path, num_inputs=net.input_dim,
                                       num_outputs=net.num_classes)
-            result = solve_cases(net, cases, task.item.timeout, task.onnx_path,
-                                 default_verifiers(), task.seed, device=task.device)
+            if task.command is not None:
+                result = answer_external(task, net, cases)
+            else:
+                result = solve_cases(net, cases, task.item.timeout, task.onnx_path,
+                                     default_verifiers(), task.seed, device=task.device)
         result.prepare_time = prepare
         return result
     except PluginTimeout:
@@ -172,12 +192,41 @@ def answer(task: InstanceTask) -> Answer:
         return Answer("error", 0.0, 0.0, message=f"{type(exc).__name__}: {exc}")
 
 
+def answer_external(task: InstanceTask, net: MLP, cases: list[Property]) -> Answer:
+    """A standard solver's answer on the instance (:mod:`verifiers.external.instances`),
+    trusted only as far as it checks: its status, or ``error`` with the reason when it
+    misbehaved; a ``sat`` only if its point lies in an input box and violates that case's
+    property by a float64 forward pass and by onnxruntime
+    (:func:`bench.vnncomp.portfolio.confirmed`), else ``error``."""
+    from verifiers.external.instances import solve_instance
+
+    assert task.command is not None and task.workdir is not None
+    outcome = solve_instance(list(task.command), task.onnx_path, cases, task.item.timeout,
+                             task.workdir)
+    if outcome.status != "sat":
+        return Answer(outcome.status, 0.0, outcome.seconds, message=outcome.reason)
+    point = torch.from_numpy(next(iter(outcome.values.values())))
+    net64 = net.float64_copy().requires_grad_(False)
+    inside = [case for case in cases
+              if bool(((case.lo <= point) & (point <= case.hi)).all())]
+    for case in inside:
+        ok, outputs = confirmed(net64, case, point, task.onnx_path)
+        if ok:
+            return Answer("sat", 0.0, outcome.seconds, (point.numpy(), outputs))
+    reason = ("its point violates the property neither by a float64 forward pass nor by "
+              "onnxruntime" if inside else "its point lies outside every input box")
+    return Answer("error", 0.0, outcome.seconds, message=f"answered sat, but {reason}")
+
+
 def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
-        seed: int = 0, executor: Any = None, device: str = "cpu") -> list[dict]:
+        seed: int = 0, executor: Any = None, device: str = "cpu",
+        command: list[str] | None = None) -> list[dict]:
     """Answer every instance (resuming what still checks, see the module doc) on
     ``executor`` (default: in this process), writing ``OUT/results.csv`` as answers
     arrive; return its rows in instance order. Branch and bound runs on ``device``.
-    Every argument and the files already in ``out`` are checked before anything runs."""
+    With ``command`` (a standard solver's argv words) that solver answers instead of the
+    portfolio (:func:`answer_external`). Every argument and the files already in ``out``
+    are checked before anything runs."""
     try:
         torch_device(device)
     except ValueError as exc:
@@ -212,7 +261,8 @@ def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
             done[item.key] = {**kept, **row}
             continue
         tasks.append(InstanceTask(index, item, onnx_path, vnnlib_path, row["onnx_sha256"],
-                                  seed, device))
+                                  seed, device, None if command is None else tuple(command),
+                                  out / "queries"))
     out.mkdir(parents=True, exist_ok=True)
     nodes: dict[tuple[str, str], int] = {}
     if tasks and len(tasks) < len(instances):
@@ -229,7 +279,8 @@ def run(instances_csv: Path, out: Path, *, echo: Callable[[str], None] = print,
         elif cex.exists():                    # an earlier sat of this instance, now not
             cex.unlink()
         done[item.key] = {**check, "prepare_time": f"{result.prepare_time:.4f}",
-                          "result": result.result, "run_time": f"{result.run_time:.4f}"}
+                          "result": result.result, "run_time": f"{result.run_time:.4f}",
+                          "reason": result.message}
         done[item.key]["answer_sha256"] = answer_digest(done[item.key])
         nodes[item.key] = result.nodes
         echo(f"{task.index + 1}/{len(instances)} {item.onnx} {item.vnnlib}: {result.result} "
@@ -287,3 +338,27 @@ def score(rows: list[dict], reference: dict[tuple[str, str], str]) -> tuple[int,
             disagreements.append(f"{row['onnx']} {row['vnnlib']}: ours {row['result']}, "
                                  f"reference {truth}")
     return total, disagreements
+
+
+def side_by_side(runs: dict[str, list[dict]], path: Path) -> Path:
+    """``solvers.csv``: per instance (in the first run's order) each solver's result and
+    run time, one table for every solver of a ``bench vnncomp`` run."""
+    import csv
+    import io
+
+    first = next(iter(runs.values()))
+    by_solver = {name: {(r["onnx"], r["vnnlib"]): r for r in rows} for name, rows in runs.items()}
+    header = ["onnx", "vnnlib", "timeout"] + [f"{name} {field}" for name in runs
+                                              for field in ("result", "run_time")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in first:
+        key = (row["onnx"], row["vnnlib"])
+        cells = [row["onnx"], row["vnnlib"], row.get("timeout", "")]
+        for name in runs:
+            theirs = by_solver[name].get(key, {})
+            cells += [theirs.get("result", ""), theirs.get("run_time", "")]
+        writer.writerow(cells)
+    data = buffer.getvalue().encode()
+    return atomic_write(path, lambda handle: handle.write(data))

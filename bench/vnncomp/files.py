@@ -4,8 +4,10 @@
 - ``results.csv``: the competition's columns ``onnx,vnnlib,prepare_time,result,run_time``
   and, after them, what a resumed run needs to re-check an answer: the instance's
   ``timeout``, the SHA-256 of its ONNX and VNNLIB files, and a digest of the answer with
-  them (:func:`answer_digest`: a verdict edited by hand no longer matches it). Written
-  with the csv module (a comma in a file name is quoted).
+  them (:func:`answer_digest`: a verdict edited by hand no longer matches it); last the
+  ``reason`` (why an answer is ``error``, ``timeout`` or ``unknown``, e.g. what an
+  external solver did wrong, or how ``unsat`` was found). Written with the csv module (a
+  comma in a file name is quoted).
 - ``counterexamples/KEY.counterexample``: ``((X_0 v) ... (Y_0 v) ...)`` per ``sat``,
   named by the instance's digests (:func:`counterexample_name`), never by its row.
 - A reference: ``onnx,vnnlib,verdict`` with the competition's words (``sat``,
@@ -33,6 +35,7 @@ from models.files import atomic_write
 
 RESULT_FIELDS = ["onnx", "vnnlib", "prepare_time", "result", "run_time"]   # the competition's
 CHECK_FIELDS = ["timeout", "onnx_sha256", "vnnlib_sha256", "answer_sha256"]  # ours, to resume
+NOTE_FIELDS = ["reason"]      # why an answer is error/timeout/unknown, or how it was found
 VERDICT_WORDS = {"sat": "sat", "violated": "sat", "unsat": "unsat", "holds": "unsat"}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
@@ -114,7 +117,7 @@ def answer_digest(row: dict[str, str]) -> str:
 def write_results(path: Path, rows: list[dict[str, str]]) -> None:
     """``results.csv``, atomically: the competition's columns, then ours."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS + CHECK_FIELDS,
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS + CHECK_FIELDS + NOTE_FIELDS,
                             extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)

@@ -110,7 +110,7 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
 def solve_cases(net: MLP, cases: list[Property], timeout: float, onnx_path: Path | None,
                 verifiers: list | None = None, seed: int = 0, device: str = "cpu") -> Answer:
     """The portfolio on an instance whose input set is a union of boxes, one property per
-    box (:func:`bench.vnncomp.vnnlib.read_vnnlib_cases`): ``sat`` as soon as one case has
+    box (:func:`bench.properties.read_vnnlib_cases`): ``sat`` as soon as one case has
     a re-checked counterexample, ``unsat`` when every case is ``unsat``. First every case
     gets the attack and the cheap verifiers, then the cases left open share the time
     left for branch and bound, in turn."""

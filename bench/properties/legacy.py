@@ -1,4 +1,7 @@
-"""VNNLIB properties (the subset VNN-COMP uses) to and from :class:`bench.contract.Property`.
+"""The VNN-LIB dialect of VNN-COMP 2021-2024 (before VNN-LIB 2.0), read by our own parser
+and written. The standard's parser (``vnnlib``) reads only 2.0 (a file of this dialect is
+a syntax error at its first ``declare-const``), so this one stays for the competition's
+files.
 
 Read: ``(declare-const X_i Real)`` / ``(declare-const Y_j Real)``; ``(assert ...)`` with
 atoms ``(<= a b)``, ``(>= a b)``, ``(< a b)``, ``(> a b)`` over linear terms (numbers,
@@ -6,7 +9,7 @@ variables, ``(+ ...)``, ``(- ...)``, ``(* number term)``), combined by ``and`` a
 Atoms over one input variable and a number bound the input box; atoms over outputs
 describe the unsafe set. The conjunction of the asserts is brought into disjunctive
 normal form; each disjunct is an input box and a group of rows ``c . Y >= d``, and the
-disjuncts of one box make one property (:func:`read_vnnlib_cases`: a union of input
+disjuncts of one box make one property (:mod:`bench.properties.cases`: a union of input
 boxes, as ACAS Xu's property 6, is one property per box). Strict and non-strict
 inequalities are the same here (the closure of the unsafe set, the conservative reading
 for a verifier). Anything else is a one-line
@@ -18,7 +21,6 @@ they read back exactly), and the unsafe set as one ``(or (and ...) ...)``.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from pathlib import Path
@@ -26,15 +28,10 @@ from pathlib import Path
 import torch
 
 from bench.contract import Property
-from bench.errors import CertbenchError
+from bench.properties.cases import VnnlibError, assemble_cases, conjoin
 from models.files import atomic_write
 
-MAX_GROUPS = 100_000
 _VARIABLE = re.compile(r"^([XY])_(\d+)$")
-
-
-class VnnlibError(CertbenchError, ValueError):
-    """A VNNLIB file that cannot be read (one-line message with the file and line)."""
 
 
 def _tokens(text: str, source: str) -> list[tuple[str, int]]:
@@ -131,43 +128,17 @@ def _formula(expr, source: str, declared: set[str]) -> list[list[tuple[dict, int
     if head == "and":
         groups: list[list] = [[]]
         for arg in args:
-            groups = [g + h for g, h in itertools.product(groups, _formula(arg, source,
-                                                                            declared))]
-            if len(groups) > MAX_GROUPS:
-                raise VnnlibError(f"{source}:{line}: more than {MAX_GROUPS} disjuncts")
+            groups = conjoin(groups, _formula(arg, source, declared), f"{source}:{line}")
         return groups
     if head == "or":
         return [g for arg in args for g in _formula(arg, source, declared)]
     raise VnnlibError(f"{source}:{line}: unsupported operator {head!r}")
 
 
-def read_vnnlib(path: Path | str, *, num_inputs: int | None = None,
-                num_outputs: int | None = None, text: str | None = None) -> Property:
-    """Read a VNNLIB file into a :class:`Property` (float64), checking the variable counts
-    against the network's when they are given. A file whose input set is a union of
-    boxes is a one-line error here; :func:`read_vnnlib_cases` reads it."""
-    cases = read_vnnlib_cases(path, num_inputs=num_inputs, num_outputs=num_outputs,
-                              text=text)
-    if len(cases) != 1:
-        raise VnnlibError(f"{path}: the input set is a union of {len(cases)} boxes; this "
-                          "reader takes one box (bench vnncomp takes unions)")
-    return cases[0]
-
-
-def read_vnnlib_cases(path: Path | str, *, num_inputs: int | None = None,
-                      num_outputs: int | None = None, text: str | None = None
-                      ) -> list[Property]:
-    """Read a VNNLIB file as one :class:`Property` per input box: the asserts' conjunction
-    in disjunctive normal form, each disjunct an input box (its bounds on ``X_i``) and an
-    unsafe group (its rows on ``Y_j``), disjuncts of the same box gathered into one
-    property. The file's property holds iff every returned property holds (a file with
-    one box, as most, gives one). ACAS Xu's property 6 (two boxes) gives two."""
-    source = str(path)
-    if text is None:
-        try:
-            text = Path(path).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise VnnlibError(f"{source}: cannot read ({exc})") from None
+def read_legacy(text: str, source: str, *, num_inputs: int | None = None,
+                num_outputs: int | None = None) -> list[Property]:
+    """The cases of a file in this dialect (:func:`bench.properties.cases.assemble_cases`),
+    checking the variable counts against the network's when they are given."""
     commands = _parse(_tokens(text, source), source)
     inputs: dict[int, str] = {}
     outputs: dict[int, str] = {}
@@ -188,80 +159,25 @@ def read_vnnlib_cases(path: Path | str, *, num_inputs: int | None = None,
             if len(command) != 2:
                 raise VnnlibError(f"{source}:{line}: assert takes one formula")
             declared = set(inputs.values()) | set(outputs.values())
-            dnf = _formula(command[1], source, declared)
-            conjunction = [g + h for g, h in itertools.product(conjunction, dnf)]
-            if len(conjunction) > MAX_GROUPS:
-                raise VnnlibError(f"{source}:{line}: more than {MAX_GROUPS} disjuncts")
+            conjunction = conjoin(conjunction, _formula(command[1], source, declared),
+                                  f"{source}:{line}")
         else:
             raise VnnlibError(f"{source}:{line}: unsupported command {head!r}")
-    boxes: dict[tuple, tuple[dict, dict, list[list]]] = {}
-    for disjunct in conjunction:
-        lower: dict[str, float] = {}
-        upper: dict[str, float] = {}
-        rows = []
-        for atom, atom_line in disjunct:
-            if any(k.startswith("X_") for k in atom):
-                _bound(atom, atom_line, source, lower, upper)
-            else:
-                rows.append((atom, atom_line))
-        key = (tuple(sorted(lower.items())), tuple(sorted(upper.items())))
-        boxes.setdefault(key, (lower, upper, []))[2].append(rows)
-    return [_assemble(source, inputs, outputs, lower, upper, groups, num_inputs, num_outputs)
-            for lower, upper, groups in boxes.values()]
-
-
-def _bound(atom: dict[str, float], line: int, source: str, lower: dict, upper: dict) -> None:
-    """``a X_i + b >= 0`` as a bound on ``X_i``."""
-    variables = [k for k in atom if k and atom[k] != 0.0]
-    if len(variables) != 1 or not variables[0].startswith("X_"):
-        raise VnnlibError(f"{source}:{line}: an input constraint must bound one input "
-                          "variable by a number")
-    name = variables[0]
-    value = -atom.get("", 0.0) / atom[name] + 0.0       # + 0.0: no -0.0
-    if atom[name] > 0:
-        lower[name] = max(lower.get(name, -float("inf")), value)
-    else:
-        upper[name] = min(upper.get(name, float("inf")), value)
-
-
-def _assemble(source, inputs, outputs, lower, upper, unsafe, num_inputs, num_outputs
-              ) -> Property:
     for kind, found, wanted in (("input", inputs, num_inputs), ("output", outputs, num_outputs)):
         if sorted(found) != list(range(len(found))):
             raise VnnlibError(f"{source}: {kind} variables are not numbered 0..{len(found) - 1}")
-        if wanted is not None and len(found) != wanted:
+        if wanted is not None and found and len(found) != wanted:
             raise VnnlibError(f"{source}: declares {len(found)} {kind}s but the network has "
                               f"{wanted}")
-    if not inputs or not outputs:
-        raise VnnlibError(f"{source}: declares no input or no output variable")
-    lo = torch.tensor([lower.get(inputs[i], -float("inf")) for i in range(len(inputs))],
-                      dtype=torch.float64)
-    hi = torch.tensor([upper.get(inputs[i], float("inf")) for i in range(len(inputs))],
-                      dtype=torch.float64)
-    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        missing = int((~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()[0])
-        raise VnnlibError(f"{source}: input X_{missing} has no lower or no upper bound")
-    if (lo > hi).any():
-        bad = int((lo > hi).nonzero()[0])
-        raise VnnlibError(f"{source}: input X_{bad} has lower bound {float(lo[bad])!r} above "
-                          f"its upper bound {float(hi[bad])!r}")
-    if not unsafe or any(not group for group in unsafe):
-        raise VnnlibError(f"{source}: no output constraint (nothing to verify)")
-    groups = []
-    index = {outputs[j]: j for j in range(len(outputs))}
-    for group in unsafe:
-        matrix = torch.zeros(len(group), len(outputs), dtype=torch.float64)
-        offset = torch.zeros(len(group), dtype=torch.float64)
-        for row, (atom, line) in enumerate(group):
-            for name, coefficient in atom.items():
-                if name == "":
-                    offset[row] = -coefficient
-                elif name in index:
-                    matrix[row, index[name]] = coefficient
-                else:
-                    raise VnnlibError(f"{source}:{line}: mixes input and output variables")
-        groups.append((matrix, offset))
-    return Property(lo, hi, tuple(groups))
+    disjuncts = [[({_key(k): v for k, v in atom.items()}, line) for atom, line in disjunct]
+                 for disjunct in conjunction]
+    return assemble_cases(source, disjuncts, len(inputs), len(outputs))
+
+
+def _key(name: str) -> str | tuple[str, int]:
+    """``X_3`` as ``("X", 3)``; the constant ``""`` stays."""
+    match = _VARIABLE.match(name)
+    return (match.group(1), int(match.group(2))) if match else name
 
 
 def vnnlib_text(prop: Property) -> str:
