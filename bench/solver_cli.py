@@ -30,7 +30,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import IO, Callable, NoReturn
 
 import numpy as np
 
@@ -191,8 +191,12 @@ def _serialise(folder: Path, values: dict[str, np.ndarray], query) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for declaration in query.declarations:
         array = np.asarray(values[declaration.name], np.float64).reshape(declaration.shape)
-        payload = numpy_helper.from_array(array, declaration.name).SerializeToString()
-        atomic_write(folder / f"{declaration.name}.pb", lambda h, p=payload: h.write(p))
+        payload: bytes = numpy_helper.from_array(array, declaration.name).SerializeToString()
+
+        def write(handle: IO, data: bytes = payload) -> None:
+            handle.write(data)
+
+        atomic_write(folder / f"{declaration.name}.pb", write)
 
 
 def verify(args: argparse.Namespace) -> int:

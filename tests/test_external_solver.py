@@ -151,13 +151,17 @@ def test_the_plugin_bounds_from_verdicts_and_never_trusts_a_bogus_sat(instance):
     assert row["status"] == "error" and "outside the input box" in row["reason"]
 
 
-def test_the_plugin_refuses_a_missing_or_double_command(tmp_path):
-    with pytest.raises(ValueError, match="exactly one of command or toml"):
-        External()
+def test_the_plugin_refuses_a_double_command_and_supports_nothing_without_one(tmp_path):
+    unconfigured = External()
+    assert not unconfigured.supports(MLP([4, 3]))
+    with pytest.raises(ValueError, match="external has no solver"):
+        unconfigured.bound_property(MLP([4, 3]), Property.robustness(
+            torch.zeros(4, dtype=torch.float64), 0, 0.1, 3))
     toml = tmp_path / "s.toml"
     toml.write_text('command = "x"\n')
-    with pytest.raises(ValueError, match="exactly one of command or toml"):
+    with pytest.raises(ValueError, match="one of command or toml, not both"):
         External(command="x", toml=str(toml))
+    assert External(toml=str(toml)).supports(MLP([4, 3]))
     toml.write_text('timeout = 5\n')
     with pytest.raises(ValueError, match="no command"):
         External(toml=str(toml))

@@ -2,8 +2,9 @@
 
 Configured with the solver's command (``--set external.command="SOLVER ARGS"``) or a TOML
 file (``--set external.toml=solver.toml`` with ``command = "..."`` or a list of words,
-and optionally ``timeout``). Per sample, the network (exported to ONNX once per network)
-and the sample's robustness property (the l-inf ball clipped to ``[0, 1]``, every wrong
+and optionally ``timeout``); without either it supports no network (``n/a``). Per
+sample, the network (exported to ONNX once per network) and the sample's robustness
+property (the l-inf ball clipped to ``[0, 1]``, every wrong
 class an unsafe group) go to the solver as a VNN-LIB 2.0 query with ``real``
 declarations; per general property (``bound_property``, for ``bench vnncomp``'s
 verifiers) the property itself. The solver's answer is checked by
@@ -71,9 +72,14 @@ class External(OptionsPlugin):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        if bool(self.command) == bool(self.toml):
-            raise ValueError("external needs exactly one of command or toml, e.g. --set "
-                             "external.command=\"SOLVER ARGS\"")
+        if self.command and self.toml:
+            raise ValueError("external takes one of command or toml, not both")
+        self._command: list[str] | None = None
+        self._folder = Path(tempfile.mkdtemp(prefix="certbench-external-"))
+        self._stats: list[dict[str, Any]] = []
+        if not (self.command or self.toml):     # unconfigured: supports nothing (n/a)
+            self._timeout = 60.0
+            return
         settings: dict[str, Any] = {"command": self.command}
         if self.toml:
             try:
@@ -86,8 +92,11 @@ class External(OptionsPlugin):
         timeout = self.timeout if self.timeout is not None else settings.get("timeout", 60.0)
         POSITIVE.check("timeout", timeout)
         self._timeout = float(timeout)
-        self._folder = Path(tempfile.mkdtemp(prefix="certbench-external-"))
-        self._stats: list[dict[str, Any]] = []
+
+    def supports(self, net: MLP) -> bool:
+        """Any network, once a solver is configured (``command`` or ``toml``); without
+        one, none (the cells read ``n/a``)."""
+        return self._command is not None
 
     def _onnx(self, net: MLP) -> Path:
         from models.onnx_import import export_onnx
@@ -99,6 +108,9 @@ class External(OptionsPlugin):
         return path
 
     def _ask(self, net: MLP, prop: Property) -> Outcome:
+        if self._command is None:
+            raise ValueError("external has no solver: --set external.command=\"SOLVER "
+                             "ARGS\" or external.toml=FILE")
         outcome = solve_instance(self._command, self._onnx(net), [prop], self._timeout,
                                  self._folder)
         if outcome.status == "sat":
