@@ -15,6 +15,7 @@ class APGDCrossEntropy(Configurable):
     ball; ``restarts`` runs, later ones only on samples not yet broken; best point kept."""
 
     name = "apgd-ce"
+    graphs = True          # needs only forward passes: any network
 
     def __init__(self, *, steps: int = 100, restarts: int = 1) -> None:
         check_options(steps=(steps, Integer(1)), restarts=(restarts, Integer(1)))

@@ -21,6 +21,7 @@ class APGDDifferenceOfLogitsRatio(Configurable):
     """
 
     name = "apgd-dlr"
+    graphs = True          # needs only forward passes: any network
     opt_in = True
 
     def __init__(self, *, steps: int = 100, restarts: int = 1, targeted: bool = True,

@@ -34,6 +34,7 @@ class Ensemble:
     ``restarts``: for every member that has that option."""
 
     name = "ensemble"
+    graphs = True          # needs only forward passes: any network
     opt_in = True
 
     def __init__(self, *, members: str = DEFAULT_MEMBERS,

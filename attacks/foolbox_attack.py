@@ -23,6 +23,8 @@ from models import MLP
 class FoolboxAttack(Configurable):
     """Base class; subclasses set ``name`` and implement :meth:`make_attack`."""
 
+    graphs = True          # needs only forward passes: any network
+
     restarts: int = 1
 
     def make_attack(self) -> FixedEpsilonAttack:

@@ -19,7 +19,7 @@ def _starts(net64: MLP, prop: Property, restarts: int, seed: int):
     (P, d), lo (d,), hi (d,), violation)`` on the network's device, with
     ``violation(points (M, d), which (M,)) -> (M,)`` the violation of start ``which``'s
     group at each point."""
-    device = net64.linears[0].weight.device
+    device = next(net64.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     lo, hi = prop.lo.to(torch.float64), prop.hi.to(torch.float64)
     rows, offsets, sizes = split_rows(prop)

@@ -114,6 +114,7 @@ class Square(Configurable):
     at most (5,000, as in AutoAttack); ``restarts`` runs on the samples not yet broken."""
 
     name = "square"
+    graphs = True          # needs only forward passes: any network
     opt_in = True
 
     def __init__(self, *, queries: int = 5000, p_init: float = 0.8, restarts: int = 1,

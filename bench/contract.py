@@ -38,10 +38,14 @@ class Network(Protocol):
     ``f(x) = L_k relu(... relu(L_1 x))`` with ``linears[i]`` an affine layer (``weight
     (m_i, m_{i-1})``, ``bias (m_i,)``); ``widths = [d, m_1, ..., K]``; ``net(x (N, d))``
     gives logits ``(N, K)`` (an image-shaped input is flattened row-major). Every
-    network reaches the plugins in this form: the shipped ones (:class:`models.MLP`)
-    and every ONNX import, whose convolutions, normalisations and reshapes are folded
-    into dense layers (``models/onnx_import.py``: a convolution costs
-    ``out_size x in_size`` entries). A plugin that handles less (SDP and the norm bounds:
+    network that folds into this form reaches the plugins in it: the shipped ones
+    (:class:`models.MLP`) and every sequential ONNX import, whose convolutions,
+    normalisations and reshapes are folded into dense layers (``models/onnx_import.py``:
+    a convolution costs ``out_size x in_size`` entries). The rest (residual additions,
+    pooling, padding, sigmoid and tanh, convolutions too large to fold) arrive as a
+    graph of operators (:class:`models.graph.GraphNet`: the same ``input_dim``,
+    ``num_classes``, ``float64_copy`` and call, no ``linears``), which only plugins
+    with ``graphs = True`` see. A plugin that handles less (SDP and the norm bounds:
     one hidden layer) says so with ``supports(net)``, and the cell reads ``n/a``.
     """
 
@@ -127,6 +131,9 @@ HOOKS: dict[str, Hook] = {
                    "default grid)", -1),
     "exact": Hook("plugin", "exact: bool  (True: its verdicts are exact; the gap table "
                   "splits the gap on the samples it decided)", -1),
+    "graphs": Hook("plugin", "graphs: bool  (class attribute; True: it also handles "
+                   "operator-graph networks, models.graph.GraphNet; without it they read "
+                   "n/a)", -1),
 }
 
 
@@ -181,7 +188,13 @@ def refuted(uppers: list[torch.Tensor]) -> bool:
 
 
 def supports(plugin: object, net: "Network") -> bool:
-    """Whether ``plugin`` can handle ``net`` (plugins without ``supports`` accept all)."""
+    """Whether ``plugin`` can handle ``net``: an operator-graph network
+    (:class:`models.graph.GraphNet`) only if the plugin says ``graphs = True``; then its
+    ``supports`` (plugins without one accept every network they take)."""
+    from models.graph import GraphNet
+
+    if isinstance(net, GraphNet) and not hook(plugin, "graphs"):
+        return False
     check = hook(plugin, "supports")
     return bool(check(net)) if callable(check) else True
 

@@ -217,8 +217,7 @@ class Runner:
             limit = self.spec.time_limit * (stop - start) if self.spec.time_limit else None
             shared, charged = [], []
             declare = hook(method.plugin, "shared_work")
-            if callable(declare) and (method.kind != "verifier"
-                                      or supports(method.plugin, loaded.net)):
+            if callable(declare) and supports(method.plugin, loaded.net):
                 try:
                     declared = dict(declare(loaded.net, x_b, y_b, eps, workers))
                 except Exception as exc:     # noqa: BLE001 - recorded as error by the batch

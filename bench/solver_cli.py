@@ -134,7 +134,7 @@ def _load(args: argparse.Namespace):
     from bench.properties.cases import VnnlibError
     from bench.properties.standard import is_standard, parse, read_query
     from models.card import ModelError
-    from models.onnx_import import load_onnx
+    from models.onnx_network import load_onnx
 
     try:
         text = args.query.read_text()

@@ -230,7 +230,7 @@ def run_batch(task: BatchTask, *outcomes: SharedOutcome) -> BatchResult:
     before = len(statistics(task.plugin))
     began = time.perf_counter()
     messages: list[str] = []
-    if task.kind == "verifier" and not supports(task.plugin, loaded.net):
+    if not supports(task.plugin, loaded.net):
         status, message = "n/a", f"{task.method} does not support this network"
     else:
         x64 = task.x64.to(torch.float64)

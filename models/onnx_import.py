@@ -23,14 +23,13 @@ are evaluated, as exporters use them to compute Reshape targets.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.card import CERTIFICATE_PREFIX, Card, ModelError
+from models.card import CERTIFICATE_PREFIX, ModelError
 from models.mlp import MLP
 
 MAX_DENSE_ENTRIES = 200_000_000       # 1.6 GB in float64 while compiling
@@ -341,18 +340,6 @@ def onnx_io_shapes(path: Path, num_inputs: int, num_outputs: int
     return (shape(inputs[0], num_inputs) if inputs else (1, num_inputs),
             shape(model.graph.output[0], num_outputs) if model.graph.output
             else (1, num_outputs))
-
-
-def load_onnx(path: Path) -> tuple[MLP, Card]:
-    """An ONNX network and a card for it (name: the file's stem; SHA-256: the file's)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such ONNX file")
-    net, facts = import_onnx(path)
-    card = Card(name=path.stem, widths=list(net.widths), objective="onnx",
-                weights_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                extra={"source": str(path), **facts})
-    return net, card
 
 
 def export_onnx(net: MLP, path: Path, *, input_shape: tuple[int, ...] | None = None) -> Path:

@@ -63,7 +63,7 @@ def load(name: str, folder: Path = SHIPPED_DIR) -> tuple[MLP, Card]:
     (:mod:`models.onnx_import`), whatever ``folder`` is.
     """
     if str(name).lower().endswith(".onnx"):
-        from models.onnx_import import load_onnx
+        from models.onnx_network import load_onnx
 
         return load_onnx(Path(name))
     card = load_card(name, folder)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from attacks.property_ascent import apgd_property, attack_property
-from bench.contract import Property, project_box, refuted
+from bench.contract import Property, project_box, refuted, supports
 from models import MLP
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import decide
@@ -89,10 +89,12 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
     for verifier in verifiers if verifiers is not None else default_verifiers():
         if elapsed() > timeout:
             return Answer("timeout", 0.0, elapsed())
+        if not supports(verifier, net):
+            continue
         if refuted(verifier.bound_property(net, prop)):
             return Answer("unsat", 0.0, elapsed())
     nodes = 0
-    if complete and elapsed() < timeout:
+    if complete and elapsed() < timeout and isinstance(net, MLP):     # bab: ReLU MLPs
         outcome = decide(net, prop, SearchOptions(time_limit=timeout - elapsed(), device=device),
                          seed=seed, restarts=0)
         nodes = outcome.nodes

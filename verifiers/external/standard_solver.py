@@ -87,6 +87,9 @@ def run_solver(command: str | list[str], query: Path, networks: dict[str, Path],
         return Outcome("timeout", time.perf_counter() - began,
                        reason=f"no answer {timeout + grace:g} s after it started (timeout "
                               f"{timeout:g} s); stopped")
+    except BaseException:           # our own limit or an interrupt: leave no solver behind
+        _stop(process)
+        raise
     seconds = time.perf_counter() - began
     code = process.returncode
     if code < 0:

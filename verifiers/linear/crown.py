@@ -14,4 +14,5 @@ class Crown(LinearRelaxationVerifier):
     """CROWN upper bound ``U (N, K)`` for ReLU MLPs of any depth."""
 
     name = "crown"
+    graphs = True      # operator graphs: verifiers.linear.graph_propagation
     slope_rule = staticmethod(crown_slope)

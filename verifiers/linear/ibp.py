@@ -11,6 +11,8 @@ import torch
 
 from bench.contract import Configurable, Property, split_rows
 from models import MLP
+from models.graph import GraphNet
+from verifiers.linear.graph_propagation import graph_margin_bounds, graph_property_bounds
 from verifiers.linear.propagation import (
     backward_upper,
     finish_margins,
@@ -26,12 +28,17 @@ class IBP(Configurable):
     """Interval upper bound ``U (N, K)`` for ReLU MLPs of any depth."""
 
     name = "ibp"
+    graphs = True      # operator graphs: intervals node by node, the output's per margin
 
     def __init__(self, *, clip: bool = True) -> None:
         self.clip = clip
 
     def bound(self, net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
         """``x (N, d)``, ``y (N,)`` -> ``U (N, K)`` float64, ``U[n, y_n] = -inf``."""
+        if isinstance(net, GraphNet):
+            with torch.no_grad():
+                return graph_margin_bounds(net.float64_copy(), x, y, eps, self.clip,
+                                           crown=False)
         x = x.to(torch.float64)
         params = layer_params(net, x.dtype)
         lo, hi = input_box(x, eps, self.clip)
@@ -44,6 +51,8 @@ class IBP(Configurable):
 
     def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:
         """Per group of ``prop``, ``(r_g,)`` upper bounds on ``c_i . f(x) - d_i`` over its box."""
+        if isinstance(net, GraphNet):
+            return graph_property_bounds(net.float64_copy(), prop, crown=False)
         params = layer_params(net, torch.float64)
         lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
         if len(params) > 1:

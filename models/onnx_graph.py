@@ -1,0 +1,321 @@
+"""ONNX networks as a :class:`models.graph.GraphNet`: the operators kept as operators.
+
+For the networks that do not fold into a ReLU MLP (:mod:`models.onnx_import` refuses
+them): residual additions, pooling, padding, sigmoid and tanh, and convolutions whose
+dense matrix would be too large. Constants are folded as there (``Constant``,
+``Shape`` of a variable tensor, ``Gather``, ``Unsqueeze``, ``Concat``, ...); a
+BatchNormalization right after a convolution or a linear layer that feeds nothing else
+is folded into its weights; other arithmetic with constants is an elementwise affine
+node; ``Identity`` and ``Dropout`` vanish. Any other operator is a one-line
+:class:`OnnxImportError` naming the node and the operator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.graph import GraphNet, Node
+from models.onnx_import import (
+    OnnxImportError,
+    _attributes,
+    _fold_constant,
+    _per_sample,
+    _target_shape,
+)
+
+GRAPH_OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Conv", "Div", "Dropout",
+                   "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "MaxPool",
+                   "Mul", "Pad", "Relu", "Reshape", "Sigmoid", "Sub", "Tanh", "Transpose")
+"""Operators on variable tensors that the graph importer keeps (one rule each)."""
+
+
+class _Builder:
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.nodes = [Node("input", (), shape, name="input")]
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.consumers: dict[int, int] = {0: 0}
+
+    def add(self, op: str, inputs: tuple[int, ...], shape: tuple[int, ...], name: str,
+            attrs: dict | None = None, **tensors: np.ndarray | None) -> int:
+        index = len(self.nodes)
+        self.nodes.append(Node(op, inputs, tuple(int(s) for s in shape), attrs or {}, name))
+        for key, value in tensors.items():
+            if value is not None:
+                self.tensors[f"n{index}_{key}"] = torch.from_numpy(
+                    np.array(value, dtype=np.float64))
+        for i in inputs:
+            self.consumers[i] = self.consumers.get(i, 0) + 1
+        self.consumers[index] = 0
+        return index
+
+    def shape(self, index: int) -> tuple[int, ...]:
+        return self.nodes[index].shape
+
+
+def _pool_settings(attrs: dict, where: str, shape: tuple[int, ...]) -> dict:
+    if len(shape) != 3:
+        raise OnnxImportError(f"{where}: pooling expects a (C, H, W) tensor, got {shape}")
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or \
+            int(attrs.get("ceil_mode", 0)):
+        raise OnnxImportError(f"{where}: auto_pad and ceil_mode are not supported")
+    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        raise OnnxImportError(f"{where}: dilated pooling is not supported")
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
+        raise OnnxImportError(f"{where}: asymmetric pads {pads} are not supported")
+    kernel = tuple(int(k) for k in attrs["kernel_shape"])
+    stride = tuple(int(s) for s in attrs.get("strides", [1, 1]))
+    return {"kernel": kernel, "stride": stride, "padding": (int(pads[0]), int(pads[1]))}
+
+
+def _pooled(shape: tuple[int, ...], a: dict) -> tuple[int, ...]:
+    return (shape[0],) + tuple((shape[i + 1] + 2 * a["padding"][i] - a["kernel"][i])
+                               // a["stride"][i] + 1 for i in range(2))
+
+
+def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
+    """The ONNX network at ``path`` as a :class:`GraphNet` (float32 parameters), and its
+    facts (``input_shape``, ``nodes``, ``operators``)."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OnnxImportError(f"{path}: not a readable ONNX model ({reason})") from None
+    graph = model.graph
+    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in consts]
+    if len(inputs) != 1:
+        raise OnnxImportError(f"{path}: expected one input tensor, found {len(inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in inputs[0].type.tensor_type.shape.dim]
+    if not dims or any(d is None or d < 1 for d in dims[1:]) or (dims[0] not in (None, 1)
+                                                                and len(dims) > 1):
+        raise OnnxImportError(f"{path}: input {inputs[0].name!r} has shape {dims}; expected "
+                              "a batch dimension then fixed sizes")
+    shape = tuple(int(d) for d in dims[1:]) if len(dims) > 1 else (int(dims[0]),)
+    build = _Builder(shape)
+    live: dict[str, int] = {inputs[0].name: 0}
+    operators: set[str] = set()
+    for number, node in enumerate(graph.node):
+        op, where = node.op_type, f"{path}: node {node.name or number!r} ({node.op_type})"
+        operators.add(op)
+        attrs = _attributes(node)
+        names = list(node.input)
+        variable = [n for n in names if n in live]
+        if op == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(attrs["value"]) \
+                if "value" in attrs else np.asarray(attrs.get("value_float",
+                                                              attrs.get("value_floats")))
+            continue
+        if op == "Shape" and variable:
+            consts[node.output[0]] = np.asarray((1, *build.shape(live[variable[0]])),
+                                                dtype=np.int64)
+            continue
+        if not variable:
+            try:
+                consts[node.output[0]] = _fold_constant(
+                    op, [consts[n] for n in names if n], attrs, where)
+            except KeyError as exc:
+                raise OnnxImportError(f"{where}: input {exc} is neither computed nor an "
+                                      "initializer") from None
+            continue
+        if op not in GRAPH_OPERATORS:
+            raise OnnxImportError(f"{where}: unsupported operator (certbench's graph "
+                                  f"importer takes {', '.join(GRAPH_OPERATORS)})")
+        other = [consts.get(n) for n in names if n and n not in live]
+        if any(o is None for o in other):
+            raise OnnxImportError(f"{where}: an input is neither computed nor an initializer")
+        x = live[variable[0]]
+        shape_x = build.shape(x)
+        label = node.name or f"{op}_{number}"
+        if len(variable) > 1:
+            if op != "Add" or len(variable) != 2:
+                raise OnnxImportError(f"{where}: combines variable tensors; only Add of two "
+                                      "is supported (a residual connection)")
+            a, b = (live[n] for n in variable)
+            if build.shape(a) != build.shape(b):
+                raise OnnxImportError(f"{where}: adds shapes {build.shape(a)} and "
+                                      f"{build.shape(b)}")
+            out = build.add("add", (a, b), build.shape(a), label)
+        elif op in ("Identity", "Dropout"):
+            out = x
+        elif op in ("Relu", "Sigmoid", "Tanh"):
+            out = build.add(op.lower(), (x,), shape_x, label)
+        elif op == "Flatten":
+            if int(attrs.get("axis", 1)) != 1:
+                raise OnnxImportError(f"{where}: only Flatten with axis 1 is supported")
+            out = build.add("reshape", (x,), (int(np.prod(shape_x)),), label)
+        elif op == "Reshape":
+            target = _target_shape(other[0], shape_x, where)
+            if target[0] != 1:
+                raise OnnxImportError(f"{where}: a Reshape that moves the batch dimension")
+            out = build.add("reshape", (x,), target[1:], label)
+        elif op == "Transpose":
+            perm = list(attrs.get("perm", range(len(shape_x) + 1)[::-1]))
+            if perm[0] != 0:
+                raise OnnxImportError(f"{where}: a Transpose that moves the batch dimension")
+            axes = [p - 1 for p in perm[1:]]
+            out = build.add("transpose", (x,), tuple(shape_x[p] for p in axes), label,
+                            {"perm": axes})
+        elif op in ("Add", "Sub", "Mul", "Div"):
+            const = _per_sample(other[0], shape_x, where)
+            first = names[0] in live
+            scale, offset = np.ones(1), np.zeros(1)
+            if op == "Add":
+                offset = const
+            elif op == "Sub":
+                scale, offset = (np.ones(1), -const) if first else (-np.ones(1), const)
+            elif op == "Mul":
+                scale = const
+            else:
+                if not first:
+                    raise OnnxImportError(f"{where}: division by a variable tensor")
+                scale = 1.0 / const
+            out = build.add("affine", (x,), shape_x, label, scale=np.asarray(scale),
+                            offset=np.asarray(offset))
+        elif op in ("Gemm", "MatMul"):
+            if len(shape_x) != 1:
+                raise OnnxImportError(f"{where}: expects a flat (N, n) input, got per-sample "
+                                      f"shape {shape_x}")
+            if names[0] not in live:
+                raise OnnxImportError(f"{where}: the variable tensor must be the first operand")
+            weight = np.asarray(other[0], dtype=np.float64)
+            if op == "Gemm":
+                if int(attrs.get("transA", 0)):
+                    raise OnnxImportError(f"{where}: transA is not supported")
+                weight = weight.T if int(attrs.get("transB", 0)) else weight
+                weight = float(attrs.get("alpha", 1.0)) * weight
+                bias = (float(attrs.get("beta", 1.0)) * np.asarray(other[1], np.float64)
+                        if len(other) > 1 else np.zeros(weight.shape[1]))
+            else:
+                bias = np.zeros(weight.shape[-1])
+            if weight.ndim != 2 or weight.shape[0] != shape_x[0]:
+                raise OnnxImportError(f"{where}: weight of shape {weight.shape} does not fit "
+                                      f"an input of {shape_x[0]}")
+            bias = np.broadcast_to(bias.reshape(-1) if bias.size > 1 else bias,
+                                   (weight.shape[1],))
+            out = build.add("linear", (x,), (weight.shape[1],), label, weight=weight.T,
+                            bias=bias)
+        elif op == "Conv":
+            out = _conv(build, x, other, attrs, where, label)
+        elif op == "BatchNormalization":
+            out = _batch_norm(build, x, other, attrs, label)
+        elif op == "Pad":
+            out = _pad(build, x, other, attrs, where, label)
+        elif op in ("AveragePool", "MaxPool"):
+            settings = _pool_settings(attrs, where, shape_x)
+            if op == "AveragePool" and settings["padding"] != (0, 0) and \
+                    not int(attrs.get("count_include_pad", 0)):
+                raise OnnxImportError(f"{where}: padded average pooling that does not count "
+                                      "the padding is not supported")
+            out = build.add("avgpool" if op == "AveragePool" else "maxpool", (x,),
+                            _pooled(shape_x, settings), label, settings)
+        else:                                   # GlobalAveragePool
+            if len(shape_x) != 3:
+                raise OnnxImportError(f"{where}: expects a (C, H, W) tensor, got {shape_x}")
+            settings = {"kernel": shape_x[1:], "stride": (1, 1), "padding": (0, 0)}
+            out = build.add("avgpool", (x,), (shape_x[0], 1, 1), label, settings)
+        live[node.output[0]] = out
+    if len(graph.output) != 1 or graph.output[0].name not in live:
+        raise OnnxImportError(f"{path}: the graph's output is not computed from its input "
+                              "by the supported operators")
+    last = live[graph.output[0].name]
+    if len(build.shape(last)) != 1:
+        last = build.add("reshape", (last,), (int(np.prod(build.shape(last))),), "output")
+    nodes, tensors = _keep_used(build, last)
+    net = GraphNet(nodes, tensors)
+    for parameter in net.parameters():
+        if not torch.isfinite(parameter).all():
+            raise OnnxImportError(f"{path}: the network has NaN or infinite weights")
+    return net.eval(), {"input_shape": list(shape), "nodes": len(graph.node),
+                        "operators": sorted(operators)}
+
+
+def _conv(build: _Builder, x: int, other: list, attrs: dict, where: str, label: str) -> int:
+    shape = build.shape(x)
+    weight = np.asarray(other[0], dtype=np.float64)
+    if len(shape) != 3 or weight.ndim != 4:
+        raise OnnxImportError(f"{where}: only 2-D convolutions of (C, H, W) tensors are "
+                              f"supported, got input {shape} and kernel {weight.shape}")
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise OnnxImportError(f"{where}: auto_pad is not supported; export explicit pads")
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
+        raise OnnxImportError(f"{where}: asymmetric pads {pads} are not supported")
+    settings = {"stride": tuple(int(s) for s in attrs.get("strides", [1, 1])),
+                "padding": (int(pads[0]), int(pads[1])),
+                "dilation": tuple(int(d) for d in attrs.get("dilations", [1, 1])),
+                "groups": int(attrs.get("group", 1))}
+    bias = np.asarray(other[1], np.float64) if len(other) > 1 else np.zeros(weight.shape[0])
+    out_shape = [weight.shape[0]]
+    for i in range(2):
+        span = settings["dilation"][i] * (weight.shape[2 + i] - 1) + 1
+        out_shape.append((shape[1 + i] + 2 * settings["padding"][i] - span)
+                         // settings["stride"][i] + 1)
+    return build.add("conv", (x,), tuple(out_shape), label, settings, weight=weight, bias=bias)
+
+
+def _batch_norm(build: _Builder, x: int, other: list, attrs: dict, label: str) -> int:
+    scale, beta, mean, var = (np.asarray(o, np.float64) for o in other[:4])
+    factor = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    shift = beta - mean * factor
+    before = build.nodes[x]
+    if before.op in ("conv", "linear") and build.consumers.get(x) == 1:
+        weight = build.tensors[f"n{x}_weight"].numpy()
+        bias = build.tensors[f"n{x}_bias"].numpy()
+        if before.op == "conv" or len(before.shape) == 1:
+            build.tensors[f"n{x}_weight"] = torch.from_numpy(
+                weight * factor.reshape(-1, *([1] * (weight.ndim - 1))))
+            build.tensors[f"n{x}_bias"] = torch.from_numpy(bias * factor + shift)
+            build.nodes[x].name += f"+{label}"
+            return x
+    extra = (1,) * (len(build.shape(x)) - 1)
+    return build.add("affine", (x,), build.shape(x), label,
+                     scale=factor.reshape(-1, *extra), offset=shift.reshape(-1, *extra))
+
+
+def _pad(build: _Builder, x: int, other: list, attrs: dict, where: str, label: str) -> int:
+    shape = build.shape(x)
+    mode = attrs.get("mode", b"constant")
+    if mode not in (b"constant", "constant"):
+        raise OnnxImportError(f"{where}: only constant padding is supported, got {mode!r}")
+    pads = [int(p) for p in (attrs["pads"] if "pads" in attrs else other[0])]
+    value = float(np.asarray(other[1]).reshape(-1)[0]) if len(other) > 1 and \
+        other[1] is not None and np.asarray(other[1]).size else float(attrs.get("value", 0.0))
+    if len(shape) != 3 or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or \
+            any(p < 0 for p in pads) or value != 0.0:
+        raise OnnxImportError(f"{where}: only zero padding of the spatial axes of a "
+                              f"(N, C, H, W) tensor is supported, got pads {pads}, "
+                              f"value {value}")
+    top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
+    return build.add("pad", (x,), (shape[0], shape[1] + top + bottom,
+                                   shape[2] + left + right), label,
+                     {"pads": (top, left, bottom, right)})
+
+
+def _keep_used(build: _Builder, last: int) -> tuple[list[Node], dict[str, torch.Tensor]]:
+    """The nodes the output depends on, renumbered in order, with their tensors."""
+    used, stack = set(), [last]
+    while stack:
+        index = stack.pop()
+        if index not in used:
+            used.add(index)
+            stack.extend(build.nodes[index].inputs)
+    order = sorted(used)
+    new = {old: position for position, old in enumerate(order)}
+    nodes, tensors = [], {}
+    for old in order:
+        node = build.nodes[old]
+        nodes.append(Node(node.op, tuple(new[i] for i in node.inputs), node.shape,
+                          node.attrs, node.name))
+        for key, value in build.tensors.items():
+            if key.startswith(f"n{old}_"):
+                tensors[f"n{new[old]}_{key.split('_', 1)[1]}"] = value.float()
+    return nodes, tensors

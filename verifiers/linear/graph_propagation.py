@@ -1,0 +1,378 @@
+"""Bound propagation on a graph of operators (:class:`models.graph.GraphNet`), operator
+by operator: intervals forward, linear relaxations backward (CROWN).
+
+**Intervals** (:func:`interval_bounds`): per node ``(lo, hi)`` of shape ``(N, *shape)``;
+an affine operator maps the centre and the radius (``|W|``), a monotone one (ReLU,
+sigmoid, tanh, max pooling) maps the ends.
+
+**Backward** (:func:`backward_upper`): an upper bound on ``spec . v_t`` for a node ``t``
+over the input box, as ``const + sum A_x x`` maximised over the box, with the
+coefficients ``A`` of every node carried as tensors of the node's own shape,
+``(N, S, *shape)``, and pushed through each operator by its adjoint: a linear layer by
+``A @ W``, a convolution by the transposed convolution, a residual addition by handing
+``A`` to both inputs (summed where paths meet), a reshape by a view, padding by a crop,
+average pooling by the transposed uniform convolution. No dense matrix of a
+convolution is built.
+
+Nonlinear operators are relaxed with bounds on their input (``pre``): for ReLU the
+triangle with CROWN's adaptive lower slope; for sigmoid and tanh (convex below 0,
+concave above) the tangent at the midpoint and the chord on a one-signed interval, and
+across 0 the tangent through the far end point (found by bisection) or the chord, as
+in CROWN (Zhang et al. 2018), each line sound on the whole interval; for max pooling
+the element of largest lower bound below (``max >= z_i``) and the largest upper bound
+above, or that element exactly when its lower bound dominates the window. An upper
+bound takes each operator's upper line where the coefficient is positive and its lower
+line where it is negative.
+
+**Intermediate bounds** (:func:`layer_bounds`): the input of every nonlinear operator is
+bounded, in topological order, by a backward pass from it with ``+I`` and ``-I``
+specifications (in chunks of rows, so memory stays bounded), or by intervals where it
+is one affine operator of the input (exact there), as ``crown`` does on an MLP: on a
+network that also folds into one, both give the same bounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from bench.contract import Property, input_box, split_rows
+from models.graph import ELEMENTWISE, GraphNet
+
+Interval = tuple[torch.Tensor, torch.Tensor]
+CHUNK_ENTRIES = 2_000_000      # max rows x node size per backward pass (memory bound)
+
+
+# --------------------------------------------------------------------- intervals
+def _interval_step(net: GraphNet, index: int, ins: list[Interval]) -> Interval:
+    node = net.nodes[index]
+    op = node.op
+    if op in ("linear", "conv"):
+        (lo, hi), = ins
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        weight, bias = net.tensor(index, "weight"), net.tensor(index, "bias")
+        if op == "linear":
+            centre, spread = F.linear(mid, weight, bias), F.linear(rad, weight.abs())
+        else:
+            a = node.attrs
+            centre = F.conv2d(mid, weight, bias, a["stride"], a["padding"], a["dilation"],
+                              a["groups"])
+            spread = F.conv2d(rad, weight.abs(), None, a["stride"], a["padding"],
+                              a["dilation"], a["groups"])
+        return centre - spread, centre + spread
+    if op == "affine":
+        (lo, hi), = ins
+        scale, offset = net.tensor(index, "scale"), net.tensor(index, "offset")
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        centre, spread = mid * scale + offset, rad * scale.abs()
+        return centre - spread, centre + spread
+    if op == "add":
+        return ins[0][0] + ins[1][0], ins[0][1] + ins[1][1]
+    # monotone non-decreasing in each input, or a rearrangement: map both ends
+    return net.apply(index, [ins[0][0]]), net.apply(index, [ins[0][1]])
+
+
+def interval_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor) -> list[Interval]:
+    """Per node ``(lo, hi)`` ``(N, *shape)`` for inputs in the box ``lo, hi (N, d)``."""
+    shape = (lo.shape[0], *net.input_shape)
+    out: list[Interval] = [(lo.reshape(shape), hi.reshape(shape))]
+    for index in range(1, len(net.nodes)):
+        out.append(_interval_step(net, index, [out[i] for i in net.nodes[index].inputs]))
+    return out
+
+
+# ------------------------------------------------------------------ relaxations
+def _relu_lines(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(a_low, b_low, a_up, b_up)``: ``a_low z + b_low <= relu(z) <= a_up z + b_up``."""
+    crossing = (lo < 0) & (hi > 0)
+    active = lo >= 0
+    slope = torch.where(crossing, hi / (hi - lo).clamp(min=1e-300), active.to(lo.dtype))
+    a_up = slope
+    b_up = torch.where(crossing, -slope * lo, torch.zeros_like(lo))
+    a_low = torch.where(crossing, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
+    return a_low, torch.zeros_like(lo), a_up, b_up
+
+
+def _derivative(op: str, z: torch.Tensor) -> torch.Tensor:
+    if op == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+    return 1 - torch.tanh(z) ** 2
+
+
+def _tangent_through(op: str, fn, anchor: torch.Tensor, start: torch.Tensor,
+                     end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bracket ``(low, high)`` of the point ``d`` between ``start`` and ``end`` whose
+    tangent passes through ``(anchor, f(anchor))`` (bisection on ``g(d) = f(d) +
+    f'(d)(anchor - d) - f(anchor)``, increasing on a region of one curvature, ``g(start)
+    <= 0 <= g(end)``); 60 halvings. The caller takes the end that keeps its line sound."""
+    f_anchor = fn(anchor)
+    low, high = start.clone(), end.clone()
+    g_low = fn(low) + _derivative(op, low) * (anchor - low) - f_anchor
+    for _ in range(60):
+        mid = (low + high) / 2
+        g_mid = fn(mid) + _derivative(op, mid) * (anchor - mid) - f_anchor
+        same = torch.sign(g_mid) == torch.sign(g_low)
+        low = torch.where(same, mid, low)
+        g_low = torch.where(same, g_mid, g_low)
+        high = torch.where(same, high, mid)
+    return low, high
+
+
+def _s_curve_lines(op: str, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Lines below and above sigmoid or tanh on ``[lo, hi]`` (convex for ``z < 0``,
+    concave for ``z > 0``), each sound on the whole interval (see the module doc)."""
+    fn = ELEMENTWISE[op]
+    f_lo, f_hi = fn(lo), fn(hi)
+    width = hi - lo
+    narrow = width < 1e-9
+    chord = torch.where(narrow, _derivative(op, lo), (f_hi - f_lo) / width.clamp(min=1e-300))
+    mid = (lo + hi) / 2
+    tangent_slope = _derivative(op, mid)
+    tangent_offset = fn(mid) - tangent_slope * mid
+    chord_offset = f_lo - chord * lo
+
+    # across zero: the upper line touches the concave part and passes through (lo, f(lo))
+    # if the tangent at hi passes above f(lo) there, else the chord is above everything
+    g_hi = f_hi + _derivative(op, hi) * (lo - hi) - f_lo
+    # the upper line through (lo, f(lo)) stays above f if its tangent point is not past
+    # the true one (a steeper slope on the concave part): the bracket's low end
+    d_up = _tangent_through(op, fn, lo, torch.zeros_like(hi), hi.clamp(min=0))[0]
+    up_cross_slope = torch.where(g_hi >= 0, _derivative(op, d_up), chord)
+    up_cross_offset = f_lo - up_cross_slope * lo
+    g_lo = f_lo + _derivative(op, lo) * (hi - lo) - f_hi
+    # the lower line through (hi, f(hi)): the bracket's high end (a steeper slope)
+    d_low = _tangent_through(op, fn, hi, lo.clamp(max=0), torch.zeros_like(lo))[1]
+    low_cross_slope = torch.where(g_lo <= 0, _derivative(op, d_low), chord)
+    low_cross_offset = f_hi - low_cross_slope * hi
+
+    convex, concave = hi <= 0, lo >= 0
+    a_low = torch.where(convex, tangent_slope, torch.where(concave, chord, low_cross_slope))
+    b_low = torch.where(convex, tangent_offset,
+                        torch.where(concave, chord_offset, low_cross_offset))
+    a_up = torch.where(convex, chord, torch.where(concave, tangent_slope, up_cross_slope))
+    b_up = torch.where(convex, chord_offset,
+                       torch.where(concave, tangent_offset, up_cross_offset))
+    # rounding: widen each line by a few ulps of the values it touches
+    slack = 1e-12 * (1 + f_lo.abs() + f_hi.abs())
+    return a_low, b_low - slack, a_up, b_up + slack
+
+
+def relaxation(net: GraphNet, index: int, pre: Interval) -> tuple:
+    """The relaxation of nonlinear node ``index`` given bounds ``pre`` on its input."""
+    op = net.nodes[index].op
+    if op == "relu":
+        return _relu_lines(*pre)
+    if op in ("sigmoid", "tanh"):
+        return _s_curve_lines(op, *pre)
+    if op == "maxpool":
+        return _maxpool_relaxation(net, index, pre)
+    raise ValueError(f"node {index}: no relaxation for {op!r}")
+
+
+def _windows(t: torch.Tensor, kernel, stride, padding, fill: float) -> torch.Tensor:
+    """``t (N, C, H, W)`` as its pooling windows ``(N, C, kh * kw, L)``, padded with
+    ``fill``."""
+    n, c = t.shape[:2]
+    padded = F.pad(t, (padding[1], padding[1], padding[0], padding[0]), value=fill)
+    return F.unfold(padded.reshape(n * c, 1, *padded.shape[2:]), kernel, stride=stride
+                    ).reshape(n, c, kernel[0] * kernel[1], -1)
+
+
+def _maxpool_relaxation(net: GraphNet, index: int, pre: Interval) -> tuple:
+    """``(indices, dominant, upper)``, each ``(N, C, H_out, W_out)``: per output the flat
+    input index (within its channel) of the window's element of largest lower bound,
+    whether that element dominates its window (its lower bound >= the upper bound of
+    every other element of the window, so the output equals it), and the window's
+    largest upper bound."""
+    node = net.nodes[index]
+    a = node.attrs
+    lo, hi = pre
+    windows_lo = _windows(lo, a["kernel"], a["stride"], a["padding"], -math.inf)
+    windows_hi = _windows(hi, a["kernel"], a["stride"], a["padding"], -math.inf)
+    best_lo, position = windows_lo.max(dim=2)                            # (N, C, L)
+    upper = windows_hi.max(dim=2).values
+    others = windows_hi.scatter(2, position.unsqueeze(2), -math.inf).max(dim=2).values
+    height, width = lo.shape[2:]
+    where = torch.arange(height * width, dtype=lo.dtype, device=lo.device)
+    windows_at = _windows(where.reshape(1, 1, height, width), a["kernel"], a["stride"],
+                          a["padding"], -1.0)[0, 0]                      # (kh * kw, L)
+    chosen = windows_at.gather(0, position.reshape(-1, position.shape[-1])
+                               ).reshape(position.shape).long()
+    out = (lo.shape[0], *node.shape)
+    return chosen.reshape(out), (best_lo >= others).reshape(out), upper.reshape(out)
+
+
+# --------------------------------------------------------------------- backward
+def _adjoint(net: GraphNet, index: int, coef: torch.Tensor, in_shapes: list[tuple]
+             ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Coefficients on the inputs of affine node ``index`` from ``coef (B, S, *shape)``,
+    and the constant ``(B, S)`` it contributes."""
+    node = net.nodes[index]
+    a = node.attrs
+    batch, rows = coef.shape[:2]
+    zero = coef.new_zeros(batch, rows)
+    if node.op == "linear":
+        weight, bias = net.tensor(index, "weight"), net.tensor(index, "bias")
+        return [coef @ weight], coef @ bias
+    if node.op == "conv":
+        weight, bias = net.tensor(index, "weight"), net.tensor(index, "bias")
+        shape = in_shapes[0]
+        flat = coef.reshape(batch * rows, *node.shape)
+        probe = F.conv_transpose2d(flat[:1], weight, None, a["stride"], a["padding"], 0,
+                                   a["groups"], a["dilation"])
+        extra = (shape[1] - probe.shape[2], shape[2] - probe.shape[3])
+        back = F.conv_transpose2d(flat, weight, None, a["stride"], a["padding"], extra,
+                                  a["groups"], a["dilation"])
+        const = zero if bias is None else (coef.sum(dim=(-1, -2)) @ bias)
+        return [back.reshape(batch, rows, *shape)], const
+    if node.op == "affine":
+        scale = net.tensor(index, "scale").expand(node.shape)
+        offset = net.tensor(index, "offset").expand(node.shape)
+        return [coef * scale], (coef * offset).flatten(2).sum(-1)
+    if node.op == "add":
+        return [coef, coef], zero
+    if node.op == "reshape":
+        return [coef.reshape(batch, rows, *in_shapes[0])], zero
+    if node.op == "transpose":
+        inverse = [0] * len(a["perm"])
+        for position, axis in enumerate(a["perm"]):
+            inverse[axis] = position
+        return [coef.permute(0, 1, *[p + 2 for p in inverse])], zero
+    if node.op == "pad":
+        top, left, bottom, right = a["pads"]
+        height, width = node.shape[1], node.shape[2]
+        return [coef[..., top:height - bottom, left:width - right]], zero
+    if node.op == "avgpool":
+        channels = node.shape[0]
+        kernel = a["kernel"]
+        uniform = coef.new_full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
+        shape = in_shapes[0]
+        flat = coef.reshape(batch * rows, *node.shape)
+        probe = F.conv_transpose2d(flat[:1], uniform, None, a["stride"], a["padding"], 0,
+                                   channels)
+        extra = (shape[1] - probe.shape[2], shape[2] - probe.shape[3])
+        back = F.conv_transpose2d(flat, uniform, None, a["stride"], a["padding"], extra,
+                                  channels)
+        return [back.reshape(batch, rows, *shape)], zero
+    raise ValueError(f"node {index}: {node.op!r} is not affine")
+
+
+def backward_upper(net: GraphNet, relaxed: dict[int, tuple], target: int,
+                   spec: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Upper bound ``(B, S)`` on ``spec[b] . v_target`` over the box ``lo, hi (B, d)``;
+    ``spec (B, S, *shape of target)``; ``relaxed``: the relaxation of every nonlinear
+    node that ``target`` depends on (:func:`relaxation`)."""
+    batch, rows = spec.shape[:2]
+    coefs: dict[int, torch.Tensor] = {target: spec}
+    const = spec.new_zeros(batch, rows)
+    for index in range(target, 0, -1):
+        coef = coefs.pop(index, None)
+        if coef is None:
+            continue
+        node = net.nodes[index]
+        if node.op in ELEMENTWISE:
+            a_low, b_low, a_up, b_up = (t.unsqueeze(1) for t in relaxed[index])
+            positive, negative = coef.clamp(min=0), coef.clamp(max=0)
+            const = const + (positive * b_up + negative * b_low).flatten(2).sum(-1)
+            ins = [positive * a_up + negative * a_low]
+        elif node.op == "maxpool":
+            indices, dominant, upper = (t.unsqueeze(1) for t in relaxed[index])
+            positive = torch.where(dominant, torch.zeros_like(coef), coef.clamp(min=0))
+            const = const + (positive * upper).flatten(2).sum(-1)
+            moved = coef - positive                       # negative, or all if dominant
+            shape = net.nodes[node.inputs[0]].shape
+            flat = coef.new_zeros(batch, rows, shape[0], shape[1] * shape[2])
+            flat.scatter_add_(3, indices.expand_as(moved).flatten(3), moved.flatten(3))
+            ins = [flat.reshape(batch, rows, *shape)]
+        else:
+            ins, extra = _adjoint(net, index, coef,
+                                  [net.nodes[i].shape for i in node.inputs])
+            const = const + extra
+        for source, value in zip(node.inputs, ins):
+            coefs[source] = coefs[source] + value if source in coefs else value
+    coef = coefs.get(0)
+    if coef is None:
+        return const
+    flat = coef.reshape(batch, rows, -1)
+    mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
+    return const + (flat @ mid).squeeze(-1) + (flat.abs() @ rad).squeeze(-1)
+
+
+def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor
+                 ) -> tuple[list[Interval], dict[int, tuple]]:
+    """Bounds on every node (intervals, tightened by CROWN at the inputs of nonlinear
+    nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``."""
+    bounds = interval_bounds(net, lo, hi)
+    relaxed: dict[int, tuple] = {}
+    batch = lo.shape[0]
+    for index, node in enumerate(net.nodes):
+        if node.op not in (*ELEMENTWISE, "maxpool"):
+            continue
+        source = node.inputs[0]
+        direct = net.nodes[source].inputs == (0,) and net.nodes[source].op in (
+            "linear", "conv", "affine", "reshape", "pad")      # intervals are exact there
+        if not direct:
+            shape = net.nodes[source].shape
+            size = math.prod(shape)
+            rows = max(1, CHUNK_ENTRIES // max(size * batch, 1))
+            eye = torch.eye(size, dtype=lo.dtype, device=lo.device)
+            uppers, lowers = [], []
+            for start in range(0, size, rows):
+                part = eye[start:start + rows].reshape(-1, *shape)
+                spec = torch.cat([part, -part]).expand(batch, *([-1] * (len(shape) + 1)))
+                both = backward_upper(net, relaxed, source, spec, lo, hi)
+                count = part.shape[0]
+                uppers.append(both[:, :count])
+                lowers.append(-both[:, count:])
+            upper = torch.cat(uppers, 1).reshape(batch, *shape)
+            lower = torch.cat(lowers, 1).reshape(batch, *shape)
+            bounds[source] = (lower, upper)       # CROWN's, as for an MLP (not intersected)
+            # the nonlinear node's own interval follows from its tightened input
+            bounds[index] = (net.apply(index, [bounds[source][0]]),
+                             net.apply(index, [bounds[source][1]]))
+        relaxed[index] = relaxation(net, index, bounds[source])
+    return bounds, relaxed
+
+
+# ----------------------------------------------------------------- specifications
+def _in_float64(net: GraphNet) -> GraphNet:
+    return net if next(net.parameters()).dtype == torch.float64 else net.float64_copy()
+
+
+def graph_margin_bounds(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: float,
+                        clip: bool = True, crown: bool = True) -> torch.Tensor:
+    """``U (N, K)`` float64 upper bounds on ``f_j - f_y`` over ``B_eps(x) (∩ [0,1]^d)``,
+    by CROWN (``crown``) or intervals; ``-inf`` at the label."""
+    net = _in_float64(net)
+    x = x.to(torch.float64).reshape(x.shape[0], -1)
+    lo, hi = input_box(x, eps, clip)
+    k = net.num_classes
+    eye = torch.eye(k, dtype=torch.float64)
+    spec = eye.unsqueeze(0) - eye[y].unsqueeze(1)                   # (N, K, K)
+    if crown:
+        _, relaxed = layer_bounds(net, lo, hi)
+        upper = backward_upper(net, relaxed, len(net.nodes) - 1, spec, lo, hi)
+    else:
+        out_lo, out_hi = interval_bounds(net, lo, hi)[-1]
+        upper = (spec.clamp(min=0) @ out_hi.unsqueeze(-1) + spec.clamp(max=0)
+                 @ out_lo.unsqueeze(-1)).squeeze(-1)
+    return upper.scatter(1, y.view(-1, 1), float("-inf"))
+
+
+def graph_property_bounds(net: GraphNet, prop: Property, crown: bool = True
+                          ) -> list[torch.Tensor]:
+    """Per group of ``prop``, ``(r_g,)`` float64 upper bounds on ``c_i . f(x) - d_i``."""
+    net = _in_float64(net)
+    lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
+    rows, offsets, sizes = split_rows(prop)
+    with torch.no_grad():
+        if crown:
+            _, relaxed = layer_bounds(net, lo, hi)
+            upper = backward_upper(net, relaxed, len(net.nodes) - 1, rows[None], lo, hi)[0]
+        else:
+            out_lo, out_hi = interval_bounds(net, lo, hi)[-1]
+            upper = rows.clamp(min=0) @ out_hi[0] + rows.clamp(max=0) @ out_lo[0]
+    return list((upper - offsets).split(sizes))
