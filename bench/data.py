@@ -75,7 +75,7 @@ def _load_npz(path: Path, what: str) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return _check(archive["images"], archive["labels"], what)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{what} at {path} is unreadable: {exc}") from None
 
 
@@ -103,7 +103,7 @@ def read_dataset(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             images, labels = np.asarray(archive["images"]), np.asarray(archive["labels"])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a dataset (.npz with 'images' and 'labels'): "
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
             from None

@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the ONNX file of the declared network NAME")
     verify.add_argument("--timeout", type=int, metavar="SECONDS",
                         help="whole seconds (default: none)")
+    verify.add_argument("--threads", type=int, default=1, metavar="T",
+                        help="torch threads (default 1; not in the standard, optional as "
+                        "section 5.3 allows: a harness running solvers side by side on few "
+                        "cores loses far more to oversubscribed threads than it gains)")
     verify.add_argument("--serialise-assignments", "--assignments", type=Path,
                         dest="serialise", metavar="DIR",
                         help="write a sat assignment as DIR/NAME.pb (ONNX TensorProto)")
@@ -207,6 +211,11 @@ def verify(args: argparse.Namespace) -> int:
     if args.timeout is not None and not 0 <= args.timeout <= MAX_INSTANCE_TIMEOUT:
         raise Refusal(f"--timeout must be between 0 and {MAX_INSTANCE_TIMEOUT:g} seconds, "
                       f"got {args.timeout}")
+    if args.threads < 1:
+        raise Refusal(f"--threads must be at least 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     query, net, onnx_path = _load(args)
     timeout = float(MAX_INSTANCE_TIMEOUT if args.timeout is None else args.timeout)

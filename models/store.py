@@ -18,6 +18,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from models.card import CERTIFICATE_PREFIX, Card, ModelError
 from models.files import atomic_write
+from models.graph import GraphNet
 from models.mlp import MLP
 
 SHIPPED_DIR = Path(__file__).resolve().parent
@@ -105,9 +106,12 @@ def load(name: str, folder: Path = SHIPPED_DIR) -> tuple[MLP, Card]:
     return net, card
 
 
-def weights_summary(net: MLP) -> str:
+def weights_summary(net: MLP | GraphNet) -> str:
     """Short stable hash of the weights' and certificates' values (for caching per weights)."""
     h = hashlib.sha256()
+    if isinstance(net, GraphNet):              # its operators too, not only the tensors
+        h.update(repr([(n.op, n.inputs, n.shape, sorted(n.attrs.items()))
+                       for n in net.nodes]).encode())
     for key, value in [*net.state_dict().items(), *sorted(net.certificates.items())]:
         h.update(key.encode())
         h.update(value.detach().to(torch.float64).cpu().numpy().tobytes())

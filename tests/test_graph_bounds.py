@@ -213,10 +213,10 @@ def test_unfoldable_networks_load_as_graphs_and_only_graph_plugins_take_them(tmp
     assert not isinstance(folded, GraphNet) and card.extra["folded"] == "yes"
     takes = {info.name for info in select("verifier", ["ibp", "crown", "lp", "milp", "bab",
                                                        "sdp"]) if supports(info.create(), net)}
-    assert takes == {"ibp", "crown"}
-    attacks = {info.name for info in select("attack", ["pgd", "apgd-ce", "bab-cex"])
+    assert takes == {"ibp", "crown", "bab"}
+    attacks = {info.name for info in select("attack", ["pgd", "apgd-ce", "bab-cex", "milp-cex"])
                if supports(info.create(), net)}
-    assert attacks == {"pgd", "apgd-ce"}
+    assert attacks == {"pgd", "apgd-ce", "bab-cex"}
 
 
 def test_an_operator_without_a_rule_is_one_line_naming_it(tmp_path):

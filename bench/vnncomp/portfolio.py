@@ -15,6 +15,7 @@ import torch
 from attacks.property_ascent import apgd_property, attack_property
 from bench.contract import Property, project_box, refuted, supports
 from models import MLP
+from verifiers.bab.graph_search import decide_graph
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import decide
 
@@ -94,9 +95,10 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
         if refuted(verifier.bound_property(net, prop)):
             return Answer("unsat", 0.0, elapsed())
     nodes = 0
-    if complete and elapsed() < timeout and isinstance(net, MLP):     # bab: ReLU MLPs
-        outcome = decide(net, prop, SearchOptions(time_limit=timeout - elapsed(), device=device),
-                         seed=seed, restarts=0)
+    if complete and elapsed() < timeout:
+        options = SearchOptions(time_limit=timeout - elapsed(), device=device)
+        outcome = decide(net, prop, options, seed=seed, restarts=0) if isinstance(net, MLP) \
+            else decide_graph(net, prop, options, seed=seed, restarts=0)
         nodes = outcome.nodes
         if outcome.verdict == "holds":
             return Answer("unsat", 0.0, elapsed(), nodes=nodes,

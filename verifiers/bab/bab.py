@@ -10,6 +10,8 @@ import torch
 
 from bench.contract import Property
 from models import MLP
+from models.graph import GraphNet
+from verifiers.bab.graph_search import decide_graph
 from verifiers.bab.sample_searches import SharedSearches
 from verifiers.bab.search import decide
 
@@ -35,7 +37,10 @@ class BranchAndBound(SharedSearches):
         return torch.from_numpy(np.stack([v.upper for v in verdicts]))
 
     def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:
-        """Per group of ``prop``, ``(r_g,)`` upper bounds over its box (see :func:`decide`)."""
+        """Per group of ``prop``, ``(r_g,)`` upper bounds over its box (see :func:`decide`;
+        :func:`verifiers.bab.graph_search.decide_graph` on an operator graph)."""
+        if isinstance(net, GraphNet):
+            return decide_graph(net, prop, self._search).uppers
         return decide(net, prop, self._search).uppers
 
     def statistics(self) -> list[dict[str, Any]]:

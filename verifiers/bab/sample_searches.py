@@ -12,8 +12,11 @@ import torch
 
 from bench.contract import OptionsPlugin, Property, margins
 from models import MLP, weights_summary
+from models.graph import GraphNet
+from verifiers.bab.graph_search import decide_graph
 from verifiers.bab.options import BabOptions, SearchOptions
 from verifiers.bab.search import decide
+from verifiers.linear.graph_propagation import graph_margin_bounds
 from verifiers.linear.propagation import crown_slope, margin_upper_bounds
 from verifiers.verdicts import SampleVerdict, SharedVerdictsBase, VerdictCache
 
@@ -36,12 +39,14 @@ def bab_verdicts(net: MLP, x: torch.Tensor, y: torch.Tensor, eps: float, *,
     if missing:
         x64 = x[missing].to(torch.float64)
         net64 = net.float64_copy()
+        graph = isinstance(net, GraphNet)
         with torch.no_grad():   # sound everywhere; what a sample keeps when bab ends early
-            crown = margin_upper_bounds(net64, x64, y[missing], eps, crown_slope, clip)
+            crown = graph_margin_bounds(net64, x64, y[missing], eps, clip) if graph else \
+                margin_upper_bounds(net64, x64, y[missing], eps, crown_slope, clip)
         for row, n in enumerate(missing):
             label = int(y[n])
             prop = Property.robustness(x64[row], label, eps, net.num_classes, clip)
-            outcome = decide(net, prop, options)
+            outcome = decide_graph(net, prop, options) if graph else decide(net, prop, options)
             upper = crown[row].clone()
             others = [j for j in range(net.num_classes) if j != label]
             upper[others] = torch.minimum(upper[others], torch.cat(outcome.uppers))
@@ -85,6 +90,7 @@ class SharedSearches(OptionsPlugin, SharedVerdictsBase):
     with both plugins the harness searches each batch once."""
 
     OPTIONS = BabOptions
+    graphs = True       # operator graphs: verifiers.bab.graph_search
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

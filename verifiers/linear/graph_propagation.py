@@ -261,10 +261,27 @@ def _adjoint(net: GraphNet, index: int, coef: torch.Tensor, in_shapes: list[tupl
 
 
 def backward_upper(net: GraphNet, relaxed: dict[int, tuple], target: int,
-                   spec: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+                   spec: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, *,
+                   record: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Upper bound ``(B, S)`` on ``spec[b] . v_target`` over the box ``lo, hi (B, d)``;
     ``spec (B, S, *shape of target)``; ``relaxed``: the relaxation of every nonlinear
-    node that ``target`` depends on (:func:`relaxation`)."""
+    node that ``target`` depends on (:func:`relaxation`). ``record``, if given, receives
+    the coefficients ``(B, S, *shape)`` on the output of every ReLU node on the way (for
+    branching scores)."""
+    coef, const = linear_form(net, relaxed, target, spec, record=record)
+    if coef is None:
+        return const
+    mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
+    return const + (coef @ mid).squeeze(-1) + (coef.abs() @ rad).squeeze(-1)
+
+
+def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: torch.Tensor,
+                *, record: dict[int, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(A (B, S, d), c (B, S))`` with ``spec[b] . v_target <= A[b] x + c[b]`` for every
+    ``x`` in the box the relaxations were computed for (an equality where every
+    nonlinear node on the way is linear there, e.g. every ReLU split or stable);
+    ``A`` is ``None`` if the target does not depend on the input."""
     batch, rows = spec.shape[:2]
     coefs: dict[int, torch.Tensor] = {target: spec}
     const = spec.new_zeros(batch, rows)
@@ -273,6 +290,8 @@ def backward_upper(net: GraphNet, relaxed: dict[int, tuple], target: int,
         if coef is None:
             continue
         node = net.nodes[index]
+        if record is not None and node.op == "relu":
+            record[index] = coef
         if node.op in ELEMENTWISE:
             a_low, b_low, a_up, b_up = (t.unsqueeze(1) for t in relaxed[index])
             positive, negative = coef.clamp(min=0), coef.clamp(max=0)
@@ -294,17 +313,19 @@ def backward_upper(net: GraphNet, relaxed: dict[int, tuple], target: int,
         for source, value in zip(node.inputs, ins):
             coefs[source] = coefs[source] + value if source in coefs else value
     coef = coefs.get(0)
-    if coef is None:
-        return const
-    flat = coef.reshape(batch, rows, -1)
-    mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
-    return const + (flat @ mid).squeeze(-1) + (flat.abs() @ rad).squeeze(-1)
+    return (None if coef is None else coef.reshape(batch, rows, -1)), const
 
 
-def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor
+def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
+                 splits: dict[int, torch.Tensor] | None = None
                  ) -> tuple[list[Interval], dict[int, tuple]]:
     """Bounds on every node (intervals, tightened by CROWN at the inputs of nonlinear
-    nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``."""
+    nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``.
+
+    ``splits`` (branch and bound): per ReLU node, ``(B, *shape)`` with ``+1`` where its
+    input is assumed ``>= 0``, ``-1`` where ``<= 0``, ``0`` free; the input's bounds are
+    clamped accordingly before the ReLU is relaxed (a split unit is then linear). A
+    subdomain whose clamped bounds cross (``lower > upper``) is empty."""
     bounds = interval_bounds(net, lo, hi)
     relaxed: dict[int, tuple] = {}
     batch = lo.shape[0]
@@ -330,9 +351,14 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor
             upper = torch.cat(uppers, 1).reshape(batch, *shape)
             lower = torch.cat(lowers, 1).reshape(batch, *shape)
             bounds[source] = (lower, upper)       # CROWN's, as for an MLP (not intersected)
-            # the nonlinear node's own interval follows from its tightened input
-            bounds[index] = (net.apply(index, [bounds[source][0]]),
-                             net.apply(index, [bounds[source][1]]))
+        if splits is not None and index in splits:
+            sign = splits[index]
+            lower, upper = bounds[source]
+            bounds[source] = (torch.where(sign > 0, lower.clamp(min=0), lower),
+                              torch.where(sign < 0, upper.clamp(max=0), upper))
+        # the nonlinear node's own interval follows from its input's
+        bounds[index] = (net.apply(index, [bounds[source][0]]),
+                         net.apply(index, [bounds[source][1]]))
         relaxed[index] = relaxation(net, index, bounds[source])
     return bounds, relaxed
 

@@ -1,0 +1,251 @@
+"""Branch and bound on ReLU splits for operator graphs (:class:`models.graph.GraphNet`).
+
+The property's groups are settled one after the other. A subdomain is the input box and
+a sign for some ReLU units (``+1``: input ``>= 0``, ``-1``: ``<= 0``); it is bounded by
+CROWN on the graph with the split units' input bounds clamped
+(:func:`verifiers.linear.graph_propagation.layer_bounds` with ``splits``), batches of
+subdomains at a time. A subdomain is refuted when some row of the group has an upper
+bound below zero, or when its clamped bounds cross (it is empty). Otherwise the point of
+the box that maximises the bound's linear form of its loosest row is checked by a
+float64 forward pass (a counterexample ends the search), and the unit with the largest
+BaBSR-style score (positive coefficient times the upper line's intercept, summed over
+the group's rows; the widest unstable unit where all scores vanish) is split. A
+subdomain without an unstable ReLU left is linear on its region: an LP over the box and
+the split signs (HiGHS) decides it exactly, its solution checked by a forward pass.
+Max pooling, sigmoid and tanh are never split: a leaf that still relaxes one of them is
+left open, and the verdict is ``unknown``.
+
+No beta multipliers (the split signs enter through the clamped intermediate bounds,
+as in BaBSR); the MLP search (:mod:`verifiers.bab.search`) has them. Each open
+subdomain costs one ``int8`` per ReLU unit (``stats["bytes_per_subdomain"]``); the pool
+of open subdomains is held under ``options.memory_gb``: past it the search stops with
+``unknown``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.property_ascent import attack_property
+from bench.contract import Property
+from models.graph import ELEMENTWISE, GraphNet
+from verifiers.bab.options import SearchOptions
+from verifiers.bab.search import BabOutcome
+from verifiers.linear.graph_propagation import layer_bounds, linear_form
+
+Domain = dict[int, torch.Tensor]          # ReLU node -> (*shape) int8 signs
+
+
+def _violates(net64: GraphNet, prop: Property, points: torch.Tensor) -> torch.Tensor:
+    """Per point ``(P, d)``: inside the box and violating the property (float64)."""
+    inside = ((points >= prop.lo) & (points <= prop.hi)).all(1)
+    with torch.no_grad():
+        return inside & prop.violated_by(net64(points))
+
+
+def _stack(domains: list[Domain], relus: list[int], net: GraphNet) -> dict[int, torch.Tensor]:
+    out = {}
+    for index in relus:
+        shape = net.nodes[net.nodes[index].inputs[0]].shape
+        out[index] = torch.stack([d.get(index, torch.zeros(shape, dtype=torch.int8))
+                                  for d in domains])
+    return out
+
+
+def _leaf_lp(net: GraphNet, relaxed: dict, splits: dict[int, torch.Tensor], b: int,
+             matrix: torch.Tensor, offset: torch.Tensor, lo: torch.Tensor,
+             hi: torch.Tensor) -> np.ndarray | None | str:
+    """An LP over subdomain ``b`` (every ReLU linear there): a point of the box meeting
+    the split signs and every row ``c . f(x) >= d`` of the group, ``None`` if there is
+    none (refuted), ``"failed"`` if the solver failed."""
+    from scipy.optimize import linprog
+
+    one = {k: tuple(t[b:b + 1] for t in v) for k, v in relaxed.items()}
+    out = len(net.nodes) - 1
+    coef, const = linear_form(net, one, out, matrix[None])
+    a_ub, b_ub = [], []
+    if coef is not None:          # rows: -(A x + c - d) <= 0
+        a_ub.append(-coef[0].numpy())
+        b_ub.append((const[0] - offset).numpy())
+    for index, sign in splits.items():
+        chosen = sign[b].reshape(-1).nonzero().flatten()
+        if len(chosen) == 0:
+            continue
+        source = net.nodes[index].inputs[0]
+        shape = net.nodes[source].shape
+        eye = torch.eye(math.prod(shape), dtype=torch.float64)[chosen].reshape(-1, *shape)
+        sigma = sign[b].reshape(-1)[chosen].to(torch.float64)
+        pre, pre_const = linear_form(net, one, source, eye[None])
+        if pre is None:
+            continue
+        # sigma * (A x + c) >= 0  <=>  -sigma A x <= sigma c
+        a_ub.append(-(sigma[:, None] * pre[0]).numpy())
+        b_ub.append((sigma * pre_const[0]).numpy())
+    if not a_ub:
+        return lo.numpy()
+    result = linprog(np.zeros(lo.numel()), A_ub=np.concatenate(a_ub),
+                     b_ub=np.concatenate(b_ub), bounds=list(zip(lo.tolist(), hi.tolist())),
+                     method="highs")
+    if result.status == 2:
+        return None
+    return result.x if result.status == 0 else "failed"
+
+
+def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchOptions(), *,
+                 restarts: int = 16, attack_steps: int = 100, seed: int = 0) -> BabOutcome:
+    """Settle ``prop`` on the graph ``net`` within about ``options.time_limit`` seconds
+    (see the module doc; ``options.batch`` subdomains per bound computation,
+    ``options.memory_gb`` for the pool). ``uppers``: per group the largest upper bound
+    over the closed subdomains of the smallest row bound, repeated per row (an upper
+    bound on ``max_x min_i c_i . f(x) - d_i``: for a one-row group, the row's bound;
+    ``+inf`` where subdomains were left open)."""
+    began = time.perf_counter()
+    net64 = net.float64_copy().requires_grad_(False)
+    lo, hi = prop.lo.to(torch.float64), prop.hi.to(torch.float64)
+    relus = [i for i, node in enumerate(net64.nodes) if node.op == "relu"]
+    units = sum(math.prod(net64.nodes[net64.nodes[i].inputs[0]].shape) for i in relus)
+    stats: dict[str, Any] = {"branching": "relu", "bytes_per_subdomain": units,
+                             "leaf_lps": 0, "open_leaves": 0}
+    nodes = 0
+
+    def outcome(verdict: str, uppers: list[torch.Tensor], point: torch.Tensor | None = None
+                ) -> BabOutcome:
+        return BabOutcome(verdict, uppers, point, nodes, time.perf_counter() - began, stats)
+
+    if restarts:
+        point, _ = attack_property(net64, prop, restarts=restarts, steps=attack_steps,
+                                   seed=seed)
+        point = torch.minimum(torch.maximum(point.to(torch.float64), lo), hi)
+        if bool(_violates(net64, prop, point[None])[0]):
+            return outcome("violated", [torch.full((len(d),), math.inf, dtype=torch.float64)
+                                        for _, d in prop.groups], point)
+    out = len(net64.nodes) - 1
+    pool_limit = max(1, int(options.memory_gb * 1e9 // max(units, 1)))
+    uppers: list[torch.Tensor] = []
+    open_groups = False
+    for matrix, offset in prop.groups:
+        matrix, offset = matrix.to(torch.float64), offset.to(torch.float64)
+        queue: list[Domain] = [{}]
+        worst = -math.inf          # the largest min-over-rows bound of a closed subdomain
+        while queue:
+            if time.perf_counter() - began > options.time_limit or len(queue) > pool_limit:
+                open_groups = True
+                worst = math.inf
+                stats["open_leaves"] += len(queue)
+                break
+            batch, queue = queue[:options.batch], queue[options.batch:]
+            count = len(batch)
+            nodes += count
+            box_lo, box_hi = lo.expand(count, -1), hi.expand(count, -1)
+            splits = _stack(batch, relus, net64)
+            with torch.no_grad():
+                bounds, relaxed = layer_bounds(net64, box_lo, box_hi, splits)
+                record: dict[int, torch.Tensor] = {}
+                spec = matrix.expand(count, -1, -1)
+                coef, const = linear_form(net64, relaxed, out, spec, record=record)
+            if coef is None:
+                upper = const - offset
+            else:
+                mid, rad = ((box_hi + box_lo) / 2).unsqueeze(-1), \
+                    ((box_hi - box_lo) / 2).unsqueeze(-1)
+                upper = const + (coef @ mid).squeeze(-1) + (coef.abs() @ rad).squeeze(-1) \
+                    - offset
+            empty = torch.zeros(count, dtype=torch.bool)
+            for index in relus:
+                source = net64.nodes[index].inputs[0]
+                pre_lo, pre_hi = bounds[source]
+                empty |= (pre_lo > pre_hi).flatten(1).any(1)
+            refuted = empty | (upper < 0).any(1)
+            closed = refuted & ~empty
+            if bool(closed.any()):
+                worst = max(worst, float(upper[closed].min(1).values.max()))
+            alive = (~refuted).nonzero().flatten().tolist()
+            if not alive:
+                continue
+            # a counterexample candidate per live subdomain: the box corner that
+            # maximises the linear form of its loosest row
+            if coef is not None:
+                row = upper.argmin(1)
+                pick = coef[torch.arange(count), row]                    # (B, d)
+                corners = torch.where(pick > 0, box_hi, box_lo)[alive]
+                hit = _violates(net64, prop, corners).nonzero().flatten()
+                if len(hit):
+                    return outcome("violated", [torch.full((len(d),), math.inf,
+                                                           dtype=torch.float64)
+                                                for _, d in prop.groups],
+                                   corners[int(hit[0])])
+            for b in alive:
+                unit = _branch(net64, relus, bounds, record, b)
+                if unit is None:                      # no unstable ReLU: linear here
+                    if any(net64.nodes[i].op in (*ELEMENTWISE, "maxpool") and
+                           net64.nodes[i].op != "relu" for i in relaxed):
+                        stats["open_leaves"] += 1
+                        open_groups = True
+                        worst = math.inf
+                        continue
+                    stats["leaf_lps"] += 1
+                    found = _leaf_lp(net64, relaxed, splits, b, matrix, offset, lo, hi)
+                    if found is None:
+                        continue
+                    if isinstance(found, np.ndarray):
+                        point = torch.from_numpy(found)
+                        if bool(_violates(net64, prop, point[None])[0]):
+                            return outcome("violated", [torch.full(
+                                (len(d),), math.inf, dtype=torch.float64)
+                                for _, d in prop.groups], point)
+                    stats["open_leaves"] += 1        # the LP's point fails the forward pass
+                    open_groups = True
+                    worst = math.inf
+                    continue
+                index, flat = unit
+                for sign in (1, -1):
+                    child = {k: v.clone() for k, v in batch[b].items()}
+                    shape = net64.nodes[net64.nodes[index].inputs[0]].shape
+                    split = child.setdefault(index, torch.zeros(shape, dtype=torch.int8))
+                    split.view(-1)[flat] = sign
+                    queue.append(child)
+        uppers.append(torch.full((len(offset),), worst, dtype=torch.float64))
+        if open_groups:
+            break
+    if open_groups:
+        uppers += [torch.full((len(d),), math.inf, dtype=torch.float64)
+                   for _, d in prop.groups[len(uppers):]]
+        return outcome("unknown", uppers)
+    return outcome("holds", uppers)
+
+
+def _branch(net: GraphNet, relus: list[int], bounds: list, record: dict[int, torch.Tensor],
+            b: int) -> tuple[int, int] | None:
+    """The ReLU unit of subdomain ``b`` to split: ``(node, flat index)``, or ``None`` if
+    no unit is unstable."""
+    best: tuple[float, int, int] | None = None
+    widest: tuple[float, int, int] | None = None
+    for index in relus:
+        source = net.nodes[index].inputs[0]
+        lower, upper = (t[b].reshape(-1) for t in bounds[source])
+        unstable = (lower < 0) & (upper > 0)
+        if not bool(unstable.any()):
+            continue
+        gap = (upper - lower).clamp(min=1e-300)
+        intercept = torch.where(unstable, -upper * lower / gap, torch.zeros_like(lower))
+        coef = record.get(index)
+        score = (coef[b].clamp(min=0).reshape(coef.shape[1], -1) * intercept).sum(0) \
+            if coef is not None else torch.zeros_like(lower)
+        score = torch.where(unstable, score, torch.full_like(score, -1.0))
+        value, flat = score.max(0)
+        if best is None or float(value) > best[0]:
+            best = (float(value), index, int(flat))
+        width = torch.where(unstable, torch.minimum(upper, -lower), torch.full_like(lower, -1))
+        w_value, w_flat = width.max(0)
+        if widest is None or float(w_value) > widest[0]:
+            widest = (float(w_value), index, int(w_flat))
+    if best is None:
+        return None
+    chosen = best if best[0] > 0 else widest
+    assert chosen is not None
+    return chosen[1], chosen[2]
