@@ -277,6 +277,7 @@ def recipe_names() -> list[str]:
 def cmd_export(args: argparse.Namespace) -> int:
     from bench.vnncomp.competition import draw_images, instance_files, write_instances
     from models import load
+    from models.files import atomic_write
     from models.onnx_import import export_onnx
 
     net, card = load(args.name, args.model_dir) if args.model_dir else load(args.name)
@@ -286,16 +287,29 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("--draw-seed draws the images of --properties N; give both")
     # every argument is checked, and every file this would write, before anything is written
     indices = draw_images(args.properties, args.draw_seed) if args.properties else []
-    targets = [args.onnx] + ([args.onnx.parent / name for name in
+    same = str(args.name).lower().endswith(".onnx") and \
+        Path(args.name).resolve() == Path(args.onnx).resolve()
+    targets = ([] if same else [args.onnx]) + ([args.onnx.parent / name for name in
                               instance_files(card.name, indices, radii)] if indices else [])
     for target in targets:
         if target.is_dir():
             raise UsageError(f"{target} is a folder; --onnx names the file to write")
         if target.exists() and not args.force:
             raise UsageError(f"{target} exists; pass --force to overwrite it")
-    path = export_onnx(net, args.onnx, input_shape=shape)
-    print(f"wrote {path} ({card.name}: {' -> '.join(map(str, net.widths))}, input "
-          f"{'x'.join(map(str, shape))})")
+    if str(args.name).lower().endswith(".onnx"):       # an ONNX network: the file itself
+        if indices and net.input_dim != 784:
+            raise UsageError(f"{args.name} takes {net.input_dim} inputs; --properties are "
+                             "MNIST images (784)")
+        source = Path(args.name).resolve()
+        path = Path(args.onnx)
+        if source != path.resolve():
+            data = source.read_bytes()
+            atomic_write(path, lambda handle: handle.write(data))
+        print(f"wrote {path} (a copy of {args.name})")
+    else:
+        path = export_onnx(net, args.onnx, input_shape=shape)
+        print(f"wrote {path} ({card.name}: {' -> '.join(map(str, net.widths))}, input "
+              f"{'x'.join(map(str, shape))})")
     if indices:
         rows = write_instances(net, card.name, path, indices, radii, args.timeout)
         print(f"wrote {len(rows)} properties in the VNN-COMP dialect with "
@@ -431,7 +445,8 @@ def build_parser() -> Parser:
     rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a network as ONNX, for other verifiers")
-    export.add_argument("name", help="a shipped network (or one in --model-dir)")
+    export.add_argument("name", help="a shipped network (or one in --model-dir), or an "
+                        ".onnx file (copied as it is; its properties written beside)")
     export.add_argument("--onnx", type=Path, required=True, metavar="PATH",
                         help="the .onnx file to write (input 1x28x28 for MNIST networks)")
     export.add_argument("--model-dir", type=Path, help="folder of networks (default: shipped)")

@@ -102,6 +102,12 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
     shape = tuple(int(d) for d in dims[1:]) if len(dims) > 1 else (int(dims[0]),)
     build = _Builder(shape)
     live: dict[str, int] = {inputs[0].name: 0}
+    uses: dict[str, int] = {}                      # how many nodes read each tensor
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    for value in graph.output:
+        uses[value.name] = uses.get(value.name, 0) + 1
     operators: set[str] = set()
     for number, node in enumerate(graph.node):
         op, where = node.op_type, f"{path}: node {node.name or number!r} ({node.op_type})"
@@ -178,8 +184,9 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
                 if not first:
                     raise OnnxImportError(f"{where}: division by a variable tensor")
                 scale = 1.0 / const
-            out = build.add("affine", (x,), shape_x, label, scale=np.asarray(scale),
-                            offset=np.asarray(offset))
+            out = _affine(build, x, np.asarray(scale, np.float64),
+                          np.asarray(offset, np.float64), label,
+                          alone=_readers(live, uses, x) == 1)
         elif op in ("Gemm", "MatMul"):
             if len(shape_x) != 1:
                 raise OnnxImportError(f"{where}: expects a flat (N, n) input, got per-sample "
@@ -206,7 +213,8 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
         elif op == "Conv":
             out = _conv(build, x, other, attrs, where, label)
         elif op == "BatchNormalization":
-            out = _batch_norm(build, x, other, attrs, label)
+            out = _batch_norm(build, x, other, attrs, label,
+                              alone=_readers(live, uses, x) == 1)
         elif op == "Pad":
             out = _pad(build, x, other, attrs, where, label)
         elif op in ("AveragePool", "MaxPool"):
@@ -262,12 +270,36 @@ def _conv(build: _Builder, x: int, other: list, attrs: dict, where: str, label: 
     return build.add("conv", (x,), tuple(out_shape), label, settings, weight=weight, bias=bias)
 
 
-def _batch_norm(build: _Builder, x: int, other: list, attrs: dict, label: str) -> int:
+def _readers(live: dict[str, int], uses: dict[str, int], x: int) -> int:
+    """How many ONNX nodes (and graph outputs) read node ``x``, through every tensor name
+    that stands for it (an ``Identity`` adds a name and a reader)."""
+    return sum(uses.get(name, 0) for name, index in live.items() if index == x)
+
+
+def _affine(build: _Builder, x: int, scale: np.ndarray, offset: np.ndarray, label: str,
+            alone: bool) -> int:
+    """``scale * v_x + offset``, merged into ``x`` when it is an affine node that nothing
+    else reads (an exported ``Mul`` then ``Add`` reads back as one node)."""
+    before = build.nodes[x]
+    if before.op == "affine" and alone:
+        old_scale = build.tensors[f"n{x}_scale"].numpy()
+        old_offset = build.tensors[f"n{x}_offset"].numpy()
+        build.tensors[f"n{x}_scale"] = torch.from_numpy(np.array(old_scale * scale))
+        build.tensors[f"n{x}_offset"] = torch.from_numpy(np.array(old_offset * scale + offset))
+        build.nodes[x].name += f"+{label}"
+        return x
+    return build.add("affine", (x,), build.shape(x), label, scale=scale, offset=offset)
+
+
+def _batch_norm(build: _Builder, x: int, other: list, attrs: dict, label: str,
+                alone: bool) -> int:
+    """Folded into the conv or linear node before it when nothing else reads that node's
+    output; else an affine node."""
     scale, beta, mean, var = (np.asarray(o, np.float64) for o in other[:4])
     factor = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
     shift = beta - mean * factor
     before = build.nodes[x]
-    if before.op in ("conv", "linear") and build.consumers.get(x) == 1:
+    if before.op in ("conv", "linear") and alone:
         weight = build.tensors[f"n{x}_weight"].numpy()
         bias = build.tensors[f"n{x}_bias"].numpy()
         if before.op == "conv" or len(before.shape) == 1:
@@ -277,8 +309,8 @@ def _batch_norm(build: _Builder, x: int, other: list, attrs: dict, label: str) -
             build.nodes[x].name += f"+{label}"
             return x
     extra = (1,) * (len(build.shape(x)) - 1)
-    return build.add("affine", (x,), build.shape(x), label,
-                     scale=factor.reshape(-1, *extra), offset=shift.reshape(-1, *extra))
+    return _affine(build, x, factor.reshape(-1, *extra), shift.reshape(-1, *extra), label,
+                   alone)
 
 
 def _pad(build: _Builder, x: int, other: list, attrs: dict, where: str, label: str) -> int:

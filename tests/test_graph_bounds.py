@@ -247,3 +247,19 @@ def test_each_activation_lies_between_its_lines_on_its_interval(op):
     assert below.min() >= -1e-12 and above.min() >= -1e-12
     assert float(below.min(1).values.median()) < 1e-3       # not sound by being slack
     assert float(above.min(1).values.median()) < 1e-3
+
+
+def test_a_graph_written_as_onnx_reads_back_the_same(network, tmp_path):
+    from models.graph_export import export_graph_onnx
+
+    kind, path, net = network
+    copy = export_graph_onnx(net, tmp_path / f"{kind}-again.onnx")
+    again, _ = import_onnx_graph(copy)
+    assert [(n.op, n.inputs, n.shape) for n in again.nodes] == \
+        [(n.op, n.inputs, n.shape) for n in net.nodes]
+    x = torch.rand(4, 36)
+    with torch.no_grad():
+        assert torch.equal(again(x), net(x))
+    theirs = onnxruntime.InferenceSession(str(copy), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy().reshape(4, *SHAPE)})[0]
+    np.testing.assert_allclose(theirs, net(x).detach().numpy(), rtol=1e-5, atol=1e-5)
