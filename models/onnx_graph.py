@@ -21,9 +21,12 @@ from models.graph import GraphNet, Node
 from models.onnx_import import (
     OnnxImportError,
     _attributes,
-    _fold_constant,
     _per_sample,
     _target_shape,
+    constant_node,
+    conv_settings,
+    gemm_weight,
+    read_graph,
 )
 
 GRAPH_OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Conv", "Div", "Dropout",
@@ -79,29 +82,10 @@ def _pooled(shape: tuple[int, ...], a: dict) -> tuple[int, ...]:
 def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
     """The ONNX network at ``path`` as a :class:`GraphNet` (float32 parameters), and its
     facts (``input_shape``, ``nodes``, ``operators``)."""
-    import onnx
-    from onnx import numpy_helper
-
     path = Path(path)
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError, OSError, ...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OnnxImportError(f"{path}: not a readable ONNX model ({reason})") from None
-    graph = model.graph
-    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in consts]
-    if len(inputs) != 1:
-        raise OnnxImportError(f"{path}: expected one input tensor, found {len(inputs)}")
-    dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in inputs[0].type.tensor_type.shape.dim]
-    if not dims or any(d is None or d < 1 for d in dims[1:]) or (dims[0] not in (None, 1)
-                                                                and len(dims) > 1):
-        raise OnnxImportError(f"{path}: input {inputs[0].name!r} has shape {dims}; expected "
-                              "a batch dimension then fixed sizes")
-    shape = tuple(int(d) for d in dims[1:]) if len(dims) > 1 else (int(dims[0]),)
+    graph, consts, input_name, shape = read_graph(path)
     build = _Builder(shape)
-    live: dict[str, int] = {inputs[0].name: 0}
+    live: dict[str, int] = {input_name: 0}
     uses: dict[str, int] = {}                      # how many nodes read each tensor
     for node in graph.node:
         for name in node.input:
@@ -115,22 +99,8 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
         attrs = _attributes(node)
         names = list(node.input)
         variable = [n for n in names if n in live]
-        if op == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(attrs["value"]) \
-                if "value" in attrs else np.asarray(attrs.get("value_float",
-                                                              attrs.get("value_floats")))
-            continue
-        if op == "Shape" and variable:
-            consts[node.output[0]] = np.asarray((1, *build.shape(live[variable[0]])),
-                                                dtype=np.int64)
-            continue
-        if not variable:
-            try:
-                consts[node.output[0]] = _fold_constant(
-                    op, [consts[n] for n in names if n], attrs, where)
-            except KeyError as exc:
-                raise OnnxImportError(f"{where}: input {exc} is neither computed nor an "
-                                      "initializer") from None
+        if constant_node(node, attrs, consts,
+                         build.shape(live[variable[0]]) if variable else None, where):
             continue
         if op not in GRAPH_OPERATORS:
             raise OnnxImportError(f"{where}: unsupported operator (certbench's graph "
@@ -193,21 +163,7 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
                                       f"shape {shape_x}")
             if names[0] not in live:
                 raise OnnxImportError(f"{where}: the variable tensor must be the first operand")
-            weight = np.asarray(other[0], dtype=np.float64)
-            if op == "Gemm":
-                if int(attrs.get("transA", 0)):
-                    raise OnnxImportError(f"{where}: transA is not supported")
-                weight = weight.T if int(attrs.get("transB", 0)) else weight
-                weight = float(attrs.get("alpha", 1.0)) * weight
-                bias = (float(attrs.get("beta", 1.0)) * np.asarray(other[1], np.float64)
-                        if len(other) > 1 else np.zeros(weight.shape[1]))
-            else:
-                bias = np.zeros(weight.shape[-1])
-            if weight.ndim != 2 or weight.shape[0] != shape_x[0]:
-                raise OnnxImportError(f"{where}: weight of shape {weight.shape} does not fit "
-                                      f"an input of {shape_x[0]}")
-            bias = np.broadcast_to(bias.reshape(-1) if bias.size > 1 else bias,
-                                   (weight.shape[1],))
+            weight, bias = gemm_weight(op, attrs, other, shape_x[0], where)
             out = build.add("linear", (x,), (weight.shape[1],), label, weight=weight.T,
                             bias=bias)
         elif op == "Conv":
@@ -249,18 +205,7 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
 def _conv(build: _Builder, x: int, other: list, attrs: dict, where: str, label: str) -> int:
     shape = build.shape(x)
     weight = np.asarray(other[0], dtype=np.float64)
-    if len(shape) != 3 or weight.ndim != 4:
-        raise OnnxImportError(f"{where}: only 2-D convolutions of (C, H, W) tensors are "
-                              f"supported, got input {shape} and kernel {weight.shape}")
-    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise OnnxImportError(f"{where}: auto_pad is not supported; export explicit pads")
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-        raise OnnxImportError(f"{where}: asymmetric pads {pads} are not supported")
-    settings = {"stride": tuple(int(s) for s in attrs.get("strides", [1, 1])),
-                "padding": (int(pads[0]), int(pads[1])),
-                "dilation": tuple(int(d) for d in attrs.get("dilations", [1, 1])),
-                "groups": int(attrs.get("group", 1))}
+    settings = conv_settings(weight, shape, attrs, where)
     bias = np.asarray(other[1], np.float64) if len(other) > 1 else np.zeros(weight.shape[0])
     out_shape = [weight.shape[0]]
     for i in range(2):

@@ -93,9 +93,10 @@ def _attributes(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _conv_matrix(weight: np.ndarray, bias: np.ndarray | None, shape: tuple[int, ...],
-                 attrs: dict, where: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """The dense ``(out, in)`` matrix and offset of a 2-D convolution on ``shape (C, H, W)``."""
+def conv_settings(weight: np.ndarray, shape: tuple[int, ...], attrs: dict, where: str
+                  ) -> dict:
+    """A 2-D convolution's ``stride``, ``padding`` (symmetric ``(ph, pw)``),
+    ``dilation`` and ``groups`` on a ``(C, H, W)`` tensor (anything else refused)."""
     if len(shape) != 3 or weight.ndim != 4:
         raise OnnxImportError(f"{where}: only 2-D convolutions of (C, H, W) tensors are "
                               f"supported, got input {shape} and kernel {weight.shape}")
@@ -104,9 +105,18 @@ def _conv_matrix(weight: np.ndarray, bias: np.ndarray | None, shape: tuple[int, 
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
     if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
         raise OnnxImportError(f"{where}: asymmetric pads {pads} are not supported")
-    strides = tuple(attrs.get("strides", [1, 1]))
-    dilations = tuple(attrs.get("dilations", [1, 1]))
-    groups = int(attrs.get("group", 1))
+    return {"stride": tuple(int(s) for s in attrs.get("strides", [1, 1])),
+            "padding": (int(pads[0]), int(pads[1])),
+            "dilation": tuple(int(d) for d in attrs.get("dilations", [1, 1])),
+            "groups": int(attrs.get("group", 1))}
+
+
+def _conv_matrix(weight: np.ndarray, bias: np.ndarray | None, shape: tuple[int, ...],
+                 attrs: dict, where: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """The dense ``(out, in)`` matrix and offset of a 2-D convolution on ``shape (C, H, W)``."""
+    settings = conv_settings(weight, shape, attrs, where)
+    strides, dilations, groups = settings["stride"], settings["dilation"], settings["groups"]
+    pads = [settings["padding"][0], settings["padding"][1]] * 2
     size = int(np.prod(shape))
     w = torch.from_numpy(np.asarray(weight, dtype=np.float64))
     with torch.no_grad():
@@ -169,13 +179,12 @@ def _target_shape(spec: np.ndarray, current: tuple[int, ...], where: str,
     return tuple(dims)
 
 
-def import_onnx(path: Path) -> tuple[MLP, dict]:
-    """Compile the ONNX network at ``path`` into an ``MLP``; also return its facts
-    (``input_shape`` per sample, ``nodes``, ``operators``)."""
+def read_graph(path: Path) -> tuple[object, dict[str, np.ndarray], str, tuple[int, ...]]:
+    """The ONNX graph at ``path``, its initializers as arrays, the name of its one input
+    and that input's per-sample shape (a batch dimension, then fixed sizes)."""
     import onnx
     from onnx import numpy_helper
 
-    path = Path(path)
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError, ...
@@ -193,8 +202,66 @@ def import_onnx(path: Path) -> tuple[MLP, dict]:
         raise OnnxImportError(f"{path}: input {inputs[0].name!r} has shape {dims}; expected "
                               "a batch dimension then fixed sizes")
     shape = tuple(int(d) for d in dims[1:]) if len(dims) > 1 else (int(dims[0]),)
+    return graph, consts, inputs[0].name, shape
+
+
+def constant_node(node, attrs: dict, consts: dict[str, np.ndarray],
+                  variable_shape: tuple[int, ...] | None, where: str) -> bool:
+    """Evaluate ``node`` into ``consts`` if it computes a constant (``Constant``, a
+    ``Shape`` of the variable tensor of per-sample shape ``variable_shape``, or any
+    operator of :data:`CONSTANT_OPERATORS` on constants); ``False`` if it takes the
+    variable tensor."""
+    from onnx import numpy_helper
+
+    op = node.op_type
+    if op == "Constant":
+        consts[node.output[0]] = numpy_helper.to_array(attrs["value"]) \
+            if "value" in attrs else np.asarray(attrs.get("value_float",
+                                                          attrs.get("value_floats")))
+        return True
+    if op == "Shape" and variable_shape is not None:
+        consts[node.output[0]] = np.asarray((1, *variable_shape), dtype=np.int64)
+        return True
+    if variable_shape is not None:
+        return False
+    try:
+        consts[node.output[0]] = _fold_constant(op, [consts[n] for n in node.input if n],
+                                                attrs, where)
+    except KeyError as exc:
+        raise OnnxImportError(f"{where}: input {exc} is neither computed nor an "
+                              "initializer") from None
+    return True
+
+
+def gemm_weight(op: str, attrs: dict, other: list, width: int, where: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(W (in, out), b (out,))`` float64 of a Gemm or MatMul on a flat input of
+    ``width``."""
+    weight = np.asarray(other[0], dtype=np.float64)
+    if op == "Gemm":
+        if int(attrs.get("transA", 0)):
+            raise OnnxImportError(f"{where}: transA is not supported")
+        weight = weight.T if int(attrs.get("transB", 0)) else weight
+        weight = float(attrs.get("alpha", 1.0)) * weight
+        bias = (float(attrs.get("beta", 1.0)) * np.asarray(other[1], np.float64)
+                if len(other) > 1 else np.zeros(weight.shape[1]))
+    else:
+        bias = np.zeros(weight.shape[-1])
+    if weight.ndim != 2 or weight.shape[0] != width:
+        raise OnnxImportError(f"{where}: weight of shape {weight.shape} does not fit "
+                              f"an input of {width}")
+    return weight, np.broadcast_to(bias.reshape(-1) if bias.size > 1 else bias,
+                                   (weight.shape[1],))
+
+
+def import_onnx(path: Path) -> tuple[MLP, dict]:
+    """Compile the ONNX network at ``path`` into an ``MLP``; also return its facts
+    (``input_shape`` per sample, ``nodes``, ``operators``)."""
+
+    path = Path(path)
+    graph, consts, input_name, shape = read_graph(path)
     size = int(np.prod(shape))
-    live: dict[str, Live] = {inputs[0].name: Live(np.eye(size), np.zeros(size), shape)}
+    live: dict[str, Live] = {input_name: Live(np.eye(size), np.zeros(size), shape)}
     layers: list[tuple[np.ndarray, np.ndarray]] = []
     operators: set[str] = set()
     for index, node in enumerate(graph.node):
@@ -203,21 +270,8 @@ def import_onnx(path: Path) -> tuple[MLP, dict]:
         attrs = _attributes(node)
         names = [n for n in node.input]
         variable = [n for n in names if n in live]
-        if op == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(attrs["value"]) \
-                if "value" in attrs else np.asarray(attrs.get("value_float",
-                                                              attrs.get("value_floats")))
-            continue
-        if op == "Shape" and variable:
-            consts[node.output[0]] = np.asarray((1, *live[variable[0]].shape), dtype=np.int64)
-            continue
-        if not variable:
-            try:
-                consts[node.output[0]] = _fold_constant(
-                    op, [consts[n] for n in names if n], attrs, where)
-            except KeyError as exc:
-                raise OnnxImportError(f"{where}: input {exc} is neither computed nor an "
-                                      "initializer") from None
+        if constant_node(node, attrs, consts,
+                         live[variable[0]].shape if variable else None, where):
             continue
         if op not in LIVE_OPERATORS:
             raise OnnxImportError(f"{where}: unsupported operator (certbench imports "
@@ -271,21 +325,7 @@ def import_onnx(path: Path) -> tuple[MLP, dict]:
                                           f"sample shape {x.shape}")
             if names[0] not in live:
                 raise OnnxImportError(f"{where}: the variable tensor must be the first operand")
-            weight = np.asarray(other[0], dtype=np.float64)
-            if op == "Gemm":
-                if int(attrs.get("transA", 0)):
-                    raise OnnxImportError(f"{where}: transA is not supported")
-                weight = weight.T if int(attrs.get("transB", 0)) else weight
-                weight = float(attrs.get("alpha", 1.0)) * weight
-                bias = (float(attrs.get("beta", 1.0)) * np.asarray(other[1], np.float64)
-                        if len(other) > 1 else np.zeros(weight.shape[1]))
-            else:
-                bias = np.zeros(weight.shape[-1])
-            if weight.ndim != 2 or weight.shape[0] != x.shape[-1]:
-                raise OnnxImportError(f"{where}: weight of shape {weight.shape} does not fit "
-                                      f"an input of {x.shape[-1]}")
-            bias = np.broadcast_to(bias.reshape(-1) if bias.size > 1 else bias,
-                                   (weight.shape[1],))
+            weight, bias = gemm_weight(op, attrs, other, x.shape[-1], where)
             out = x.affine(weight.T, bias, (*x.shape[:-1], weight.shape[1]))
         elif op == "Conv":
             matrix, offset, out_shape = _conv_matrix(other[0], other[1] if len(other) > 1
