@@ -2,10 +2,13 @@
 
 The property's groups are settled one after the other. A subdomain is the input box and
 a sign for some ReLU units (``+1``: input ``>= 0``, ``-1``: ``<= 0``); it is bounded by
-CROWN on the graph with the split units' input bounds clamped
-(:func:`verifiers.linear.graph_propagation.layer_bounds` with ``splits``), batches of
-subdomains at a time. A subdomain is refuted when some row of the group has an upper
-bound below zero, or when its clamped bounds cross (it is empty). Otherwise the point of
+one CROWN backward pass on the graph, batches of subdomains at a time, from the
+intermediate bounds CROWN computed once on the whole box, with the split units' input
+bounds clamped to their signs
+(:func:`verifiers.linear.graph_propagation.split_relaxation`: a layer after a split
+keeps the box's bounds, sound on the subdomain, one pass instead of one per layer). A
+subdomain is refuted when some row of the group has an upper bound below zero, or when
+its clamped bounds cross (it is empty). Otherwise the point of
 the box that maximises the bound's linear form of its loosest row is checked by a
 float64 forward pass (a counterexample ends the search), and the unit with the largest
 BaBSR-style score (positive coefficient times the upper line's intercept, summed over
@@ -15,8 +18,8 @@ the split signs (HiGHS) decides it exactly, its solution checked by a forward pa
 Max pooling, sigmoid and tanh are never split: a leaf that still relaxes one of them is
 left open, and the verdict is ``unknown``.
 
-No beta multipliers (the split signs enter through the clamped intermediate bounds,
-as in BaBSR); the MLP search (:mod:`verifiers.bab.search`) has them. Each open
+No beta multipliers (the split signs enter through the clamped bounds, as in BaBSR);
+the MLP search (:mod:`verifiers.bab.search`) has them. Each open
 subdomain costs one ``int8`` per ReLU unit (``stats["bytes_per_subdomain"]``); the pool
 of open subdomains is held under ``options.memory_gb``: past it the search stops with
 ``unknown``.
@@ -36,7 +39,7 @@ from bench.contract import Property
 from models.graph import ELEMENTWISE, GraphNet
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
-from verifiers.linear.graph_propagation import layer_bounds, linear_form
+from verifiers.linear.graph_propagation import layer_bounds, linear_form, split_relaxation
 
 Domain = dict[int, torch.Tensor]          # ReLU node -> (*shape) int8 signs
 
@@ -125,6 +128,8 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
             return outcome("violated", [torch.full((len(d),), math.inf, dtype=torch.float64)
                                         for _, d in prop.groups], point)
     out = len(net64.nodes) - 1
+    with torch.no_grad():          # CROWN's bounds on the whole box, shared by every subdomain
+        root_bounds, _ = layer_bounds(net64, lo[None], hi[None])
     pool_limit = max(1, int(options.memory_gb * 1e9 // max(units, 1)))
     uppers: list[torch.Tensor] = []
     open_groups = False
@@ -144,7 +149,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
             box_lo, box_hi = lo.expand(count, -1), hi.expand(count, -1)
             splits = _stack(batch, relus, net64)
             with torch.no_grad():
-                bounds, relaxed = layer_bounds(net64, box_lo, box_hi, splits)
+                bounds, relaxed = split_relaxation(net64, root_bounds, splits)
                 record: dict[int, torch.Tensor] = {}
                 spec = matrix.expand(count, -1, -1)
                 coef, const = linear_form(net64, relaxed, out, spec, record=record)

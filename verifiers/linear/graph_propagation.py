@@ -363,6 +363,31 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
     return bounds, relaxed
 
 
+def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, torch.Tensor]
+                     ) -> tuple[list[Interval], dict[int, tuple]]:
+    """Relaxations for a batch of subdomains ``(B, ...)`` from bounds computed once for
+    their common box (``bounds``: per node, batch 1; valid on every subdomain, each a
+    subset), with each split unit's input bound clamped to its sign (``splits`` as in
+    :func:`layer_bounds`). Returns the clamped bounds (per node, batch ``B``) and the
+    relaxations. Later layers keep the common bounds: sound, and one backward pass per
+    subdomain instead of one per layer."""
+    batch = next(iter(splits.values())).shape[0] if splits else 1
+    out = [(lo.expand(batch, *lo.shape[1:]), hi.expand(batch, *hi.shape[1:]))
+           for lo, hi in bounds]
+    relaxed: dict[int, tuple] = {}
+    for index, node in enumerate(net.nodes):
+        if node.op not in (*ELEMENTWISE, "maxpool"):
+            continue
+        source = node.inputs[0]
+        if index in splits:
+            sign = splits[index]
+            lower, upper = out[source]
+            out[source] = (torch.where(sign > 0, lower.clamp(min=0), lower),
+                           torch.where(sign < 0, upper.clamp(max=0), upper))
+        relaxed[index] = relaxation(net, index, out[source])
+    return out, relaxed
+
+
 # ----------------------------------------------------------------- specifications
 def _in_float64(net: GraphNet) -> GraphNet:
     return net if next(net.parameters()).dtype == torch.float64 else net.float64_copy()
