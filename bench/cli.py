@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.contract import hook
 from bench.errors import CertbenchError
 from bench.limits import MAX_INSTANCE_TIMEOUT
 from bench.page import write_page
@@ -166,7 +167,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             flag = f"  BROKEN: {problem}" if problem else "  (opt-in)" if info.opt_in else ""
             print(f"  {name:<12} {info.entry_point.value:<40} {info.origin}{flag}")
             if args.verbose and not problem:
-                for line in option_lines(info.load_class()):
+                cls = info.load_class()
+                print("      networks: ReLU MLPs and operator graphs" if hook(cls, "graphs")
+                      else "      networks: ReLU MLPs only (operator graphs read n/a)")
+                for line in option_lines(cls):
                     print(f"      {line}")
     print("models:")
     for name in shipped_names():
