@@ -89,11 +89,14 @@ def exact_worst(net: GraphNet, prop: Property) -> float:
             sign = 1 - 2 * masks[i].reshape(-1)
             a_ub.append((sign[:, None] * jac[i]).numpy())
             b_ub.append((-sign * const[i]).numpy())
+        a_ub, b_ub = np.concatenate(a_ub), np.concatenate(b_ub)
+        if linprog(np.zeros(d), A_ub=a_ub, b_ub=b_ub, bounds=bounds,
+                   method="highs").status != 0:
+            continue                                  # no input has this pattern
         for matrix, offset in prop.groups:
             row, bound = matrix[0], float(offset[0])
             objective = -(row @ out_j).numpy()
-            result = linprog(objective, A_ub=np.concatenate(a_ub), b_ub=np.concatenate(b_ub),
-                             bounds=bounds, method="highs")
+            result = linprog(objective, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
             if result.status == 0:
                 best = max(best, -result.fun + float(row @ out_c) - bound)
     return best
