@@ -187,18 +187,19 @@ def test_bounds_enclose_sampling_and_an_attack(network):
         assert (value >= lo - 1e-9).all() and (value <= hi + 1e-9).all(), kind
 
 
-def test_crown_on_the_graph_equals_crown_on_the_dense_folding(tmp_path):
+def test_crown_and_lp_on_the_graph_equal_them_on_the_dense_folding(tmp_path):
     path = _network("conv", tmp_path / "conv.onnx")
     graph, _ = import_onnx_graph(path)
     dense, _ = import_onnx(path)
     crown = select("verifier", ["crown"])[0].create()
+    lp = select("verifier", ["lp"])[0].create()
     torch.manual_seed(2)
     x = torch.rand(4, 36, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0])
     for eps in (0.02, 0.1, 0.3):
-        ours, folded = crown.bound(graph, x, y, eps), crown.bound(dense, x, y, eps)
-        assert torch.allclose(ours, folded, rtol=0, atol=1e-9), (eps, (ours - folded).abs()
-                                                                 .nan_to_num().max())
+        for method in (crown, lp):
+            ours, folded = method.bound(graph, x, y, eps), method.bound(dense, x, y, eps)
+            assert torch.allclose(ours, folded, rtol=0, atol=1e-9), (method.name, eps)
     prop = Property.robustness(x[0], 0, 0.1, 3)
     for a, b in zip(crown.bound_property(graph, prop), crown.bound_property(dense, prop)):
         assert torch.allclose(a, b, rtol=0, atol=1e-9)
@@ -213,7 +214,7 @@ def test_unfoldable_networks_load_as_graphs_and_only_graph_plugins_take_them(tmp
     assert not isinstance(folded, GraphNet) and card.extra["folded"] == "yes"
     takes = {info.name for info in select("verifier", ["ibp", "crown", "lp", "milp", "bab",
                                                        "sdp"]) if supports(info.create(), net)}
-    assert takes == {"ibp", "crown", "bab"}
+    assert takes == {"ibp", "crown", "lp", "bab"}
     attacks = {info.name for info in select("attack", ["pgd", "apgd-ce", "bab-cex", "milp-cex"])
                if supports(info.create(), net)}
     assert attacks == {"pgd", "apgd-ce", "bab-cex"}

@@ -206,5 +206,5 @@ def test_list_verbose_shows_each_plugins_set_keys():
     assert lines[at + 1].strip() == "networks: ReLU MLPs and operator graphs"
     assert {l.strip() for l in lines[at + 2:at + 5]} == {"steps=40", "rel_stepsize=0.1",
                                                           "restarts=5"}
-    at = lines.index(next(l for l in lines if l.strip().startswith("lp ")))
+    at = lines.index(next(l for l in lines if l.strip().startswith("milp ")))
     assert lines[at + 1].strip() == "networks: ReLU MLPs only (operator graphs read n/a)"

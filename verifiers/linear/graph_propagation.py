@@ -34,6 +34,7 @@ network that also folds into one, both give the same bounds.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch.nn import functional as F
@@ -42,6 +43,7 @@ from bench.contract import Property, input_box, split_rows
 from models.graph import ELEMENTWISE, GraphNet
 
 Interval = tuple[torch.Tensor, torch.Tensor]
+SlopeRule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CHUNK_ENTRIES = 2_000_000      # max rows x node size per backward pass (memory bound)
 
 
@@ -84,14 +86,25 @@ def interval_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor) -> list[I
 
 
 # ------------------------------------------------------------------ relaxations
-def _relu_lines(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(a_low, b_low, a_up, b_up)``: ``a_low z + b_low <= relu(z) <= a_up z + b_up``."""
+def _crown_slope(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """CROWN's lower slope of a crossing ReLU: 1 if ``u > -l`` else 0."""
+    return (hi > -lo).to(lo.dtype)
+
+
+def _relu_lines(lo: torch.Tensor, hi: torch.Tensor, rule: SlopeRule | None = None
+                ) -> tuple[torch.Tensor, ...]:
+    """``(a_low, b_low, a_up, b_up)``: ``a_low z + b_low <= relu(z) <= a_up z + b_up``;
+    the lower slope of a crossing unit from ``rule(l, u)`` (any value in ``[0, 1]`` is
+    sound; default CROWN's)."""
     crossing = (lo < 0) & (hi > 0)
     active = lo >= 0
     slope = torch.where(crossing, hi / (hi - lo).clamp(min=1e-300), active.to(lo.dtype))
     a_up = slope
     b_up = torch.where(crossing, -slope * lo, torch.zeros_like(lo))
-    a_low = torch.where(crossing, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
+    safe_lo = torch.where(crossing, lo, -torch.ones_like(lo))
+    safe_hi = torch.where(crossing, hi, torch.ones_like(hi))
+    a_low = torch.where(crossing, (rule or _crown_slope)(safe_lo, safe_hi),
+                        active.to(lo.dtype))
     return a_low, torch.zeros_like(lo), a_up, b_up
 
 
@@ -160,11 +173,13 @@ def _s_curve_lines(op: str, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.T
     return a_low, b_low - slack, a_up, b_up + slack
 
 
-def relaxation(net: GraphNet, index: int, pre: Interval) -> tuple:
-    """The relaxation of nonlinear node ``index`` given bounds ``pre`` on its input."""
+def relaxation(net: GraphNet, index: int, pre: Interval, rule: SlopeRule | None = None
+               ) -> tuple:
+    """The relaxation of nonlinear node ``index`` given bounds ``pre`` on its input
+    (``rule``: the ReLU lower slope, as for :func:`_relu_lines`)."""
     op = net.nodes[index].op
     if op == "relu":
-        return _relu_lines(*pre)
+        return _relu_lines(*pre, rule)
     if op in ("sigmoid", "tanh"):
         return _s_curve_lines(op, *pre)
     if op == "maxpool":
@@ -317,7 +332,8 @@ def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: tor
 
 
 def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
-                 splits: dict[int, torch.Tensor] | None = None
+                 splits: dict[int, torch.Tensor] | None = None,
+                 rule: SlopeRule | None = None
                  ) -> tuple[list[Interval], dict[int, tuple]]:
     """Bounds on every node (intervals, tightened by CROWN at the inputs of nonlinear
     nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``.
@@ -359,7 +375,7 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
         # the nonlinear node's own interval follows from its input's
         bounds[index] = (net.apply(index, [bounds[source][0]]),
                          net.apply(index, [bounds[source][1]]))
-        relaxed[index] = relaxation(net, index, bounds[source])
+        relaxed[index] = relaxation(net, index, bounds[source], rule)
     return bounds, relaxed
 
 
@@ -394,9 +410,11 @@ def _in_float64(net: GraphNet) -> GraphNet:
 
 
 def graph_margin_bounds(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: float,
-                        clip: bool = True, crown: bool = True) -> torch.Tensor:
+                        clip: bool = True, crown: bool = True,
+                        rule: SlopeRule | None = None) -> torch.Tensor:
     """``U (N, K)`` float64 upper bounds on ``f_j - f_y`` over ``B_eps(x) (∩ [0,1]^d)``,
-    by CROWN (``crown``) or intervals; ``-inf`` at the label."""
+    by linear relaxation (``crown``; ReLU lower slopes by ``rule``, default CROWN's) or
+    intervals; ``-inf`` at the label."""
     net = _in_float64(net)
     x = x.to(torch.float64).reshape(x.shape[0], -1)
     lo, hi = input_box(x, eps, clip)
@@ -404,7 +422,7 @@ def graph_margin_bounds(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: fl
     eye = torch.eye(k, dtype=torch.float64)
     spec = eye.unsqueeze(0) - eye[y].unsqueeze(1)                   # (N, K, K)
     if crown:
-        _, relaxed = layer_bounds(net, lo, hi)
+        _, relaxed = layer_bounds(net, lo, hi, rule=rule)
         upper = backward_upper(net, relaxed, len(net.nodes) - 1, spec, lo, hi)
     else:
         out_lo, out_hi = interval_bounds(net, lo, hi)[-1]
@@ -413,15 +431,15 @@ def graph_margin_bounds(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: fl
     return upper.scatter(1, y.view(-1, 1), float("-inf"))
 
 
-def graph_property_bounds(net: GraphNet, prop: Property, crown: bool = True
-                          ) -> list[torch.Tensor]:
+def graph_property_bounds(net: GraphNet, prop: Property, crown: bool = True,
+                          rule: SlopeRule | None = None) -> list[torch.Tensor]:
     """Per group of ``prop``, ``(r_g,)`` float64 upper bounds on ``c_i . f(x) - d_i``."""
     net = _in_float64(net)
     lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
     rows, offsets, sizes = split_rows(prop)
     with torch.no_grad():
         if crown:
-            _, relaxed = layer_bounds(net, lo, hi)
+            _, relaxed = layer_bounds(net, lo, hi, rule=rule)
             upper = backward_upper(net, relaxed, len(net.nodes) - 1, rows[None], lo, hi)[0]
         else:
             out_lo, out_hi = interval_bounds(net, lo, hi)[-1]

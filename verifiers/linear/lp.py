@@ -17,4 +17,5 @@ class LP(LinearRelaxationVerifier):
     """Wong-Kolter dual bound ``U (N, K)`` for ReLU MLPs of any depth (upper bound)."""
 
     name = "lp"
+    graphs = True      # operator graphs: the same engine with this lower slope
     slope_rule = staticmethod(wong_kolter_slope)

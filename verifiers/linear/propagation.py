@@ -251,7 +251,8 @@ class LinearRelaxationVerifier(Configurable):
             from verifiers.linear.graph_propagation import graph_margin_bounds
 
             with torch.no_grad():
-                return graph_margin_bounds(net.float64_copy(), x, y, eps, self.clip)
+                return graph_margin_bounds(net.float64_copy(), x, y, eps, self.clip,
+                                           rule=type(self).slope_rule)
         return margin_upper_bounds(net, x.to(torch.float64), y, eps, type(self).slope_rule,
                                    self.clip)
 
@@ -260,5 +261,6 @@ class LinearRelaxationVerifier(Configurable):
         if isinstance(net, GraphNet):
             from verifiers.linear.graph_propagation import graph_property_bounds
 
-            return graph_property_bounds(net.float64_copy(), prop)
+            return graph_property_bounds(net.float64_copy(), prop,
+                                         rule=type(self).slope_rule)
         return property_upper_bounds(net, prop, type(self).slope_rule)
