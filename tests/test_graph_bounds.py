@@ -177,6 +177,9 @@ def test_bounds_enclose_sampling_and_an_attack(network):
     assert (reached[off] <= ibp[off] + 1e-9).all(), kind
     if kind not in ("sigmoid", "tanh"):      # linear lines of a saturating curve can lose
         assert (crown[off] <= ibp[off] + 1e-9).all(), kind   # to intervals; on ReLUs not here
+    alpha = select("verifier", ["alpha-crown"])[0].create().bound(net, x, y, eps)
+    assert (reached[off] <= alpha[off] + 1e-9).all(), kind    # sound, and never looser
+    assert (alpha[off] <= crown[off] + 1e-12).all(), kind
     # the intervals of every node enclose its sampled values
     box_lo, box_hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     intervals = interval_bounds(net.float64_copy(), box_lo[:1], box_hi[:1])
@@ -215,6 +218,7 @@ def test_unfoldable_networks_load_as_graphs_and_only_graph_plugins_take_them(tmp
     takes = {info.name for info in select("verifier", ["ibp", "crown", "lp", "milp", "bab",
                                                        "sdp"]) if supports(info.create(), net)}
     assert takes == {"ibp", "crown", "lp", "bab"}
+    assert supports(select("verifier", ["alpha-crown"])[0].create(), net)
     attacks = {info.name for info in select("attack", ["pgd", "apgd-ce", "bab-cex", "milp-cex"])
                if supports(info.create(), net)}
     assert attacks == {"pgd", "apgd-ce", "bab-cex"}
