@@ -144,3 +144,34 @@ def test_the_bab_plugin_certifies_graphs_and_reports_bytes_per_subdomain():
     outcome = decide_graph(net, Property.robustness(x[0], int(y[0]), 0.3, 3),
                            SearchOptions(time_limit=10.0), restarts=0)
     assert outcome.stats["bytes_per_subdomain"] == 8
+
+
+def test_bench_vnncomp_decides_a_residual_network_from_its_onnx_file(tmp_path):
+    """The ONNX file of a residual network: kept as a graph, both verdicts, each sat
+    re-checked (inside the box, float64 and onnxruntime) with its counterexample file."""
+    import csv
+
+    from bench.properties import query_text
+    from models.graph_export import export_graph_onnx
+    from tests.conftest import invoke
+
+    net = _residual_net(1)
+    export_graph_onnx(net, tmp_path / "res.onnx")
+    x = torch.full((4,), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        label = int(net.float64_copy()(x[None]).argmax())
+    rows = []
+    for eps in (0.01, 0.5):
+        name = f"p{eps}.vnnlib"
+        (tmp_path / name).write_text(query_text([Property.robustness(x, label, eps, 3)],
+                                                (4,), (3,)))
+        rows.append(f"res.onnx,{name},20")
+    (tmp_path / "instances.csv").write_text("\n".join(rows) + "\n")
+    code, stdout, err = invoke(["vnncomp", str(tmp_path / "instances.csv"), "--out",
+                                str(tmp_path / "out")])
+    assert code == 0, stdout + err
+    results = list(csv.DictReader((tmp_path / "out" / "results.csv").read_text().splitlines()))
+    truths = [exact_worst(net, Property.robustness(x, label, eps, 3)) for eps in (0.01, 0.5)]
+    assert [r["result"] for r in results] == ["sat" if t > 0 else "unsat" for t in truths]
+    assert {r["result"] for r in results} == {"sat", "unsat"}
+    assert len(list((tmp_path / "out" / "counterexamples").glob("*"))) == 1
