@@ -155,7 +155,7 @@ def test_bench_vnncomp_decides_a_residual_network_from_its_onnx_file(tmp_path):
     from models.graph_export import export_graph_onnx
     from tests.conftest import invoke
 
-    net = _residual_net(1)
+    net = _residual_net(0)               # worst margins -0.067 at eps 0.01, 4.2 at 0.5
     export_graph_onnx(net, tmp_path / "res.onnx")
     x = torch.full((4,), 0.5, dtype=torch.float64)
     with torch.no_grad():
