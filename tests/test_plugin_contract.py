@@ -28,7 +28,8 @@ def test_verifier_contract(info, net_and_data):
     assert isinstance(plugin, Verifier) and plugin.name == info.name
     assert repr(plugin).startswith(type(plugin).__name__ + "(")
     if not supports(plugin, net):
-        pytest.skip(f"{info.name} does not support one hidden layer")
+        pytest.skip(f"{info.name} does not support this network (one hidden layer; or it "
+                    "needs configuring, as external)")
     upper = plugin.bound(net, x.double(), y, EPS)
     assert upper.shape == (16, 5) and upper.dtype == torch.float64
     assert torch.isneginf(upper.gather(1, y.view(-1, 1))).all()
