@@ -109,7 +109,10 @@ def _grouped_bars(table: pd.DataFrame, methods: list[str], labels: dict[str, str
         positions = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(models))]
         extra = {}
         if whiskers is not None and method in whiskers.columns:
-            above = [100 * whiskers.loc[model, method] - v for model, v in zip(models, values)]
+            # max(0, .): where the interval is a point (nothing unsettled) the two percent
+            # values may differ in the last bit, and a negative whisker is refused
+            above = [max(0.0, 100 * whiskers.loc[model, method] - v)
+                     for model, v in zip(models, values)]
             extra = {"yerr": [[0.0] * len(models), above], "capsize": 3}
         axis.bar(positions, values, width, label=labels.get(method, method), **extra)
     axis.set_xticks(range(len(models)), [m.upper() for m in models])

@@ -91,3 +91,22 @@ def test_the_gap_table_uses_the_same_decided_samples():
 
 def test_no_exact_method_no_rows():
     assert len(ground_truth(to_frame(scenario()), set())) == 0
+
+
+def test_the_exact_figure_draws_a_point_interval_whose_ends_differ_in_the_last_bit():
+    """The true error of a network with nothing unsettled is a point; its two ends, each
+    computed its own way, may differ by an ulp, and the whisker must not go negative
+    (the committed report's regeneration stopped there)."""
+    import pandas as pd
+
+    from bench.report import figure_exact
+
+    board = pd.DataFrame([{"model": "a", "method": "crown", "kind": "verifier",
+                           "status": "ok", "error": 0.7},
+                          {"model": "a", "method": "pgd", "kind": "attack", "status": "ok",
+                           "error": 0.5}])
+    table = pd.DataFrame([{"model": "a", "true_error_low": 0.1 + 0.2,   # 0.30000000000000004
+                           "true_error_high": 0.3}])
+    assert table["true_error_high"][0] < table["true_error_low"][0]
+    figure = figure_exact(board, table, {"milp"})
+    assert figure is not None
