@@ -10,7 +10,8 @@ and smooth activations, for the networks that do not fold into a ReLU MLP.
   ``padding`` (symmetric, ``(ph, pw)``), ``dilation``, ``groups``), ``affine``
   (elementwise ``scale * z + offset``, both broadcast to the shape: a normalisation, a
   BatchNormalization not folded into a conv, arithmetic with constants);
-- ``add`` (two variable inputs: a residual connection);
+- ``add`` (two variable inputs: a residual connection), ``concat`` (variable inputs
+  joined along their first per-sample axis, the channels);
 - ``relu``, ``sigmoid``, ``tanh`` (elementwise);
 - ``reshape`` (a view, C order), ``transpose`` (``perm`` of the per-sample axes),
   ``pad`` (constant zeros, ``pads = (top, left, bottom, right)`` of a ``(C, H, W)``
@@ -36,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 ELEMENTWISE = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
-OPERATORS = ("input", "linear", "conv", "affine", "add", "relu", "sigmoid", "tanh",
+OPERATORS = ("input", "linear", "conv", "affine", "add", "concat", "relu", "sigmoid", "tanh",
              "reshape", "transpose", "pad", "avgpool", "maxpool")
 
 
@@ -119,6 +120,8 @@ class GraphNet(nn.Module):
             return x * self.tensor(index, "scale") + self.tensor(index, "offset")
         if node.op == "add":
             return values[0] + values[1]
+        if node.op == "concat":
+            return torch.cat(values, dim=1)
         if node.op in ELEMENTWISE:
             return ELEMENTWISE[node.op](x)
         if node.op == "reshape":

@@ -61,6 +61,8 @@ def export_graph_onnx(net: GraphNet, path: Path) -> Path:
                                           [out]))
         elif node.op == "add":
             nodes.append(helper.make_node("Add", ins, [out]))
+        elif node.op == "concat":
+            nodes.append(helper.make_node("Concat", ins, [out], axis=1))
         elif node.op in ("relu", "sigmoid", "tanh"):
             nodes.append(helper.make_node(node.op.capitalize(), ins, [out]))
         elif node.op == "reshape":

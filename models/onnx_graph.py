@@ -29,9 +29,10 @@ from models.onnx_import import (
     read_graph,
 )
 
-GRAPH_OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Conv", "Div", "Dropout",
-                   "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "MaxPool",
-                   "Mul", "Pad", "Relu", "Reshape", "Sigmoid", "Sub", "Tanh", "Transpose")
+GRAPH_OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Concat", "Conv", "Div",
+                   "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul",
+                   "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Sigmoid", "Sub", "Tanh",
+                   "Transpose")
 """Operators on variable tensors that the graph importer keeps (one rule each)."""
 
 
@@ -112,14 +113,8 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
         shape_x = build.shape(x)
         label = node.name or f"{op}_{number}"
         if len(variable) > 1:
-            if op != "Add" or len(variable) != 2:
-                raise OnnxImportError(f"{where}: combines variable tensors; only Add of two "
-                                      "is supported (a residual connection)")
-            a, b = (live[n] for n in variable)
-            if build.shape(a) != build.shape(b):
-                raise OnnxImportError(f"{where}: adds shapes {build.shape(a)} and "
-                                      f"{build.shape(b)}")
-            out = build.add("add", (a, b), build.shape(a), label)
+            out = _join(build, op, [live[n] for n in variable], names, live, attrs, other,
+                        where, label)
         elif op in ("Identity", "Dropout"):
             out = x
         elif op in ("Relu", "Sigmoid", "Tanh"):
@@ -213,6 +208,33 @@ def _conv(build: _Builder, x: int, other: list, attrs: dict, where: str, label: 
         out_shape.append((shape[1 + i] + 2 * settings["padding"][i] - span)
                          // settings["stride"][i] + 1)
     return build.add("conv", (x,), tuple(out_shape), label, settings, weight=weight, bias=bias)
+
+
+def _join(build: _Builder, op: str, sources: list[int], names: list[str],
+          live: dict[str, int], attrs: dict, other: list, where: str, label: str) -> int:
+    """An operator on several variable tensors: ``Add`` or ``Sub`` of two (a residual
+    connection; ``a - b`` as ``a + (-1) b``), or ``Concat`` along the channels."""
+    if op == "Concat" and not other:
+        shapes = [build.shape(i) for i in sources]
+        axis = int(attrs.get("axis", 1))
+        if axis != 1 or any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:]
+                            for s in shapes):
+            raise OnnxImportError(f"{where}: only a Concat along the channels (axis 1) of "
+                                  f"equal spatial shapes is supported, got axis {axis} and "
+                                  f"{shapes}")
+        return build.add("concat", tuple(sources), (sum(s[0] for s in shapes),
+                                                    *shapes[0][1:]), label)
+    if op not in ("Add", "Sub") or len(sources) != 2 or other:
+        raise OnnxImportError(f"{where}: combines variable tensors; only Add or Sub of two "
+                              "and Concat along the channels are supported")
+    a, b = sources
+    if build.shape(a) != build.shape(b):
+        raise OnnxImportError(f"{where}: combines shapes {build.shape(a)} and "
+                              f"{build.shape(b)}")
+    if op == "Sub":
+        b = build.add("affine", (b,), build.shape(b), f"{label}.negated",
+                      scale=np.array([-1.0]), offset=np.array([0.0]))
+    return build.add("add", (a, b), build.shape(a), label)
 
 
 def _readers(live: dict[str, int], uses: dict[str, int], x: int) -> int:

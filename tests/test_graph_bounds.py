@@ -100,6 +100,16 @@ def _network(kind: str, path) -> str:
                  _const("w2", 8, 12, scale=2.0), _const("b2", 8),
                  _const("w_out", 3, 8), _const("b_out", 3)]
         return _save(nodes, inits, path)
+    if kind == "branches":            # two conv branches: concatenated, and subtracted
+        c2, i2 = _conv("c2", "x", "b", 1, 2)
+        c3, i3 = _conv("c3", "cat", "c", 4, 2)
+        nodes = [c1, c2, helper.make_node("Relu", ["a"], ["r1"]),
+                 helper.make_node("Relu", ["b"], ["r2"]),
+                 helper.make_node("Concat", ["r1", "r2"], ["cat"], axis=1), c3,
+                 helper.make_node("Sub", ["c", "r2"], ["d"]),
+                 helper.make_node("Relu", ["d"], ["r3"])]
+        head, ih = _head("r3", 2 * 36)
+        return _save(nodes + head, i1 + i2 + i3 + ih, path)
     if kind == "batchnorm":
         bn = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
             ("s", RNG.uniform(0.5, 2, 2)), ("t", RNG.normal(size=2)), ("m", RNG.normal(size=2)),
@@ -112,7 +122,8 @@ def _network(kind: str, path) -> str:
     raise ValueError(kind)
 
 
-KINDS = ["conv", "residual", "maxpool", "avgpool", "pad", "sigmoid", "tanh", "batchnorm"]
+KINDS = ["conv", "residual", "maxpool", "avgpool", "pad", "sigmoid", "tanh", "batchnorm",
+         "branches"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -132,8 +143,9 @@ def test_the_graph_forward_equals_onnxruntime(network):
         ours64 = net.float64_copy()(torch.from_numpy(x.reshape(5, -1).astype(np.float64)))
     np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours64.numpy(), theirs, rtol=1e-4, atol=1e-4)
-    assert {node.op for node in net.nodes} >= {"input", kind if kind not in ("conv",
-                                               "batchnorm", "residual") else "conv"}
+    expected = {"conv": "conv", "batchnorm": "conv", "residual": "add",
+                "branches": "concat"}.get(kind, kind)
+    assert {node.op for node in net.nodes} >= {"input", expected}
 
 
 def _sampled_margins(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: float,

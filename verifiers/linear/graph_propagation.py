@@ -10,8 +10,9 @@ over the input box, as ``const + sum A_x x`` maximised over the box, with the
 coefficients ``A`` of every node carried as tensors of the node's own shape,
 ``(N, S, *shape)``, and pushed through each operator by its adjoint: a linear layer by
 ``A @ W``, a convolution by the transposed convolution, a residual addition by handing
-``A`` to both inputs (summed where paths meet), a reshape by a view, padding by a crop,
-average pooling by the transposed uniform convolution. No dense matrix of a
+``A`` to both inputs (summed where paths meet), a concatenation by slicing it, a
+reshape by a view, padding by a crop, average pooling by the transposed uniform
+convolution. No dense matrix of a
 convolution is built.
 
 Nonlinear operators are relaxed with bounds on their input (``pre``): for ReLU the
@@ -72,6 +73,8 @@ def _interval_step(net: GraphNet, index: int, ins: list[Interval]) -> Interval:
         return centre - spread, centre + spread
     if op == "add":
         return ins[0][0] + ins[1][0], ins[0][1] + ins[1][1]
+    if op == "concat":
+        return torch.cat([i[0] for i in ins], 1), torch.cat([i[1] for i in ins], 1)
     # monotone non-decreasing in each input, or a rearrangement: map both ends
     return net.apply(index, [ins[0][0]]), net.apply(index, [ins[0][1]])
 
@@ -249,6 +252,9 @@ def _adjoint(net: GraphNet, index: int, coef: torch.Tensor, in_shapes: list[tupl
         return [coef * scale], (coef * offset).flatten(2).sum(-1)
     if node.op == "add":
         return [coef, coef], zero
+    if node.op == "concat":                  # each input takes its slice of the channels
+        sizes = [shape[0] for shape in in_shapes]
+        return list(coef.split(sizes, dim=2)), zero
     if node.op == "reshape":
         return [coef.reshape(batch, rows, *in_shapes[0])], zero
     if node.op == "transpose":
