@@ -444,6 +444,10 @@ class Property:
                 groups.append((row, torch.zeros(1, dtype=torch.float64)))
         return Property(lo, hi, tuple(groups))
 
+    def contains(self, points: torch.Tensor) -> torch.Tensor:
+        """Per point ``points (N, d)``: inside the box ``[lo, hi]`` exactly?"""
+        return ((points >= self.lo) & (points <= self.hi)).all(dim=1)
+
     def violated_by(self, outputs: torch.Tensor, atol: float = 0.0) -> torch.Tensor:
         """Per point ``outputs (N, K)`` (float64): does it satisfy some unsafe group?"""
         hit = torch.zeros(len(outputs), dtype=torch.bool)

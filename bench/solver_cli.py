@@ -149,10 +149,10 @@ def _load(args: argparse.Namespace):
                       "(vnnlib-version <2.0>))")
     mapping = _networks(args.network)
     try:
-        declared = {network.name: network.equal_to for network in parse(text, str(args.query)
-                                                                      ).networks}
+        parsed = parse(text, str(args.query))
     except VnnlibError as exc:
         raise Refusal(str(exc)) from None
+    declared = {network.name: network.equal_to for network in parsed.networks}
     for name in mapping:
         if name not in declared:
             raise Refusal(f"--network maps {name!r}, which {args.query} does not declare "
@@ -165,7 +165,7 @@ def _load(args: argparse.Namespace):
         raise Refusal(f"no model file for network {missing[0]!r}: give --network "
                       f"{missing[0]}=FILE")
     try:
-        query = read_query(text, str(args.query))
+        query = read_query(text, str(args.query), parsed=parsed)
     except VnnlibError as exc:
         raise Refusal(str(exc)) from None
     unsound = [d for d in query.declarations if d.element_type != "real"]

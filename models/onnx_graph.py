@@ -40,7 +40,6 @@ class _Builder:
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.nodes = [Node("input", (), shape, name="input")]
         self.tensors: dict[str, torch.Tensor] = {}
-        self.consumers: dict[int, int] = {0: 0}
 
     def add(self, op: str, inputs: tuple[int, ...], shape: tuple[int, ...], name: str,
             attrs: dict | None = None, **tensors: np.ndarray | None) -> int:
@@ -50,9 +49,6 @@ class _Builder:
             if value is not None:
                 self.tensors[f"n{index}_{key}"] = torch.from_numpy(
                     np.array(value, dtype=np.float64))
-        for i in inputs:
-            self.consumers[i] = self.consumers.get(i, 0) + 1
-        self.consumers[index] = 0
         return index
 
     def shape(self, index: int) -> tuple[int, ...]:

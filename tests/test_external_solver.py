@@ -121,9 +121,10 @@ def test_a_command_that_cannot_start_is_an_error(instance):
 
 
 def test_the_query_is_written_once_with_the_files_shapes(instance):
-    path = write_query([instance["prop"]], instance["onnx"], instance["folder"])
-    assert write_query([instance["prop"]], instance["onnx"], instance["folder"]) == path
+    path, declarations = write_query([instance["prop"]], instance["onnx"], instance["folder"])
+    assert write_query([instance["prop"]], instance["onnx"], instance["folder"])[0] == path
     query = read_query(path.read_text(), str(path))
+    assert query.declarations == declarations
     assert query.input.shape == (1, 4) and query.output.shape == (1, 3)
     assert query.network == "net"
 

@@ -34,7 +34,7 @@ def conjoin(left: list[list[Atom]], right: list[list[Atom]], where: str) -> list
     return out
 
 
-def _bound(atom: dict, line: int, source: str, label, lower: dict, upper: dict) -> None:
+def _bound(atom: dict, line: int, source: str, lower: dict, upper: dict) -> None:
     """``a x_i + b >= 0`` as a bound on input ``i``."""
     variables = [k for k in atom if k and atom[k] != 0.0]
     if len(variables) != 1 or variables[0][0] != "X":
@@ -64,7 +64,7 @@ def assemble_cases(source: str, disjuncts: list[list[Atom]], num_inputs: int,
             if kinds == {"X", "Y"}:
                 raise VnnlibError(f"{source}:{line}: mixes input and output variables")
             if "X" in kinds:
-                _bound(atom, line, source, label, lower, upper)
+                _bound(atom, line, source, lower, upper)
             else:
                 rows.append((atom, line))
         key = (tuple(sorted(lower.items())), tuple(sorted(upper.items())))

@@ -158,10 +158,11 @@ def _atom(comparison, index: dict[str, Declaration], source: str) -> list[Atom]:
 
 
 def read_query(text: str, source: str, *, num_inputs: int | None = None,
-               num_outputs: int | None = None) -> Query:
+               num_outputs: int | None = None, parsed=None) -> Query:
     """Read a VNN-LIB 2.0 query (see the module doc for what is refused), checking the
-    input and output sizes against the network's when they are given."""
-    parsed = parse(text, source)
+    input and output sizes against the network's when they are given; ``parsed``: the
+    text's :func:`parse`, if the caller has it already."""
+    parsed = parsed if parsed is not None else parse(text, source)
     networks = list(parsed.networks)
     if len(networks) != 1:
         names = ", ".join(n.name for n in networks)
@@ -201,6 +202,14 @@ def _element(name: str, shape: tuple[int, ...], flat: int) -> str:
     return f"{name}[{','.join(str(int(i)) for i in np.unravel_index(int(flat), shape))}]"
 
 
+def query_declarations(input_shape: tuple[int, ...], output_shape: tuple[int, ...], *,
+                       network: str = "net", element_type: str = "real"
+                       ) -> tuple[Declaration, Declaration]:
+    """The input ``X`` and output ``Y`` that :func:`query_text` declares."""
+    return (Declaration("X", "input", element_type, tuple(input_shape), network),
+            Declaration("Y", "output", element_type, tuple(output_shape), network))
+
+
 def query_text(cases: list[Property], input_shape: tuple[int, ...],
                output_shape: tuple[int, ...], *, network: str = "net",
                element_type: str = "real") -> str:
@@ -208,10 +217,12 @@ def query_text(cases: list[Property], input_shape: tuple[int, ...],
     VNN-LIB 2.0 query over ``network`` with input ``X`` of ``input_shape`` and output ``Y``
     of ``output_shape`` (numbers with ``repr``, so it reads back exactly). One box: its
     bounds and the unsafe set as separate asserts; several: one ``or`` of the boxes."""
-    lines = [HEADER, f"(declare-network {network}",
-             f"    (declare-input X {element_type} [{','.join(map(str, input_shape))}])",
-             f"    (declare-output Y {element_type} [{','.join(map(str, output_shape))}])",
-             ")"]
+    lines = [HEADER, f"(declare-network {network}"]
+    for d in query_declarations(input_shape, output_shape, network=network,
+                                element_type=element_type):
+        lines.append(f"    (declare-{d.kind} {d.name} {d.element_type} "
+                     f"[{','.join(map(str, d.shape))}])")
+    lines.append(")")
 
     def box(prop: Property) -> list[str]:
         out = []

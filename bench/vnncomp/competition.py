@@ -208,7 +208,7 @@ def answer_external(task: InstanceTask, net: MLP, cases: list[Property]) -> Answ
     point = torch.from_numpy(next(iter(outcome.values.values())))
     net64 = net.float64_copy().requires_grad_(False)
     inside = [case for case in cases
-              if bool(((case.lo <= point) & (point <= case.hi)).all())]
+              if bool(case.contains(point[None])[0])]
     for case in inside:
         ok, outputs = confirmed(net64, case, point, task.onnx_path)
         if ok:

@@ -7,8 +7,8 @@ intermediate bounds CROWN computed once on the whole box, with the split units' 
 bounds clamped to their signs
 (:func:`verifiers.linear.graph_propagation.split_relaxation`: a layer after a split
 keeps the box's bounds, sound on the subdomain, one pass instead of one per layer). A
-subdomain is refuted when some row of the group has an upper bound below zero, or when
-its clamped bounds cross (it is empty). Otherwise the point of
+subdomain is refuted when some row of the group has an upper bound below zero (only
+units unstable on the box are split, so clamped bounds never cross). Otherwise the point of
 the box that maximises the bound's linear form of its loosest row is checked by a
 float64 forward pass (a counterexample ends the search), and the unit with the largest
 BaBSR-style score (positive coefficient times the upper line's intercept, summed over
@@ -39,16 +39,20 @@ from bench.contract import Property
 from models.graph import ELEMENTWISE, GraphNet
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
-from verifiers.linear.graph_propagation import layer_bounds, linear_form, split_relaxation
+from verifiers.linear.graph_propagation import (
+    box_maximum,
+    layer_bounds,
+    linear_form,
+    split_relaxation,
+)
 
 Domain = dict[int, torch.Tensor]          # ReLU node -> (*shape) int8 signs
 
 
 def _violates(net64: GraphNet, prop: Property, points: torch.Tensor) -> torch.Tensor:
     """Per point ``(P, d)``: inside the box and violating the property (float64)."""
-    inside = ((points >= prop.lo) & (points <= prop.hi)).all(1)
     with torch.no_grad():
-        return inside & prop.violated_by(net64(points))
+        return prop.contains(points) & prop.violated_by(net64(points))
 
 
 def _stack(domains: list[Domain], relus: list[int], net: GraphNet) -> dict[int, torch.Tensor]:
@@ -120,14 +124,18 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 ) -> BabOutcome:
         return BabOutcome(verdict, uppers, point, nodes, time.perf_counter() - began, stats)
 
+    unbounded = [torch.full((len(d),), math.inf, dtype=torch.float64) for _, d in prop.groups]
+
     if restarts:
         point, _ = attack_property(net64, prop, restarts=restarts, steps=attack_steps,
                                    seed=seed)
         point = torch.minimum(torch.maximum(point.to(torch.float64), lo), hi)
         if bool(_violates(net64, prop, point[None])[0]):
-            return outcome("violated", [torch.full((len(d),), math.inf, dtype=torch.float64)
-                                        for _, d in prop.groups], point)
+            return outcome("violated", unbounded, point)
     out = len(net64.nodes) - 1
+    # max pooling, sigmoid and tanh are never split: a leaf relaxing one stays open
+    unsplittable = any(node.op in (*ELEMENTWISE, "maxpool") and node.op != "relu"
+                       for node in net64.nodes)
     with torch.no_grad():          # CROWN's bounds on the whole box, shared by every subdomain
         root_bounds, _ = layer_bounds(net64, lo[None], hi[None])
     pool_limit = max(1, int(options.memory_gb * 1e9 // max(units, 1)))
@@ -153,22 +161,10 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 record: dict[int, torch.Tensor] = {}
                 spec = matrix.expand(count, -1, -1)
                 coef, const = linear_form(net64, relaxed, out, spec, record=record)
-            if coef is None:
-                upper = const - offset
-            else:
-                mid, rad = ((box_hi + box_lo) / 2).unsqueeze(-1), \
-                    ((box_hi - box_lo) / 2).unsqueeze(-1)
-                upper = const + (coef @ mid).squeeze(-1) + (coef.abs() @ rad).squeeze(-1) \
-                    - offset
-            empty = torch.zeros(count, dtype=torch.bool)
-            for index in relus:
-                source = net64.nodes[index].inputs[0]
-                pre_lo, pre_hi = bounds[source]
-                empty |= (pre_lo > pre_hi).flatten(1).any(1)
-            refuted = empty | (upper < 0).any(1)
-            closed = refuted & ~empty
-            if bool(closed.any()):
-                worst = max(worst, float(upper[closed].min(1).values.max()))
+            upper = box_maximum(coef, const, box_lo, box_hi) - offset
+            refuted = (upper < 0).any(1)
+            if bool(refuted.any()):
+                worst = max(worst, float(upper[refuted].min(1).values.max()))
             alive = (~refuted).nonzero().flatten().tolist()
             if not alive:
                 continue
@@ -180,15 +176,11 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 corners = torch.where(pick > 0, box_hi, box_lo)[alive]
                 hit = _violates(net64, prop, corners).nonzero().flatten()
                 if len(hit):
-                    return outcome("violated", [torch.full((len(d),), math.inf,
-                                                           dtype=torch.float64)
-                                                for _, d in prop.groups],
-                                   corners[int(hit[0])])
+                    return outcome("violated", unbounded, corners[int(hit[0])])
             for b in alive:
                 unit = _branch(net64, relus, bounds, record, b)
                 if unit is None:                      # no unstable ReLU: linear here
-                    if any(net64.nodes[i].op in (*ELEMENTWISE, "maxpool") and
-                           net64.nodes[i].op != "relu" for i in relaxed):
+                    if unsplittable:
                         stats["open_leaves"] += 1
                         open_groups = True
                         worst = math.inf
@@ -200,9 +192,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                     if isinstance(found, np.ndarray):
                         point = torch.from_numpy(found)
                         if bool(_violates(net64, prop, point[None])[0]):
-                            return outcome("violated", [torch.full(
-                                (len(d),), math.inf, dtype=torch.float64)
-                                for _, d in prop.groups], point)
+                            return outcome("violated", unbounded, point)
                     stats["open_leaves"] += 1        # the LP's point fails the forward pass
                     open_groups = True
                     worst = math.inf
@@ -218,9 +208,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
         if open_groups:
             break
     if open_groups:
-        uppers += [torch.full((len(d),), math.inf, dtype=torch.float64)
-                   for _, d in prop.groups[len(uppers):]]
-        return outcome("unknown", uppers)
+        return outcome("unknown", uppers + unbounded[len(uppers):])
     return outcome("holds", uppers)
 
 

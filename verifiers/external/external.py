@@ -21,7 +21,6 @@ Opt-in.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from bench.contract import (
     Text,
     option,
 )
-from models import MLP
+from models import MLP, weights_summary
 from verifiers.external.instances import solve_instance
 from verifiers.external.standard_solver import Outcome, command_words
 
@@ -101,8 +100,7 @@ class External(OptionsPlugin):
     def _onnx(self, net: MLP) -> Path:
         from models.onnx_import import export_onnx
 
-        weights = b"".join(p.detach().double().numpy().tobytes() for p in net.parameters())
-        path = self._folder / f"net-{hashlib.sha256(weights).hexdigest()[:16]}.onnx"
+        path = self._folder / f"net-{weights_summary(net)}.onnx"
         if not path.exists():
             export_onnx(net, path)
         return path
@@ -115,7 +113,7 @@ class External(OptionsPlugin):
                                  self._folder)
         if outcome.status == "sat":
             point = torch.from_numpy(next(iter(outcome.values.values())))
-            inside = bool(((prop.lo <= point) & (point <= prop.hi)).all())
+            inside = bool(prop.contains(point[None])[0])
             with torch.no_grad():
                 hit = inside and bool(prop.violated_by(net.float64_copy()(point[None]))[0])
             if not hit:

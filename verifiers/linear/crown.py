@@ -7,7 +7,8 @@ intermediate layers as well as the output. Sound for any slope in ``[0, 1]``.
 
 from __future__ import annotations
 
-from verifiers.linear.propagation import LinearRelaxationVerifier, crown_slope
+from verifiers.linear.propagation import crown_slope
+from verifiers.linear.relaxation_verifier import LinearRelaxationVerifier
 
 
 class Crown(LinearRelaxationVerifier):

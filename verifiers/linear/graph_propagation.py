@@ -35,16 +35,15 @@ network that also folds into one, both give the same bounds.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch.nn import functional as F
 
 from bench.contract import Property, input_box, split_rows
 from models.graph import ELEMENTWISE, GraphNet
+from verifiers.linear.propagation import SlopeRule, finish_margins, margin_spec
 
 Interval = tuple[torch.Tensor, torch.Tensor]
-SlopeRule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CHUNK_ENTRIES = 2_000_000      # max rows x node size per backward pass (memory bound)
 
 
@@ -289,7 +288,13 @@ def backward_upper(net: GraphNet, relaxed: dict[int, tuple], target: int,
     node that ``target`` depends on (:func:`relaxation`). ``record``, if given, receives
     the coefficients ``(B, S, *shape)`` on the output of every ReLU node on the way (for
     branching scores)."""
-    coef, const = linear_form(net, relaxed, target, spec, record=record)
+    return box_maximum(*linear_form(net, relaxed, target, spec, record=record), lo, hi)
+
+
+def box_maximum(coef: torch.Tensor | None, const: torch.Tensor, lo: torch.Tensor,
+                hi: torch.Tensor) -> torch.Tensor:
+    """``max_{x in [lo, hi]} A x + c`` ``(B, S)`` for ``A (B, S, d)`` (or ``None``: no
+    dependence on ``x``), ``c (B, S)``, ``lo, hi (B, d)``."""
     if coef is None:
         return const
     mid, rad = ((hi + lo) / 2).unsqueeze(-1), ((hi - lo) / 2).unsqueeze(-1)
@@ -339,16 +344,10 @@ def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: tor
 
 
 def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
-                 splits: dict[int, torch.Tensor] | None = None,
                  rule: SlopeRule | None = None
                  ) -> tuple[list[Interval], dict[int, tuple]]:
     """Bounds on every node (intervals, tightened by CROWN at the inputs of nonlinear
-    nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``.
-
-    ``splits`` (branch and bound): per ReLU node, ``(B, *shape)`` with ``+1`` where its
-    input is assumed ``>= 0``, ``-1`` where ``<= 0``, ``0`` free; the input's bounds are
-    clamped accordingly before the ReLU is relaxed (a split unit is then linear). A
-    subdomain whose clamped bounds cross (``lower > upper``) is empty."""
+    nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``."""
     bounds = interval_bounds(net, lo, hi)
     relaxed: dict[int, tuple] = {}
     batch = lo.shape[0]
@@ -374,11 +373,6 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
             upper = torch.cat(uppers, 1).reshape(batch, *shape)
             lower = torch.cat(lowers, 1).reshape(batch, *shape)
             bounds[source] = (lower, upper)       # CROWN's, as for an MLP (not intersected)
-        if splits is not None and index in splits:
-            sign = splits[index]
-            lower, upper = bounds[source]
-            bounds[source] = (torch.where(sign > 0, lower.clamp(min=0), lower),
-                              torch.where(sign < 0, upper.clamp(max=0), upper))
         # the nonlinear node's own interval follows from its input's
         bounds[index] = (net.apply(index, [bounds[source][0]]),
                          net.apply(index, [bounds[source][1]]))
@@ -390,10 +384,11 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
                      ) -> tuple[list[Interval], dict[int, tuple]]:
     """Relaxations for a batch of subdomains ``(B, ...)`` from bounds computed once for
     their common box (``bounds``: per node, batch 1; valid on every subdomain, each a
-    subset), with each split unit's input bound clamped to its sign (``splits`` as in
-    :func:`layer_bounds`). Returns the clamped bounds (per node, batch ``B``) and the
-    relaxations. Later layers keep the common bounds: sound, and one backward pass per
-    subdomain instead of one per layer."""
+    subset), with each split unit's input bound clamped to its sign (``splits``: per ReLU
+    node, ``(B, *shape)`` with ``+1`` where its input is assumed ``>= 0``, ``-1`` where
+    ``<= 0``, ``0`` free; a split unit is then linear). Returns the clamped bounds (per
+    node, batch ``B``) and the relaxations. Later layers keep the common bounds: sound,
+    and one backward pass per subdomain instead of one per layer."""
     batch = next(iter(splits.values())).shape[0] if splits else 1
     out = [(lo.expand(batch, *lo.shape[1:]), hi.expand(batch, *hi.shape[1:]))
            for lo, hi in bounds]
@@ -475,9 +470,7 @@ def graph_margin_bounds(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: fl
     net = _in_float64(net)
     x = x.to(torch.float64).reshape(x.shape[0], -1)
     lo, hi = input_box(x, eps, clip)
-    k = net.num_classes
-    eye = torch.eye(k, dtype=torch.float64)
-    spec = eye.unsqueeze(0) - eye[y].unsqueeze(1)                   # (N, K, K)
+    spec = margin_spec(y, net.num_classes, torch.float64)             # (N, K, K)
     if crown:
         _, relaxed = layer_bounds(net, lo, hi, rule=rule)
         upper = backward_upper(net, relaxed, len(net.nodes) - 1, spec, lo, hi)
@@ -485,7 +478,7 @@ def graph_margin_bounds(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: fl
         out_lo, out_hi = interval_bounds(net, lo, hi)[-1]
         upper = (spec.clamp(min=0) @ out_hi.unsqueeze(-1) + spec.clamp(max=0)
                  @ out_lo.unsqueeze(-1)).squeeze(-1)
-    return upper.scatter(1, y.view(-1, 1), float("-inf"))
+    return finish_margins(upper, y)
 
 
 def graph_property_bounds(net: GraphNet, prop: Property, crown: bool = True,

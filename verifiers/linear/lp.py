@@ -10,7 +10,8 @@ optimum and on the true worst case. Differentiable in the weights (used for trai
 
 from __future__ import annotations
 
-from verifiers.linear.propagation import LinearRelaxationVerifier, wong_kolter_slope
+from verifiers.linear.propagation import wong_kolter_slope
+from verifiers.linear.relaxation_verifier import LinearRelaxationVerifier
 
 
 class LP(LinearRelaxationVerifier):
