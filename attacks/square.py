@@ -19,6 +19,7 @@ Inputs are flat ``(N, d)``; the image layout ``(c, h, w)`` comes from ``image_sh
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -30,7 +31,6 @@ from bench.contract import (
     check_options,
     input_box,
     margins,
-    project_box,
 )
 from models import MLP
 
@@ -67,46 +67,64 @@ def window_size(p: float, layout: tuple[int, int, int]) -> tuple[int, int]:
     return 1, min(max(round(p * w), 1), max(w - 1, 1))
 
 
-def _window_mask(rows: int, layout: tuple[int, int, int], size: tuple[int, int]
-                 ) -> torch.Tensor:
+def _window_mask(rows: int, layout: tuple[int, int, int], size: tuple[int, int],
+                 generator: torch.Generator | None) -> torch.Tensor:
     """Per sample one random window of ``size``: ``(rows, 1, h, w)`` boolean."""
     _, h, w = layout
     height, width = size
-    top = torch.randint(0, h - height + 1, (rows, 1, 1, 1))
-    left = torch.randint(0, w - width + 1, (rows, 1, 1, 1))
+    top = torch.randint(0, h - height + 1, (rows, 1, 1, 1), generator=generator)
+    left = torch.randint(0, w - width + 1, (rows, 1, 1, 1), generator=generator)
     r = torch.arange(h).view(1, 1, h, 1)
     c = torch.arange(w).view(1, 1, 1, w)
     return (r >= top) & (r < top + height) & (c >= left) & (c < left + width)
+
+
+def square_search(objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  lo: torch.Tensor, hi: torch.Tensor, *, queries: int, p_init: float,
+                  layout: tuple[int, int, int], generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Square's random search over the vertices of boxes ``[lo, hi] (N, d)``: maximise
+    ``objective(points (M, d), rows (M,)) -> (M,)`` (``rows``: which boxes the points
+    belong to). Start: vertical stripes of ``lo``/``hi``; each query sets one random window
+    per box to ``lo`` or ``hi`` (one sign per channel) and keeps it where the objective
+    rises. A box leaves once its value is ``>= 0`` (a success). Returns per box the best
+    point and its value ``((N, d), (N,))``. Randomness: ``generator`` (``None``: torch's
+    global one)."""
+    n, (c, h, w) = len(lo), layout
+    signs = torch.randint(0, 2, (n, c, 1, w), dtype=lo.dtype, generator=generator) * 2 - 1
+    best = torch.where(signs.expand(n, c, h, w).reshape(n, -1) > 0, hi, lo)
+    with torch.no_grad():
+        value = objective(best, torch.arange(n))
+    active = torch.nonzero(value < 0).view(-1)
+    for query in range(queries):
+        if len(active) == 0:
+            break
+        p = window_fraction(p_init, query, queries)
+        mask = _window_mask(len(active), layout, window_size(p, layout), generator)
+        sign = torch.randint(0, 2, (len(active), c, 1, 1), dtype=lo.dtype,
+                             generator=generator) * 2 - 1
+        window = torch.where(sign.expand(-1, c, h, w).reshape(len(active), -1) > 0,
+                             hi[active], lo[active])
+        full = mask.expand(-1, c, h, w).reshape(len(active), -1)
+        proposal = torch.where(full, window, best[active])
+        with torch.no_grad():
+            proposed = objective(proposal, active)
+        better = proposed > value[active]
+        best[active[better]] = proposal[better]
+        value[active[better]] = proposed[better]
+        active = active[value[active] < 0]
+    return best, value
 
 
 def square_attack(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                   queries: int, p_init: float, layout: tuple[int, int, int]
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x (N, d)``, ``y (N,)`` -> ``(points (N, d), worst margins (N,))``, the points in
-    ``B_eps(x) ∩ [0, 1]^d``."""
-    n, (c, h, w) = len(x), layout
+    ``B_eps(x) ∩ [0, 1]^d`` (:func:`square_search` on the worst margin; the vertices
+    ``lo``/``hi`` of that box are the points ``x ± eps`` clipped to it)."""
     lo, hi = input_box(x, eps)
-    signs = torch.randint(0, 2, (n, c, 1, w), dtype=x.dtype) * 2 - 1
-    best = project_box(x + eps * signs.expand(n, c, h, w).reshape(n, -1), lo, hi)
-    with torch.no_grad():
-        margin = margins(net(best), y).amax(dim=1)
-    active = torch.nonzero(margin < 0).view(-1)
-    for query in range(queries):
-        if len(active) == 0:
-            break
-        p = window_fraction(p_init, query, queries)
-        mask = _window_mask(len(active), layout, window_size(p, layout))
-        sign = torch.randint(0, 2, (len(active), c, 1, 1), dtype=x.dtype) * 2 - 1
-        window = (x[active] + eps * sign.expand(-1, c, h, w).reshape(len(active), -1))
-        full = mask.expand(-1, c, h, w).reshape(len(active), -1)
-        proposal = project_box(torch.where(full, window, best[active]), lo[active], hi[active])
-        with torch.no_grad():
-            proposed = margins(net(proposal), y[active]).amax(dim=1)
-        better = proposed > margin[active]
-        best[active[better]] = proposal[better]
-        margin[active[better]] = proposed[better]
-        active = active[margin[active] < 0]
-    return best, margin
+    return square_search(lambda points, rows: margins(net(points), y[rows]).amax(dim=1),
+                         lo, hi, queries=queries, p_init=p_init, layout=layout)
 
 
 class Square(Configurable):

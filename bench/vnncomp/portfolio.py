@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks.property_ascent import apgd_property, attack_property
+from attacks.property_attacks import strongest_attack
 from bench.contract import Property, project_box, refuted, supports
 from models import MLP
 from verifiers.bab.graph_search import decide_graph
@@ -20,8 +20,6 @@ from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import decide
 
 VERIFIERS = ("ibp", "crown", "lp")
-ATTACK_RESTARTS = 16         # per unsafe group
-ATTACK_STEPS = 100
 
 
 @dataclass
@@ -73,18 +71,17 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
     elapsed = lambda: time.perf_counter() - began                      # noqa: E731
     net64 = net.float64_copy().requires_grad_(False)
 
-    def sat(point: torch.Tensor, nodes: int = 0) -> Answer | None:
+    def sat(point: torch.Tensor, nodes: int = 0, found_by: str = "") -> Answer | None:
         """``sat`` with the re-checked point, or ``None`` if the re-check fails."""
         ok, outputs = confirmed(net64, prop, point, onnx_path)
         if not ok:
             return None
         x = project_box(point.to(torch.float64), prop.lo, prop.hi).numpy()
-        return Answer("sat", 0.0, elapsed(), (x, outputs), nodes=nodes)
+        return Answer("sat", 0.0, elapsed(), (x, outputs), nodes=nodes, message=found_by)
 
-    for search in (attack_property, apgd_property) if attack else ():   # ascent, then APGD
-        point, _ = search(net64, prop, restarts=ATTACK_RESTARTS, steps=ATTACK_STEPS,
-                          seed=seed)
-        answer = sat(point)
+    if attack:                      # ascent, APGD (margin, DLR), Square: the first that hits
+        point, value, name = strongest_attack(net64, prop, seed=seed)
+        answer = sat(point, found_by=f"attack: {name}") if value >= 0 else None
         if answer is not None:
             return answer
     for verifier in verifiers if verifiers is not None else default_verifiers():
@@ -105,7 +102,8 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
                           message=f"bab ({outcome.stats.get('branching', 'relu')} splits): "
                                   f"{nodes} subdomains")
         if outcome.verdict == "violated":
-            answer = sat(outcome.counterexample, nodes)
+            answer = sat(outcome.counterexample, nodes,
+                         f"bab ({outcome.stats.get('branching', 'relu')} splits)")
             if answer is not None:
                 return answer
     return Answer("timeout" if elapsed() > timeout else "unknown", 0.0, elapsed(), nodes=nodes)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.property_ascent import attack_property
+from attacks.property_attacks import attack_property
 from bench.contract import Property
 from models.graph import ELEMENTWISE, GraphNet
 from verifiers.bab.options import SearchOptions

@@ -15,7 +15,8 @@ one dimension each, chosen by the score ``|a_j| (hi_j - lo_j)``, with ``a`` the 
 coefficients of the linear bound of the box's smallest row: the dimension along which
 that bound varies most (:func:`split_dimension`). Every child's centre and the
 maximiser of its smallest row's linear bound are checked as counterexamples by a
-float64 forward pass. The group holds when no box is open; the answer is ``unknown``
+float64 forward pass, and after batches 1, 2, 4, 8, ... APGD runs inside the open
+children of largest bound (:mod:`verifiers.bab.search_attacks`). The group holds when no box is open; the answer is ``unknown``
 at the deadline or when the open boxes outgrow the memory allowance. Sound for the same
 reason as the ReLU search: the boxes cover the input box at every step, and each
 closed box's bound is an upper bound over it.
@@ -32,6 +33,7 @@ import torch
 
 from models import MLP
 from verifiers.bab.bounding import forward_worst
+from verifiers.bab.search_attacks import attack_candidates, attack_due
 from verifiers.linear.propagation import (
     backward_upper,
     crown_slope,
@@ -112,6 +114,7 @@ def search_group(net64: MLP, params, lo: torch.Tensor, hi: torch.Tensor, rows: t
     bytes_per_box = (2 + len(offsets)) * lo.numel() * 8 + len(offsets) * 8
     max_boxes = max(int(memory_gb * 2 ** 30) // bytes_per_box, 2 * batch)
     fresh = slice(0, 1)                          # the boxes bounded last: checked once
+    batches = 0
     while True:
         point = counterexample(net64, box_lo[fresh], box_hi[fresh], upper[fresh],
                                coef[fresh], rows, offsets)
@@ -134,6 +137,15 @@ def search_group(net64: MLP, params, lo: torch.Tensor, hi: torch.Tensor, rows: t
         child_lo, child_hi = split_boxes(box_lo[take], box_hi[take], dims)
         child_upper, child_coef = bound_boxes(params, child_lo, child_hi, rows, offsets)
         boxes += len(child_lo)
+        batches += 1
+        if attack_due(batches):        # APGD inside the sub-boxes of largest bounds
+            value = child_upper.amin(dim=1)
+            point = attack_candidates(
+                net64, rows, offsets, (child_lo + child_hi) / 2,
+                value.masked_fill(value < 0, -torch.inf), child_lo, child_hi)
+            if point is not None:
+                return GroupOutcome("violated", torch.full_like(closed_max, torch.inf),
+                                    point, boxes)
         box_lo = torch.cat([box_lo[keep], child_lo])
         box_hi = torch.cat([box_hi[keep], child_hi])
         upper = torch.cat([upper[keep], child_upper])

@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 import torch
 
-from attacks.property_ascent import attack_property
+from attacks.property_attacks import attack_property
 from bench.contract import Property, torch_device
 from models import MLP
 from verifiers.bab.bounding import (
@@ -71,6 +71,7 @@ from verifiers.bab.input_split import branching_for, search_group
 from verifiers.bab.layer_bounds import root_layer_bounds
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.root_tightening import tightened_root_bounds
+from verifiers.bab.search_attacks import attack_candidates, attack_due
 from verifiers.linear.propagation import (
     Bounds,
     layer_params,
@@ -194,6 +195,7 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
         max_domains = int(memory_gb * 2 ** 30) // pool.bytes_per_domain
         stats["domain_cap"] = max_domains
         closed_max = pool.add(roots[g])
+        batches = 0
         while True:
             if len(pool) == 0:
                 uppers[g] = closed_max
@@ -245,6 +247,14 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
             index, value = screened_worst(net32, net64, flat, rows, offsets)
             if value >= 0:
                 return done("violated", inf_bounds, flat[index])
+            batches += 1
+            if attack_due(batches):
+                live = children.value.masked_fill(children.value < 0, -torch.inf)
+                point = attack_candidates(net64, rows, offsets, flat, live.repeat_interleave(
+                    candidates.shape[1]), lo, hi)
+                if point is not None:
+                    stats["found_by"] = "attack on subdomain maximisers"
+                    return done("violated", inf_bounds, point)
             closed_max = torch.maximum(closed_max, pool.add(children))
             per_parent = (time.perf_counter() - batch_began) / len(head)
     return done("holds", uppers)
