@@ -131,3 +131,52 @@ def test_the_portfolio_decides_what_the_incomplete_verifiers_leave_open(tmp_path
         assert answer.result == ("unsat" if worst < 0 else "sat"), (trial, worst)
         decided_by_bab += answer.message.startswith("bab")
     assert decided_by_bab > 0
+
+
+def softplus_network(path) -> None:
+    """4 inputs, Gemm, Softplus (no bound rule in certbench), Gemm, 2 outputs, as ONNX."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    generator = np.random.default_rng(3)
+    w1 = generator.normal(size=(8, 4)).astype(np.float32)
+    w2 = generator.normal(size=(2, 8)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["X", "W1"], ["H"], transB=1),
+             helper.make_node("Softplus", ["H"], ["S"]),
+             helper.make_node("Gemm", ["S", "W2"], ["Y"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "softplus", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+
+
+def test_a_network_without_bound_rules_is_attacked_through_onnxruntime(tmp_path):
+    """An operator with no bound rule (Softplus) is not an ``error``: a reachable threshold
+    is ``sat`` with a counterexample in the box that onnxruntime confirms, an unreachable
+    one ``unknown`` with the operator named; never ``unsat``."""
+    import onnxruntime
+
+    softplus_network(tmp_path / "soft.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "soft.onnx"))
+    grid = np.random.default_rng(0).uniform(-1, 1, size=(20000, 4)).astype(np.float32)
+    reached = float(session.run(None, {"X": grid})[0][:, 0].max())
+    header = "".join(f"(declare-const X_{i} Real)\n" for i in range(4)) + \
+        "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n" + \
+        "".join(f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))\n" for i in range(4))
+    (tmp_path / "reachable.vnnlib").write_text(header + f"(assert (>= Y_0 {reached - 0.1}))\n")
+    (tmp_path / "unreachable.vnnlib").write_text(header + "(assert (>= Y_0 1000.0))\n")
+    (tmp_path / "instances.csv").write_text("soft.onnx,reachable.vnnlib,4\n"
+                                            "soft.onnx,unreachable.vnnlib,2\n")
+    code, _, err = invoke(["vnncomp", str(tmp_path / "instances.csv"),
+                           "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    results = list(csv.DictReader((tmp_path / "out" / "results.csv").read_text().splitlines()))
+    assert [r["result"] for r in results] == ["sat", "unknown"]
+    assert "Softplus" in results[1]["reason"]
+    written = next((tmp_path / "out" / "counterexamples").iterdir()).read_text()
+    values = [float(v) for v in re.findall(r"\(X_\d+ ([-\d.e+]+)\)", written)]
+    assert len(values) == 4 and all(-1 <= v <= 1 for v in values)
+    y = session.run(None, {"X": np.array([values], dtype=np.float32)})[0]
+    assert float(y[0, 0]) >= reached - 0.1

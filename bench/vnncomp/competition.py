@@ -14,9 +14,9 @@ cannot be interrupted there (one long bound computation) is stopped by the execu
 worker process is ended) and the answer is ``timeout``. With ``--executor local`` or
 ``dask`` the instances run in parallel on the workers:
 
-1. two attacks: signed-gradient ascent, then APGD, inside the box on each unsafe group's
-   violation ``min_i c_i . f(x) - d_i``, from the box's centre and random starts
-   (:mod:`attacks.property_attacks`). A candidate counts only after the harness
+1. attacks: signed-gradient ascent, APGD on the violation and on its DLR form, then
+   Square, inside the box on each unsafe group's violation ``min_i c_i . f(x) - d_i``,
+   from the box's centre and random starts (:mod:`attacks.property_attacks`). A candidate counts only after the harness
    re-checks it: inside the box, and violating the property by a float64 forward pass
    *and* by onnxruntime on the ONNX file itself. Then the answer is ``sat``.
 2. the verifiers that bound general specifications (``bound_property``), cheapest first
@@ -26,6 +26,10 @@ worker process is ended) and the answer is ``timeout``. With ``--executor local`
    (:func:`verifiers.bab.search.decide`), whose counterexample goes through the same re-check;
    at the limit the answer is ``timeout`` (never a guess). An exception is ``error`` for
    that instance; the rest complete.
+
+A network with an operator certbench has no bound rule for is not an ``error``: the
+instance gets an attack through onnxruntime alone (:mod:`bench.vnncomp.onnx_only`),
+``sat`` with a counterexample checked by onnxruntime, or ``unknown`` with the reason.
 
 With ``--reference VERDICTS.csv`` (the same columns plus ``verdict``) it scores as the
 competition does (+10 for a correct sat/unsat, -150 for an incorrect one, 0 otherwise)
@@ -75,6 +79,7 @@ from bench.vnncomp.portfolio import (
 )
 from models import MLP
 from models.files import atomic_write
+from models.onnx_import import OnnxImportError
 
 SCORES = {"correct": 10, "incorrect": -150}
 RESUMABLE = ("sat", "unsat", "timeout", "unknown")
@@ -175,7 +180,12 @@ def answer(task: InstanceTask) -> Answer:
     try:
         started = time.perf_counter()
         with time_limit(task.limit):
-            net = NetworkRef(str(task.onnx_path), None, task.weights_sha256).load().net
+            try:
+                net = NetworkRef(str(task.onnx_path), None, task.weights_sha256).load().net
+            except OnnxImportError as exc:
+                if task.command is not None:
+                    raise
+                return _unimported(task, str(exc), time.perf_counter() - started)
             prepare = time.perf_counter() - started
             cases = read_vnnlib_cases(task.vnnlib_path, num_inputs=net.input_dim,
                                       num_outputs=net.num_classes)
@@ -190,6 +200,23 @@ def answer(task: InstanceTask) -> Answer:
         return task.timed_out()
     except Exception as exc:     # noqa: BLE001 (one broken instance is "error", the rest run)
         return Answer("error", 0.0, 0.0, message=f"{type(exc).__name__}: {exc}")
+
+
+def _unimported(task: InstanceTask, reason: str, prepare: float) -> Answer:
+    """An instance whose network has an operator without a bound rule: the
+    onnxruntime-only search (:mod:`bench.vnncomp.onnx_only`) on the file as planned
+    (its digest re-checked), ``sat`` or ``unknown``."""
+    from bench.vnncomp.onnx_only import attack_only, onnx_sizes
+
+    if file_digest(task.onnx_path) != task.weights_sha256:
+        raise VnncompError(f"{task.onnx_path} changed on disk since the run was planned")
+    num_inputs, num_outputs = onnx_sizes(task.onnx_path)
+    cases = read_vnnlib_cases(task.vnnlib_path, num_inputs=num_inputs,
+                              num_outputs=num_outputs)
+    result = attack_only(task.onnx_path, cases, task.item.timeout - prepare, reason,
+                         task.seed)
+    result.prepare_time = prepare
+    return result
 
 
 def answer_external(task: InstanceTask, net: MLP, cases: list[Property]) -> Answer:

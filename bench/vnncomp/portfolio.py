@@ -44,7 +44,7 @@ def confirmed(net64: MLP, prop: Property, point: torch.Tensor,
         return False, outputs[0].numpy()
     if onnx_path is None:
         return True, outputs[0].numpy()
-    session = _session(str(onnx_path))
+    session = ort_session(str(onnx_path))
     feed = session.get_inputs()[0]
     shape = [1 if not isinstance(d, int) else d for d in feed.shape]
     value = point.to(torch.float32).numpy().reshape(shape)
@@ -54,7 +54,7 @@ def confirmed(net64: MLP, prop: Property, point: torch.Tensor,
 
 
 @functools.lru_cache(maxsize=8)
-def _session(onnx_path: str):
+def ort_session(onnx_path: str):
     """One onnxruntime session per ONNX file (many instances share a network)."""
     import onnxruntime
 
