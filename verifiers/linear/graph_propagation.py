@@ -344,10 +344,19 @@ def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: tor
 
 
 def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
-                 rule: SlopeRule | None = None
+                 rule: SlopeRule | None = None, *, prune: bool = True
                  ) -> tuple[list[Interval], dict[int, tuple]]:
     """Bounds on every node (intervals, tightened by CROWN at the inputs of nonlinear
-    nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``."""
+    nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``.
+
+    ``prune`` (the default): after each nonlinear node, the intervals of the nodes after
+    it are propagated again from the tightened bounds and intersected with what they
+    had; at a ReLU's input only the units that interval calls crossing zero (in some box
+    of the batch) get a backward pass, the others keep their interval, on which the
+    ReLU is exactly linear; every bound is the intersection of the two (sound: both
+    hold). ``prune=False``: CROWN's bounds at every input of a nonlinear node, not
+    intersected, exactly as :mod:`verifiers.linear.propagation` computes them for an
+    MLP (the cross-check of the two engines)."""
     bounds = interval_bounds(net, lo, hi)
     relaxed: dict[int, tuple] = {}
     batch = lo.shape[0]
@@ -358,26 +367,62 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
         direct = net.nodes[source].inputs == (0,) and net.nodes[source].op in (
             "linear", "conv", "affine", "reshape", "pad")      # intervals are exact there
         if not direct:
-            shape = net.nodes[source].shape
-            size = math.prod(shape)
-            rows = max(1, CHUNK_ENTRIES // max(size * batch, 1))
-            eye = torch.eye(size, dtype=lo.dtype, device=lo.device)
-            uppers, lowers = [], []
-            for start in range(0, size, rows):
-                part = eye[start:start + rows].reshape(-1, *shape)
-                spec = torch.cat([part, -part]).expand(batch, *([-1] * (len(shape) + 1)))
-                both = backward_upper(net, relaxed, source, spec, lo, hi)
-                count = part.shape[0]
-                uppers.append(both[:, :count])
-                lowers.append(-both[:, count:])
-            upper = torch.cat(uppers, 1).reshape(batch, *shape)
-            lower = torch.cat(lowers, 1).reshape(batch, *shape)
-            bounds[source] = (lower, upper)       # CROWN's, as for an MLP (not intersected)
+            lower, upper = bounds[source]
+            units = None
+            if prune and node.op == "relu":
+                crossing = ((lower < 0) & (upper > 0)).reshape(batch, -1).any(0)
+                units = torch.nonzero(crossing).flatten()
+            crown_lower, crown_upper = _crown_bounds(net, relaxed, source, lo, hi, units)
+            if prune:
+                shape = lower.shape
+                new_lower, new_upper = lower.reshape(batch, -1).clone(), \
+                    upper.reshape(batch, -1).clone()
+                chosen = slice(None) if units is None else units
+                new_lower[:, chosen] = torch.maximum(new_lower[:, chosen], crown_lower)
+                new_upper[:, chosen] = torch.minimum(new_upper[:, chosen], crown_upper)
+                bounds[source] = (new_lower.reshape(shape), new_upper.reshape(shape))
+            else:                                 # CROWN's, as for an MLP (not intersected)
+                bounds[source] = (crown_lower.reshape(lower.shape),
+                                  crown_upper.reshape(upper.shape))
         # the nonlinear node's own interval follows from its input's
         bounds[index] = (net.apply(index, [bounds[source][0]]),
                          net.apply(index, [bounds[source][1]]))
         relaxed[index] = relaxation(net, index, bounds[source], rule)
+        if prune:
+            _tighten_after(net, bounds, index)
     return bounds, relaxed
+
+
+def _crown_bounds(net: GraphNet, relaxed: dict[int, tuple], source: int, lo: torch.Tensor,
+                  hi: torch.Tensor, units: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CROWN's ``(lower, upper)`` ``(B, U)`` on the units ``units (U,)`` of node
+    ``source`` (flat indices; ``None``: all of them), in chunks of at most
+    :data:`CHUNK_ENTRIES` rows times node size."""
+    shape = net.nodes[source].shape
+    size, batch = math.prod(shape), lo.shape[0]
+    chosen = torch.arange(size, device=lo.device) if units is None else units
+    rows = max(1, CHUNK_ENTRIES // max(size * batch, 1))
+    uppers, lowers = [lo.new_zeros(batch, 0)], [lo.new_zeros(batch, 0)]
+    for start in range(0, len(chosen), rows):
+        part = torch.zeros(len(chosen[start:start + rows]), size, dtype=lo.dtype,
+                           device=lo.device)
+        part[torch.arange(len(part)), chosen[start:start + rows]] = 1.0
+        part = part.reshape(-1, *shape)
+        spec = torch.cat([part, -part]).expand(batch, *([-1] * (len(shape) + 1)))
+        both = backward_upper(net, relaxed, source, spec, lo, hi)
+        uppers.append(both[:, :len(part)])
+        lowers.append(-both[:, len(part):])
+    return torch.cat(lowers, 1), torch.cat(uppers, 1)
+
+
+def _tighten_after(net: GraphNet, bounds: list[Interval], index: int) -> None:
+    """In place: the intervals of the nodes after ``index`` propagated again from the
+    current bounds, intersected with the ones they had."""
+    for later in range(index + 1, len(net.nodes)):
+        step = _interval_step(net, later, [bounds[i] for i in net.nodes[later].inputs])
+        bounds[later] = (torch.maximum(bounds[later][0], step[0]),
+                         torch.minimum(bounds[later][1], step[1]))
 
 
 def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, torch.Tensor]
@@ -463,16 +508,17 @@ def _in_float64(net: GraphNet) -> GraphNet:
 
 def graph_margin_bounds(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: float,
                         clip: bool = True, crown: bool = True,
-                        rule: SlopeRule | None = None) -> torch.Tensor:
+                        rule: SlopeRule | None = None, prune: bool = True) -> torch.Tensor:
     """``U (N, K)`` float64 upper bounds on ``f_j - f_y`` over ``B_eps(x) (∩ [0,1]^d)``,
-    by linear relaxation (``crown``; ReLU lower slopes by ``rule``, default CROWN's) or
-    intervals; ``-inf`` at the label."""
+    by linear relaxation (``crown``; ReLU lower slopes by ``rule``, default CROWN's;
+    intermediate bounds as :func:`layer_bounds` with ``prune``) or intervals; ``-inf`` at
+    the label."""
     net = _in_float64(net)
     x = x.to(torch.float64).reshape(x.shape[0], -1)
     lo, hi = input_box(x, eps, clip)
     spec = margin_spec(y, net.num_classes, torch.float64)             # (N, K, K)
     if crown:
-        _, relaxed = layer_bounds(net, lo, hi, rule=rule)
+        _, relaxed = layer_bounds(net, lo, hi, rule=rule, prune=prune)
         upper = backward_upper(net, relaxed, len(net.nodes) - 1, spec, lo, hi)
     else:
         out_lo, out_hi = interval_bounds(net, lo, hi)[-1]
@@ -482,14 +528,16 @@ def graph_margin_bounds(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: fl
 
 
 def graph_property_bounds(net: GraphNet, prop: Property, crown: bool = True,
-                          rule: SlopeRule | None = None) -> list[torch.Tensor]:
-    """Per group of ``prop``, ``(r_g,)`` float64 upper bounds on ``c_i . f(x) - d_i``."""
+                          rule: SlopeRule | None = None, prune: bool = True
+                          ) -> list[torch.Tensor]:
+    """Per group of ``prop``, ``(r_g,)`` float64 upper bounds on ``c_i . f(x) - d_i``
+    (as :func:`graph_margin_bounds`)."""
     net = _in_float64(net)
     lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
     rows, offsets, sizes = split_rows(prop)
     with torch.no_grad():
         if crown:
-            _, relaxed = layer_bounds(net, lo, hi, rule=rule)
+            _, relaxed = layer_bounds(net, lo, hi, rule=rule, prune=prune)
             upper = backward_upper(net, relaxed, len(net.nodes) - 1, rows[None], lo, hi)[0]
         else:
             out_lo, out_hi = interval_bounds(net, lo, hi)[-1]
