@@ -175,3 +175,36 @@ def test_bench_vnncomp_decides_a_residual_network_from_its_onnx_file(tmp_path):
     assert [r["result"] for r in results] == ["sat" if t > 0 else "unsat" for t in truths]
     assert {r["result"] for r in results} == {"sat", "unsat"}
     assert len(list((tmp_path / "out" / "counterexamples").glob("*"))) == 1
+
+
+@pytest.mark.parametrize("make", [_conv_net, _residual_net], ids=["conv", "residual"])
+def test_graph_bab_on_thresholds_at_the_exact_maximum_has_to_branch(make):
+    """A threshold just above the exact maximum of ``f_j - f_label`` (brute force) holds,
+    just below it is violated: the search (alpha-CROWN at the root, then ReLU splits, no
+    attack first) gets both right, and some holding ones need splits."""
+    branched = 0
+    for seed in range(3):
+        net = make(seed)
+        g = torch.Generator().manual_seed(300 + seed)
+        x = torch.rand(net.input_dim, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            label = int(net.float64_copy()(x[None]).argmax())
+        other = (label + 1) % net.num_classes
+        row = torch.zeros(1, net.num_classes, dtype=torch.float64)
+        row[0, other], row[0, label] = 1.0, -1.0
+        box = Property.robustness(x, label, 0.3, net.num_classes)
+        truth = exact_worst(net, Property(box.lo, box.hi, ((row, torch.zeros(1,
+                                                                  dtype=torch.float64)),)))
+        gap = 0.01 * (1 + abs(truth))
+        for side, threshold in (("holds", truth + gap), ("violated", truth - gap)):
+            prop = Property(box.lo, box.hi, ((row, torch.tensor([threshold],
+                                                                dtype=torch.float64)),))
+            outcome = decide_graph(net, prop, SearchOptions(time_limit=30.0), restarts=0)
+            assert outcome.verdict == side, (seed, side, truth)
+            if side == "holds":
+                assert float(outcome.uppers[0].max()) < 0
+                branched += outcome.nodes > 1
+            else:
+                assert bool(prop.violated_by(net.float64_copy()(
+                    outcome.counterexample[None]))[0])
+    assert branched >= 1

@@ -1,6 +1,9 @@
 """Branch and bound on ReLU splits for operator graphs (:class:`models.graph.GraphNet`).
 
-The property's groups are settled one after the other. A subdomain is the input box and
+The property's groups are settled one after the other, first by alpha-CROWN on the whole
+box (:func:`verifiers.linear.graph_propagation.optimised_upper`, ``options.iterations``
+steps on the output's slopes; a group with a row bounded below zero is settled), then by
+branching. A subdomain is the input box and
 a sign for some ReLU units (``+1``: input ``>= 0``, ``-1``: ``<= 0``); it is bounded by
 one CROWN backward pass on the graph, batches of subdomains at a time, from the
 intermediate bounds CROWN computed once on the whole box, with the split units' input
@@ -12,7 +15,9 @@ units unstable on the box are split, so clamped bounds never cross). Otherwise t
 the box that maximises the bound's linear form of its loosest row is checked by a
 float64 forward pass (a counterexample ends the search), and the unit with the largest
 BaBSR-style score (positive coefficient times the upper line's intercept, summed over
-the group's rows; the widest unstable unit where all scores vanish) is split. A
+the group's rows; the widest unstable unit where all scores vanish) is split. After
+batches 1, 2, 4, 8, ... APGD runs from the corners of the live subdomains of largest
+bound (:mod:`verifiers.bab.search_attacks`). A
 subdomain without an unstable ReLU left is linear on its region: an LP over the box and
 the split signs (HiGHS) decides it exactly, its solution checked by a forward pass.
 Max pooling, sigmoid and tanh are never split: a leaf that still relaxes one of them is
@@ -39,10 +44,12 @@ from bench.contract import Property
 from models.graph import ELEMENTWISE, GraphNet
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
+from verifiers.bab.search_attacks import attack_candidates, attack_due
 from verifiers.linear.graph_propagation import (
     box_maximum,
     layer_bounds,
     linear_form,
+    optimised_upper,
     split_relaxation,
 )
 
@@ -137,14 +144,22 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     unsplittable = any(node.op in (*ELEMENTWISE, "maxpool") and node.op != "relu"
                        for node in net64.nodes)
     with torch.no_grad():          # CROWN's bounds on the whole box, shared by every subdomain
-        root_bounds, _ = layer_bounds(net64, lo[None], hi[None])
+        root_bounds, root_relaxed = layer_bounds(net64, lo[None], hi[None])
     pool_limit = max(1, int(options.memory_gb * 1e9 // max(units, 1)))
     uppers: list[torch.Tensor] = []
     open_groups = False
+    stats["groups_settled_at_root"] = 0
     for matrix, offset in prop.groups:
         matrix, offset = matrix.to(torch.float64), offset.to(torch.float64)
+        root = optimised_upper(net64, lo[None], hi[None], matrix[None], options.iterations,
+                               relaxed=root_relaxed)[0] - offset
+        if bool((root < 0).any()):                 # alpha-CROWN settles the group
+            stats["groups_settled_at_root"] += 1
+            uppers.append(torch.full((len(offset),), float(root.min()), dtype=torch.float64))
+            continue
         queue: list[Domain] = [{}]
         worst = -math.inf          # the largest min-over-rows bound of a closed subdomain
+        batches = 0
         while queue:
             if time.perf_counter() - began > options.time_limit or len(queue) > pool_limit:
                 open_groups = True
@@ -177,6 +192,13 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 hit = _violates(net64, prop, corners).nonzero().flatten()
                 if len(hit):
                     return outcome("violated", unbounded, corners[int(hit[0])])
+                batches += 1
+                if attack_due(batches):    # APGD from the corners of the largest bounds
+                    point = attack_candidates(net64, matrix, offset, corners,
+                                              upper.amin(1)[alive], lo, hi)
+                    if point is not None and bool(_violates(net64, prop, point[None])[0]):
+                        stats["found_by"] = "attack on subdomain maximisers"
+                        return outcome("violated", unbounded, point)
             for b in alive:
                 unit = _branch(net64, relus, bounds, record, b)
                 if unit is None:                      # no unstable ReLU: linear here

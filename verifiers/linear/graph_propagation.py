@@ -452,14 +452,17 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
 
 
 def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
-                    iterations: int) -> torch.Tensor:
+                    iterations: int, relaxed: dict[int, tuple] | None = None
+                    ) -> torch.Tensor:
     """``min(CROWN, alpha-CROWN)`` upper bounds ``(B, S)`` on ``spec (B, S, K) . f(x)``
-    over the box: CROWN's intermediate bounds, and the lower slopes of the crossing ReLU
-    units optimised per unit and row by projected Adam on the bound (any slope in
-    ``[0, 1]`` is sound), from CROWN's choice; both evaluated in float64."""
+    over the box: CROWN's intermediate bounds (:func:`layer_bounds`, or their
+    relaxations ``relaxed`` if the caller has them for this box), and the lower slopes of
+    the crossing ReLU units optimised per unit and row by projected Adam on the bound
+    (any slope in ``[0, 1]`` is sound), from CROWN's choice; both evaluated in float64."""
     out = len(net.nodes) - 1
     with torch.no_grad():
-        _, relaxed = layer_bounds(net, lo, hi)
+        if relaxed is None:
+            _, relaxed = layer_bounds(net, lo, hi)
         crown = backward_upper(net, relaxed, out, spec, lo, hi)
     if iterations <= 0:
         return crown
