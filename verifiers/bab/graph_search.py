@@ -23,8 +23,10 @@ the split signs (HiGHS) decides it exactly, its solution checked by a forward pa
 Max pooling, sigmoid and tanh are never split: a leaf that still relaxes one of them is
 left open, and the verdict is ``unknown``.
 
-No beta multipliers (the split signs enter through the clamped bounds, as in BaBSR);
-the MLP search (:mod:`verifiers.bab.search`) has them. Each open
+The split signs clamp the split units' bounds (as in BaBSR), and the subdomains CROWN
+leaves open get ``options.branch_iterations`` steps of alpha-beta-CROWN: the lower
+slopes and a multiplier per split unit and row optimised from CROWN's bound (no warm
+start from the parent, which the MLP search :mod:`verifiers.bab.search` has). Each open
 subdomain costs one ``int8`` per ReLU unit (``stats["bytes_per_subdomain"]``); the pool
 of open subdomains is held under ``options.memory_gb``: past it the search stops with
 ``unknown``.
@@ -177,6 +179,9 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 spec = matrix.expand(count, -1, -1)
                 coef, const = linear_form(net64, relaxed, out, spec, record=record)
             upper = box_maximum(coef, const, box_lo, box_hi) - offset
+            if options.branch_iterations > 0 and coef is not None:
+                _tighten(net64, upper, relaxed, splits, spec, offset, lo, hi,
+                         options.branch_iterations)
             refuted = (upper < 0).any(1)
             if bool(refuted.any()):
                 worst = max(worst, float(upper[refuted].min(1).values.max()))
@@ -232,6 +237,26 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     if open_groups:
         return outcome("unknown", uppers + unbounded[len(uppers):])
     return outcome("holds", uppers)
+
+
+def _tighten(net: GraphNet, upper: torch.Tensor, relaxed: dict[int, tuple],
+             splits: dict[int, torch.Tensor], spec: torch.Tensor, offset: torch.Tensor,
+             lo: torch.Tensor, hi: torch.Tensor, iterations: int) -> None:
+    """In place: ``upper (B, S)`` (CROWN's row bounds minus ``offset``) lowered to
+    alpha-beta-CROWN's (:func:`verifiers.linear.graph_propagation.optimised_upper` with
+    the split multipliers, ``iterations`` steps) on the subdomains with splits that CROWN
+    leaves open."""
+    split = torch.stack([(sign != 0).flatten(1).any(1) for sign in splits.values()]).any(0) \
+        if splits else torch.zeros(len(upper), dtype=torch.bool)
+    pick = (split & ~(upper < 0).any(1)).nonzero().flatten()
+    if len(pick) == 0:
+        return
+    count = len(upper)
+    taken = {index: tuple(t[pick] if t.shape[0] == count else t for t in lines)
+             for index, lines in relaxed.items()}
+    tighter = optimised_upper(net, lo[None], hi[None], spec[pick], iterations, relaxed=taken,
+                              splits={index: sign[pick] for index, sign in splits.items()})
+    upper[pick] = torch.minimum(upper[pick], tighter - offset)
 
 
 def _branch(net: GraphNet, relus: list[int], bounds: list, record: dict[int, torch.Tensor],

@@ -302,12 +302,18 @@ def box_maximum(coef: torch.Tensor | None, const: torch.Tensor, lo: torch.Tensor
 
 
 def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: torch.Tensor,
-                *, record: dict[int, torch.Tensor] | None = None
+                *, record: dict[int, torch.Tensor] | None = None,
+                split_terms: dict[int, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(A (B, S, d), c (B, S))`` with ``spec[b] . v_target <= A[b] x + c[b]`` for every
     ``x`` in the box the relaxations were computed for (an equality where every
     nonlinear node on the way is linear there, e.g. every ReLU split or stable);
-    ``A`` is ``None`` if the target does not depend on the input."""
+    ``A`` is ``None`` if the target does not depend on the input.
+
+    ``split_terms``: per ReLU node ``beta * sign`` ``(B, S, *shape)`` for split
+    constraints ``sign * zhat >= 0`` (``beta >= 0``, zero where a unit is not split),
+    added to the coefficients of the ReLU's input ``zhat``: the Lagrangian of the splits
+    (beta-CROWN), an upper bound over the points that satisfy them."""
     batch, rows = spec.shape[:2]
     coefs: dict[int, torch.Tensor] = {target: spec}
     const = spec.new_zeros(batch, rows)
@@ -324,6 +330,8 @@ def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: tor
             positive, negative = coef.clamp(min=0), coef.clamp(max=0)
             const = const + (positive * b_up + negative * b_low).flatten(2).sum(-1)
             ins = [positive * a_up + negative * a_low]
+            if split_terms is not None and index in split_terms:
+                ins[0] = ins[0] + split_terms[index]
         elif node.op == "maxpool":
             indices, dominant, upper = (t.unsqueeze(1) for t in relaxed[index])
             positive = torch.where(dominant, torch.zeros_like(coef), coef.clamp(min=0))
@@ -452,13 +460,20 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
 
 
 def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
-                    iterations: int, relaxed: dict[int, tuple] | None = None
-                    ) -> torch.Tensor:
-    """``min(CROWN, alpha-CROWN)`` upper bounds ``(B, S)`` on ``spec (B, S, K) . f(x)``
-    over the box: CROWN's intermediate bounds (:func:`layer_bounds`, or their
-    relaxations ``relaxed`` if the caller has them for this box), and the lower slopes of
-    the crossing ReLU units optimised per unit and row by projected Adam on the bound
-    (any slope in ``[0, 1]`` is sound), from CROWN's choice; both evaluated in float64."""
+                    iterations: int, relaxed: dict[int, tuple] | None = None,
+                    splits: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """``min(CROWN, alpha(-beta)-CROWN)`` upper bounds ``(B, S)`` on
+    ``spec (B, S, K) . f(x)`` over the boxes ``lo, hi (B, d)`` (``(1, d)`` for one box
+    shared by all).
+
+    The relaxations are CROWN's (:func:`layer_bounds` on the box, or ``relaxed`` if the
+    caller has them: :func:`split_relaxation`'s for subdomains with split units
+    ``splits``, per ReLU node ``(B, *shape)`` signs). Optimised by projected Adam on the
+    sum of the bounds for ``iterations`` steps, from CROWN's choice: the lower slopes of
+    the crossing ReLU units, per unit, row and box (any slope in ``[0, 1]`` is sound),
+    and, with ``splits``, a multiplier ``beta >= 0`` per split unit and row (the split
+    constraints' Lagrangian, :func:`linear_form`'s ``split_terms``); evaluated in
+    float64."""
     out = len(net.nodes) - 1
     with torch.no_grad():
         if relaxed is None:
@@ -466,18 +481,22 @@ def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: tor
         crown = backward_upper(net, relaxed, out, spec, lo, hi)
     if iterations <= 0:
         return crown
-    rows = spec.shape[1]
+    batch, rows = crown.shape
     free: dict[int, torch.Tensor] = {}
     crossing: dict[int, torch.Tensor] = {}
     for index, lines in relaxed.items():
         if net.nodes[index].op == "relu":
             a_low, _, a_up, b_up = lines
             crossing[index] = (b_up > 0).unsqueeze(1)                   # (B, 1, *shape)
-            free[index] = a_low.unsqueeze(1).expand(-1, rows, *a_low.shape[1:]).clone() \
+            free[index] = a_low.unsqueeze(1).expand(batch, rows, *a_low.shape[1:]).clone() \
                 .float().requires_grad_(True)
-    if not free:
+    signs = {index: sign.unsqueeze(1).to(torch.float64)
+             for index, sign in (splits or {}).items() if bool((sign != 0).any())}
+    betas = {index: torch.zeros(batch, rows, *sign.shape[2:], requires_grad=True)
+             for index, sign in signs.items()}
+    if not free and not betas:
         return crown
-    optimiser = torch.optim.Adam(list(free.values()), lr=0.1)
+    optimiser = torch.optim.Adam(list(free.values()) + list(betas.values()), lr=0.1)
 
     def bound(dtype: torch.dtype) -> torch.Tensor:
         lines = {}
@@ -491,7 +510,10 @@ def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: tor
                                 b_up.unsqueeze(1).expand_as(slope))
             else:
                 lines[index] = value
-        return backward_upper(net, lines, out, spec.to(dtype), lo.to(dtype), hi.to(dtype))
+        terms = {index: betas[index].to(dtype).clamp(min=0) * signs[index].to(dtype)
+                 for index in betas}
+        coef, const = linear_form(net, lines, out, spec.to(dtype), split_terms=terms)
+        return box_maximum(coef, const, lo.to(dtype), hi.to(dtype))
 
     for _ in range(iterations):
         optimiser.zero_grad()
@@ -500,6 +522,8 @@ def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: tor
         with torch.no_grad():
             for value in free.values():
                 value.clamp_(0, 1)
+            for value in betas.values():
+                value.clamp_(min=0)
     with torch.no_grad():
         return torch.minimum(crown, bound(torch.float64))
 
