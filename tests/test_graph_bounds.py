@@ -192,6 +192,8 @@ def test_bounds_enclose_sampling_and_an_attack(network):
     alpha = select("verifier", ["alpha-crown"])[0].create().bound(net, x, y, eps)
     assert (reached[off] <= alpha[off] + 1e-9).all(), kind    # sound, and never looser
     assert (alpha[off] <= crown[off] + 1e-12).all(), kind
+    if kind in ("sigmoid", "tanh"):      # the optimised tangent points pay
+        assert (alpha[off] < crown[off] - 1e-3).any(), kind
     # the intervals of every node enclose its sampled values
     box_lo, box_hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     intervals = interval_bounds(net.float64_copy(), box_lo[:1], box_hi[:1])
@@ -285,6 +287,31 @@ def test_each_activation_lies_between_its_lines_on_its_interval(op):
     assert below.min() >= -1e-12 and above.min() >= -1e-12
     assert float(below.min(1).values.median()) < 1e-3       # not sound by being slack
     assert float(above.min(1).values.median()) < 1e-3
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "tanh"])
+def test_every_tangent_point_in_its_range_gives_sound_lines(op):
+    """The optimisable lines of sigmoid and tanh (:func:`s_curve_lines_at`): for random
+    tangent points in their ranges, at both ends of the ranges, on one-signed, crossing,
+    narrow and wide intervals, the function lies between them on a grid."""
+    from models.graph import ELEMENTWISE
+    from verifiers.linear.graph_propagation import s_curve_lines_at, s_curve_tangent_points
+
+    generator = torch.Generator().manual_seed(4)
+    centre = torch.randn(4000, dtype=torch.float64, generator=generator) * 4
+    width = torch.rand(4000, dtype=torch.float64, generator=generator) ** 3 * 12
+    lo, hi = centre - width / 2, centre + width / 2
+    points = s_curve_tangent_points(op, lo, hi)
+    assert bool(points[4].any()) and bool(points[5].any())
+    z = lo[:, None] + torch.linspace(0, 1, 401, dtype=torch.float64) * (hi - lo)[:, None]
+    value = ELEMENTWISE[op](z)
+    for trial in range(6):
+        alphas = [torch.full_like(lo, float(trial % 2)) if trial < 2 else
+                  torch.rand(4000, dtype=torch.float64, generator=generator) for _ in range(2)]
+        a_low, b_low, a_up, b_up = (t[:, None] for t in s_curve_lines_at(
+            op, lo, hi, points, *alphas))
+        assert (value - (a_low * z + b_low)).min() >= -1e-12, trial
+        assert ((a_up * z + b_up) - value).min() >= -1e-12, trial
 
 
 def test_a_graph_written_as_onnx_reads_back_the_same(network, tmp_path):

@@ -154,7 +154,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     for matrix, offset in prop.groups:
         matrix, offset = matrix.to(torch.float64), offset.to(torch.float64)
         root = optimised_upper(net64, lo[None], hi[None], matrix[None], options.iterations,
-                               relaxed=root_relaxed)[0] - offset
+                               relaxed=root_relaxed, bounds=root_bounds)[0] - offset
         if bool((root < 0).any()):                 # alpha-CROWN settles the group
             stats["groups_settled_at_root"] += 1
             uppers.append(torch.full((len(offset),), float(root.min()), dtype=torch.float64))
@@ -180,7 +180,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 coef, const = linear_form(net64, relaxed, out, spec, record=record)
             upper = box_maximum(coef, const, box_lo, box_hi) - offset
             if options.branch_iterations > 0 and coef is not None:
-                _tighten(net64, upper, relaxed, splits, spec, offset, lo, hi,
+                _tighten(net64, upper, bounds, relaxed, splits, spec, offset, lo, hi,
                          options.branch_iterations)
             refuted = (upper < 0).any(1)
             if bool(refuted.any()):
@@ -239,13 +239,13 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     return outcome("holds", uppers)
 
 
-def _tighten(net: GraphNet, upper: torch.Tensor, relaxed: dict[int, tuple],
+def _tighten(net: GraphNet, upper: torch.Tensor, bounds: list, relaxed: dict[int, tuple],
              splits: dict[int, torch.Tensor], spec: torch.Tensor, offset: torch.Tensor,
              lo: torch.Tensor, hi: torch.Tensor, iterations: int) -> None:
     """In place: ``upper (B, S)`` (CROWN's row bounds minus ``offset``) lowered to
     alpha-beta-CROWN's (:func:`verifiers.linear.graph_propagation.optimised_upper` with
-    the split multipliers, ``iterations`` steps) on the subdomains with splits that CROWN
-    leaves open."""
+    the split multipliers, ``iterations`` steps, from the subdomains' clamped ``bounds``
+    and their relaxations) on the subdomains with splits that CROWN leaves open."""
     split = torch.stack([(sign != 0).flatten(1).any(1) for sign in splits.values()]).any(0) \
         if splits else torch.zeros(len(upper), dtype=torch.bool)
     pick = (split & ~(upper < 0).any(1)).nonzero().flatten()
@@ -255,7 +255,9 @@ def _tighten(net: GraphNet, upper: torch.Tensor, relaxed: dict[int, tuple],
     taken = {index: tuple(t[pick] if t.shape[0] == count else t for t in lines)
              for index, lines in relaxed.items()}
     tighter = optimised_upper(net, lo[None], hi[None], spec[pick], iterations, relaxed=taken,
-                              splits={index: sign[pick] for index, sign in splits.items()})
+                              splits={index: sign[pick] for index, sign in splits.items()},
+                              bounds=[tuple(t[pick] if t.shape[0] == count else t
+                                            for t in pair) for pair in bounds])
     upper[pick] = torch.minimum(upper[pick], tighter - offset)
 
 

@@ -175,6 +175,64 @@ def _s_curve_lines(op: str, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.T
     return a_low, b_low - slack, a_up, b_up + slack
 
 
+def s_curve_tangent_points(op: str, lo: torch.Tensor, hi: torch.Tensor
+                           ) -> tuple[torch.Tensor, ...]:
+    """Where the optimisable lines of sigmoid or tanh on ``[lo, hi]`` may touch the curve:
+    ``(low_from, low_to, up_from, up_to, low_free, up_free)``. A tangent at any point
+    of ``[low_from, low_to]`` is a sound lower line (where ``low_free``; elsewhere the
+    lower line is the chord), and at any point of ``[up_from, up_to]`` a sound upper line
+    (where ``up_free``):
+
+    * convex part (``hi <= 0``): lower tangents anywhere on ``[lo, hi]``, upper = chord;
+    * concave part (``lo >= 0``): upper tangents anywhere, lower = chord;
+    * across zero: an upper tangent at ``t >= 0`` lies above the concave part and above
+      the convex part if it passes above ``(lo, f(lo))``, which holds for ``t`` past the
+      point ``t*`` whose tangent passes through it (``g(t) = f(t) + f'(t)(lo - t) -
+      f(lo)`` increases in ``t`` there): ``[bracket end >= t*, hi]``, if the tangent at
+      ``hi`` passes above ``(lo, f(lo))`` at all, else the chord. Symmetrically for the
+      lower line on ``[lo, bracket end <= t*_low]``.
+    """
+    fn = ELEMENTWISE[op]
+    f_lo, f_hi = fn(lo), fn(hi)
+    convex, concave = hi <= 0, lo >= 0
+    narrow = (hi - lo) < 1e-9
+    g_hi = f_hi + _derivative(op, hi) * (lo - hi) - f_lo
+    g_lo = f_lo + _derivative(op, lo) * (hi - lo) - f_hi
+    up_start = _tangent_through(op, fn, lo, torch.zeros_like(hi), hi.clamp(min=0))[1]
+    low_end = _tangent_through(op, fn, hi, lo.clamp(max=0), torch.zeros_like(lo))[0]
+    crossing = ~convex & ~concave
+    low_free = ~narrow & (convex | (crossing & (g_lo <= 0)))
+    up_free = ~narrow & (concave | (crossing & (g_hi >= 0)))
+    low_to = torch.where(convex, hi, low_end)
+    up_from = torch.where(concave, lo, up_start)
+    return lo, low_to, up_from, hi, low_free, up_free
+
+
+def s_curve_lines_at(op: str, lo: torch.Tensor, hi: torch.Tensor,
+                     points: tuple[torch.Tensor, ...], alpha_low: torch.Tensor,
+                     alpha_up: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Lines below and above sigmoid or tanh on ``[lo, hi]`` with the tangent points
+    chosen by ``alpha_low, alpha_up`` in ``[0, 1]`` along the ranges of
+    :func:`s_curve_tangent_points` (``points``; broadcast against the alphas), the chord
+    where no tangent is free; widened by a few ulps as :func:`_s_curve_lines`.
+    Differentiable in the alphas (alpha-CROWN for smooth activations)."""
+    fn = ELEMENTWISE[op]
+    low_from, low_to, up_from, up_to, low_free, up_free = points
+    f_lo, f_hi = fn(lo), fn(hi)
+    chord = (f_hi - f_lo) / (hi - lo).clamp(min=1e-300)
+    chord = torch.where((hi - lo) < 1e-9, _derivative(op, lo), chord)
+    chord_offset = f_lo - chord * lo
+    t_low = low_from + alpha_low * (low_to - low_from)
+    t_up = up_from + alpha_up * (up_to - up_from)
+    slope_low, slope_up = _derivative(op, t_low), _derivative(op, t_up)
+    a_low = torch.where(low_free, slope_low, chord)
+    b_low = torch.where(low_free, fn(t_low) - slope_low * t_low, chord_offset)
+    a_up = torch.where(up_free, slope_up, chord)
+    b_up = torch.where(up_free, fn(t_up) - slope_up * t_up, chord_offset)
+    slack = 1e-12 * (1 + f_lo.abs() + f_hi.abs())
+    return a_low, b_low - slack, a_up, b_up + slack
+
+
 def relaxation(net: GraphNet, index: int, pre: Interval, rule: SlopeRule | None = None
                ) -> tuple:
     """The relaxation of nonlinear node ``index`` given bounds ``pre`` on its input
@@ -461,7 +519,8 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
 
 def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
                     iterations: int, relaxed: dict[int, tuple] | None = None,
-                    splits: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+                    splits: dict[int, torch.Tensor] | None = None,
+                    bounds: list[Interval] | None = None) -> torch.Tensor:
     """``min(CROWN, alpha(-beta)-CROWN)`` upper bounds ``(B, S)`` on
     ``spec (B, S, K) . f(x)`` over the boxes ``lo, hi (B, d)`` (``(1, d)`` for one box
     shared by all).
@@ -471,13 +530,16 @@ def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: tor
     ``splits``, per ReLU node ``(B, *shape)`` signs). Optimised by projected Adam on the
     sum of the bounds for ``iterations`` steps, from CROWN's choice: the lower slopes of
     the crossing ReLU units, per unit, row and box (any slope in ``[0, 1]`` is sound),
-    and, with ``splits``, a multiplier ``beta >= 0`` per split unit and row (the split
+    the tangent points of the sigmoid and tanh units (:func:`s_curve_lines_at`, any
+    point of their ranges is sound; needs the nodes' input ``bounds``, which
+    :func:`layer_bounds` gives, when the caller passes ``relaxed``), and, with
+    ``splits``, a multiplier ``beta >= 0`` per split unit and row (the split
     constraints' Lagrangian, :func:`linear_form`'s ``split_terms``); evaluated in
     float64."""
     out = len(net.nodes) - 1
     with torch.no_grad():
         if relaxed is None:
-            _, relaxed = layer_bounds(net, lo, hi)
+            bounds, relaxed = layer_bounds(net, lo, hi)
         crown = backward_upper(net, relaxed, out, spec, lo, hi)
     if iterations <= 0:
         return crown
@@ -490,6 +552,17 @@ def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: tor
             crossing[index] = (b_up > 0).unsqueeze(1)                   # (B, 1, *shape)
             free[index] = a_low.unsqueeze(1).expand(batch, rows, *a_low.shape[1:]).clone() \
                 .float().requires_grad_(True)
+    curves: dict[int, tuple] = {}          # sigmoid/tanh: (interval, tangent ranges)
+    for index in relaxed:
+        op = net.nodes[index].op
+        if op in ("sigmoid", "tanh") and bounds is not None:
+            low, up = (t.unsqueeze(1) for t in bounds[net.nodes[index].inputs[0]])
+            points = s_curve_tangent_points(op, low, up)
+            crossing_unit = (low < 0) & (up > 0)
+            start_low = torch.where(crossing_unit, 1.0, 0.5).expand(batch, rows, *low.shape[2:])
+            start_up = torch.where(crossing_unit, 0.0, 0.5).expand(batch, rows, *low.shape[2:])
+            curves[index] = (low, up, points)
+            free[index] = torch.stack([start_low, start_up]).clone().float().requires_grad_(True)
     signs = {index: sign.unsqueeze(1).to(torch.float64)
              for index, sign in (splits or {}).items() if bool((sign != 0).any())}
     betas = {index: torch.zeros(batch, rows, *sign.shape[2:], requires_grad=True)
@@ -501,7 +574,12 @@ def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: tor
     def bound(dtype: torch.dtype) -> torch.Tensor:
         lines = {}
         for index, value in relaxed.items():
-            if index in free:
+            if index in curves:
+                low, up, points = curves[index]
+                alphas = free[index].to(dtype).clamp(0, 1)
+                lines[index] = s_curve_lines_at(net.nodes[index].op, low, up, points,
+                                                alphas[0], alphas[1])
+            elif index in free:
                 a_low, b_low, a_up, b_up = (t.to(dtype) for t in value)
                 slope = torch.where(crossing[index], free[index].to(dtype).clamp(0, 1),
                                     a_low.unsqueeze(1).expand_as(free[index]))
