@@ -422,10 +422,18 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
     ReLU is exactly linear; every bound is the intersection of the two (sound: both
     hold). ``prune=False``: CROWN's bounds at every input of a nonlinear node, not
     intersected, exactly as :mod:`verifiers.linear.propagation` computes them for an
-    MLP (the cross-check of the two engines)."""
+    MLP (the cross-check of the two engines). Pruned, the boxes of a batch are bounded
+    one at a time (the units crossing zero differ from box to box)."""
+    batch = lo.shape[0]
+    if prune and batch > 1:
+        parts = [layer_bounds(net, lo[b:b + 1], hi[b:b + 1], rule) for b in range(batch)]
+        return ([(torch.cat([p[0][i][0] for p in parts]), torch.cat([p[0][i][1] for p in parts]))
+                 for i in range(len(net.nodes))],
+                {index: tuple(torch.cat([p[1][index][k] for p in parts])
+                              for k in range(len(parts[0][1][index])))
+                 for index in parts[0][1]})
     bounds = interval_bounds(net, lo, hi)
     relaxed: dict[int, tuple] = {}
-    batch = lo.shape[0]
     for index, node in enumerate(net.nodes):
         if node.op not in (*ELEMENTWISE, "maxpool"):
             continue
