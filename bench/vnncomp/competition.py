@@ -16,9 +16,10 @@ worker process is ended) and the answer is ``timeout``. With ``--executor local`
 
 1. attacks: signed-gradient ascent, APGD on the violation and on its DLR form, then
    Square, inside the box on each unsafe group's violation ``min_i c_i . f(x) - d_i``,
-   from the box's centre and random starts (:mod:`attacks.property_attacks`). A candidate counts only after the harness
-   re-checks it: inside the box, and violating the property by a float64 forward pass
-   *and* by onnxruntime on the ONNX file itself. Then the answer is ``sat``.
+   from the box's centre and random starts (:mod:`attacks.property_attacks`). A
+   candidate counts only after the harness re-checks it: inside the box, and violating
+   the property by a float64 forward pass *and* by onnxruntime on the ONNX file itself.
+   Then the answer is ``sat``.
 2. the verifiers that bound general specifications (``bound_property``), cheapest first
    (``ibp``, ``crown``, ``lp``): when every group has a row whose upper bound is ``< 0``
    the answer is ``unsat``.

@@ -16,10 +16,11 @@ coefficients of the linear bound of the box's smallest row: the dimension along 
 that bound varies most (:func:`split_dimension`). Every child's centre and the
 maximiser of its smallest row's linear bound are checked as counterexamples by a
 float64 forward pass, and after batches 1, 2, 4, 8, ... APGD runs inside the open
-children of largest bound (:mod:`verifiers.bab.search_attacks`). The group holds when no box is open; the answer is ``unknown``
-at the deadline or when the open boxes outgrow the memory allowance. Sound for the same
-reason as the ReLU search: the boxes cover the input box at every step, and each
-closed box's bound is an upper bound over it.
+children of largest bound (:mod:`verifiers.bab.search_attacks`). The group holds when
+no box is open; the answer is ``unknown`` at the deadline or when the open boxes
+outgrow the memory allowance. Sound for the same reason as the ReLU search: the boxes
+cover the input box at every step, and each closed box's bound is an upper bound over
+it.
 
 Shapes: ``B`` boxes, ``d`` inputs, ``S`` rows of the group.
 """
