@@ -25,6 +25,7 @@ the box.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -43,6 +44,7 @@ STRONG_RESTARTS = 16
 STRONG_STEPS = 100
 SQUARE_QUERIES = 200
 SQUARE_P_INIT = 0.3
+MIN_STEPS = 10           # the fewest steps (and queries) a budget shrinks an attack to
 
 
 def dlr_scale(outputs: torch.Tensor) -> torch.Tensor:
@@ -170,14 +172,39 @@ def square_property(net64: MLP, prop: Property, *, restarts: int, queries: int,
     return _best(violation, found)
 
 
+def affordable_steps(net64: torch.nn.Module, prop: Property, restarts: int, steps: int,
+                     budget: float | None) -> int:
+    """``steps``, or fewer (at least :data:`MIN_STEPS`) when one gradient step on every
+    start, timed once, says that the attacks' steps would not fit in ``budget`` seconds
+    (about 3.5 gradient attacks' worth: three of them and Square)."""
+    if budget is None:
+        return steps
+    starts, _, _, violation = _starts(net64, prop, restarts, 0)
+    began = time.perf_counter()
+    points = starts.detach().requires_grad_(True)
+    with torch.enable_grad():
+        torch.autograd.grad(violation(points, torch.arange(len(points),
+                                                           device=points.device)).sum(),
+                            points)
+    per_step = time.perf_counter() - began
+    return max(MIN_STEPS, min(steps, int(budget / (3.5 * max(per_step, 1e-9)))))
+
+
 def strongest_attack(net64: MLP, prop: Property, *, seed: int = 0,
                      restarts: int = STRONG_RESTARTS, steps: int = STRONG_STEPS,
-                     queries: int = SQUARE_QUERIES
+                     queries: int = SQUARE_QUERIES, budget: float | None = None
                      ) -> tuple[torch.Tensor, float, str]:
     """Signed ascent, APGD on the violation, APGD on its DLR form, then Square, each
     per group with ``restarts`` starts (``steps`` steps; Square ``queries`` queries),
     stopping at the first counterexample: ``(point (d,), violation, name of the attack
-    that found it)``, or the most violating point of all and ``"none"``."""
+    that found it)``, or the most violating point of all and ``"none"``. With ``budget``
+    (seconds) the steps, and Square's queries with them, shrink to what a timed step says
+    fits (:func:`affordable_steps`: a large network gets fewer steps, never fewer than
+    :data:`MIN_STEPS`), and no attack starts once the budget is spent."""
+    began = time.perf_counter()
+    fitted = affordable_steps(net64, prop, restarts, steps, budget)
+    if fitted < steps:
+        steps, queries = fitted, max(MIN_STEPS, queries * fitted // steps)
     attempts: list[tuple[str, Callable[[], tuple[torch.Tensor, float]]]] = [
         ("ascent", lambda: attack_property(net64, prop, restarts=restarts, steps=steps,
                                            seed=seed)),
@@ -190,6 +217,9 @@ def strongest_attack(net64: MLP, prop: Property, *, seed: int = 0,
     ]
     best_point, best_value = None, -torch.inf
     for name, attempt in attempts:
+        if budget is not None and best_point is not None \
+                and time.perf_counter() - began > budget:
+            break
         point, value = attempt()
         if value >= 0:
             return point, value, name

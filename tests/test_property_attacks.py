@@ -174,3 +174,19 @@ def test_the_searches_attack_during_branch_and_bound(branching, monkeypatch):
     unattacked = decide(net, prop, options, restarts=0)
     assert unattacked.verdict == "violated"
     assert unattacked.nodes >= 10 * outcome.nodes
+
+
+def test_a_budget_shrinks_the_attacks_steps_but_never_below_the_floor():
+    """No budget: the steps asked; a budget no step fits in: the floor; a budget far
+    beyond: the steps asked. And with a spent budget the attack still returns a point of
+    the box with its true violation (its first attack runs)."""
+    from attacks.property_attacks import MIN_STEPS, affordable_steps
+
+    net, prop, _ = bump_property()
+    assert affordable_steps(net, prop, 16, 100, None) == 100
+    assert affordable_steps(net, prop, 16, 100, 0.0) == MIN_STEPS
+    assert affordable_steps(net, prop, 16, 100, 1e9) == 100
+    point, violation, name = strongest_attack(net, prop, budget=0.0)
+    assert bool(((point >= prop.lo) & (point <= prop.hi)).all())
+    with torch.no_grad():
+        assert violation == pytest.approx(float(net(point[None])[0, 0]) - 0.5, abs=1e-12)

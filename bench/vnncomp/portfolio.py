@@ -15,11 +15,16 @@ import torch
 from attacks.property_attacks import strongest_attack
 from bench.contract import Property, project_box, refuted, supports
 from models import MLP
+from models.graph import GraphNet
 from verifiers.bab.graph_search import decide_graph
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import decide
 
 VERIFIERS = ("ibp", "crown", "lp")
+# On operator graphs the search's own root (pruned CROWN, then alpha-CROWN per group)
+# subsumes crown and lp, whose intermediate bounds would be computed twice more.
+GRAPH_VERIFIERS = ("ibp",)
+ATTACK_SHARE = 0.25      # of the timeout, at most, for the first attacks
 
 
 @dataclass
@@ -80,14 +85,16 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
         return Answer("sat", 0.0, elapsed(), (x, outputs), nodes=nodes, message=found_by)
 
     if attack:                      # ascent, APGD (margin, DLR), Square: the first that hits
-        point, value, name = strongest_attack(net64, prop, seed=seed)
+        point, value, name = strongest_attack(net64, prop, seed=seed,
+                                              budget=ATTACK_SHARE * timeout)
         answer = sat(point, found_by=f"attack: {name}") if value >= 0 else None
         if answer is not None:
             return answer
     for verifier in verifiers if verifiers is not None else default_verifiers():
         if elapsed() > timeout:
             return Answer("timeout", 0.0, elapsed())
-        if not supports(verifier, net):
+        if not supports(verifier, net) or (isinstance(net, GraphNet)
+                                           and verifier.name not in GRAPH_VERIFIERS):
             continue
         if refuted(verifier.bound_property(net, prop)):
             return Answer("unsat", 0.0, elapsed())
