@@ -107,7 +107,8 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
         if outcome.verdict == "holds":
             return Answer("unsat", 0.0, elapsed(), nodes=nodes,
                           message=f"bab ({outcome.stats.get('branching', 'relu')} splits): "
-                                  f"{nodes} subdomains")
+                                  f"{nodes} subdomains" if nodes else
+                                  "bab: every group settled at the root")
         if outcome.verdict == "violated":
             answer = sat(outcome.counterexample, nodes,
                          f"bab ({outcome.stats.get('branching', 'relu')} splits)")

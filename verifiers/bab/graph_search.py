@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from attacks.property_attacks import attack_property
-from bench.contract import Property
+from bench.contract import Property, split_rows
 from models.graph import ELEMENTWISE, GraphNet
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
@@ -151,10 +151,12 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     uppers: list[torch.Tensor] = []
     open_groups = False
     stats["groups_settled_at_root"] = 0
-    for matrix, offset in prop.groups:
+    rows, offsets, sizes = split_rows(prop)       # alpha-CROWN on every row at once (each
+    roots = (optimised_upper(net64, lo[None], hi[None], rows.to(torch.float64)[None],
+                             options.iterations, relaxed=root_relaxed, bounds=root_bounds)[0]
+             - offsets.to(torch.float64)).split(sizes)   # row's slopes are its own)
+    for (matrix, offset), root in zip(prop.groups, roots):
         matrix, offset = matrix.to(torch.float64), offset.to(torch.float64)
-        root = optimised_upper(net64, lo[None], hi[None], matrix[None], options.iterations,
-                               relaxed=root_relaxed, bounds=root_bounds)[0] - offset
         if bool((root < 0).any()):                 # alpha-CROWN settles the group
             stats["groups_settled_at_root"] += 1
             uppers.append(torch.full((len(offset),), float(root.min()), dtype=torch.float64))
