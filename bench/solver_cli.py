@@ -53,9 +53,13 @@ def _version() -> str:
 
 
 def _operators() -> list[str]:
+    """What either importer takes on variable tensors (the dense folding and the operator
+    graph, each operator tested against onnxruntime in ``tests/test_onnx_operators.py``),
+    and the constant producers."""
+    from models.onnx_graph import GRAPH_OPERATORS
     from models.onnx_import import LIVE_OPERATORS
 
-    return sorted({*LIVE_OPERATORS, "Constant", "Shape"})
+    return sorted({*LIVE_OPERATORS, *GRAPH_OPERATORS, "Constant", "Shape"})
 
 
 def _opsets() -> list[str]:

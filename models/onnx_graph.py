@@ -31,8 +31,8 @@ from models.onnx_import import (
 
 GRAPH_OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Concat", "Conv", "Div",
                    "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul",
-                   "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Sigmoid", "Sub", "Tanh",
-                   "Transpose")
+                   "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Sigmoid", "Squeeze", "Sub",
+                   "Tanh", "Transpose", "Unsqueeze")
 """Operators on variable tensors that the graph importer keeps (one rule each)."""
 
 
@@ -124,6 +124,10 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
             if target[0] != 1:
                 raise OnnxImportError(f"{where}: a Reshape that moves the batch dimension")
             out = build.add("reshape", (x,), target[1:], label)
+        elif op in ("Squeeze", "Unsqueeze"):
+            axes = attrs.get("axes") if "axes" in attrs else (
+                np.asarray(other[0]).reshape(-1).tolist() if other else None)
+            out = build.add("reshape", (x,), _squeezed(op, shape_x, axes, where), label)
         elif op == "Transpose":
             perm = list(attrs.get("perm", range(len(shape_x) + 1)[::-1]))
             if perm[0] != 0:
@@ -191,6 +195,29 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
             raise OnnxImportError(f"{path}: the network has NaN or infinite weights")
     return net.eval(), {"input_shape": list(shape), "nodes": len(graph.node),
                         "operators": sorted(operators)}
+
+
+def _squeezed(op: str, shape: tuple, axes: list | None, where: str) -> tuple[int, ...]:
+    """The per-sample shape after Squeeze/Unsqueeze of ``(N, *shape)`` along ``axes``
+    (ONNX's, counting the batch dimension; negative from the end); the batch axis stays."""
+    full = [1, *shape]
+    if op == "Squeeze":
+        rank = len(full)
+        chosen = [i for i, d in enumerate(full) if d == 1 and i > 0] if axes is None else \
+            sorted({int(a) % rank for a in axes})
+        if 0 in chosen or any(full[a] != 1 for a in chosen):
+            raise OnnxImportError(f"{where}: squeezes the batch dimension or a dimension "
+                                  "larger than 1")
+        return tuple(d for i, d in enumerate(full) if i not in chosen)[1:]
+    if axes is None:
+        raise OnnxImportError(f"{where}: Unsqueeze without axes")
+    rank = len(full) + len(axes)
+    chosen = sorted(int(a) % rank for a in axes)
+    if 0 in chosen:
+        raise OnnxImportError(f"{where}: an Unsqueeze before the batch dimension")
+    for a in chosen:
+        full.insert(a, 1)
+    return tuple(full[1:])
 
 
 def _conv(build: _Builder, x: int, other: list, attrs: dict, where: str, label: str) -> int:

@@ -111,3 +111,61 @@ def test_an_unlisted_operator_is_refused_by_name(tmp_path):
     with pytest.raises(OnnxImportError, match=r"'squash' \(Sigmoid\): unsupported operator "
                        r"\(certbench imports Add, BatchNormalization"):
         import_onnx(path)
+
+
+def _graph_net_with(op: str) -> tuple[list, list]:
+    """``x (N, 2, 4, 4) -> op -> ... -> flatten -> Gemm -> y`` for an operator only the
+    graph importer keeps (the dense folding refuses it)."""
+    body = {
+        "AveragePool": [helper.make_node("AveragePool", ["x"], ["b"], kernel_shape=[2, 2],
+                                         strides=[1, 1], pads=[1, 1, 1, 1],
+                                         count_include_pad=1)],
+        "GlobalAveragePool": [helper.make_node("GlobalAveragePool", ["x"], ["b"])],
+        "MaxPool": [helper.make_node("MaxPool", ["x"], ["b"], kernel_shape=[2, 2],
+                                     strides=[2, 2])],
+        "Pad": [helper.make_node("Pad", ["x", "pads"], ["b"])],
+        "Sigmoid": [helper.make_node("Sigmoid", ["x"], ["b"])],
+        "Tanh": [helper.make_node("Tanh", ["x"], ["b"])],
+        "Concat": [helper.make_node("Relu", ["x"], ["r"]),
+                   helper.make_node("Concat", ["x", "r"], ["b"], axis=1)],
+        "Squeeze": [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
+                    helper.make_node("Squeeze", ["u", "ax"], ["b"])],
+        "Unsqueeze": [helper.make_node("Unsqueeze", ["x", "ax"], ["b"])],
+    }[op]
+    inits = [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.array([2], np.int64), "ax")]
+    return body + [helper.make_node("Flatten", ["b"], ["f"], axis=1),
+                   helper.make_node("Gemm", ["f", "w_out", "b_out"], ["y"], transB=1)], inits
+
+
+GRAPH_ONLY = ("AveragePool", "Concat", "GlobalAveragePool", "MaxPool", "Pad", "Sigmoid",
+              "Squeeze", "Tanh", "Unsqueeze")
+
+
+def test_the_graph_only_operators_are_the_graph_importers_extra_ones():
+    from models.onnx_graph import GRAPH_OPERATORS
+
+    assert set(GRAPH_OPERATORS) - set(LIVE_OPERATORS) == set(GRAPH_ONLY)
+
+
+@pytest.mark.parametrize("op", GRAPH_ONLY)
+def test_every_graph_operator_is_imported_as_a_graph(op, tmp_path):
+    """Each operator the graph importer adds to the dense one, in a small network loaded
+    by ``load_onnx`` (a graph: the folding refuses it), equals onnxruntime."""
+    from models.graph import GraphNet
+    from models.onnx_network import load_onnx
+
+    nodes, inits = _graph_net_with(op)
+    features = {"AveragePool": 2 * 5 * 5, "GlobalAveragePool": 2, "MaxPool": 2 * 2 * 2,
+                "Pad": 2 * 6 * 6, "Concat": 4 * 4 * 4}.get(op, 2 * 4 * 4)
+    inits += [_const("w_out", 5, features), _const("b_out", 5)]
+    onnx.save(_model(nodes, inits, [2, 4, 4]), tmp_path / "net.onnx")
+    net, card = load_onnx(tmp_path / "net.onnx")
+    assert isinstance(net, GraphNet), card.extra.get("folded")
+    x = RNG.uniform(size=(3, 2, 4, 4)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "net.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    theirs = session.run(None, {"x": x})[0]
+    with torch.no_grad():
+        ours = net.float64_copy()(torch.from_numpy(x.reshape(3, -1).astype(np.float64)))
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-4, atol=1e-4)

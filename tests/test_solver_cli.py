@@ -21,6 +21,7 @@ from bench.properties.assignment import parse_assignment
 from bench.properties.standard import query_text, read_query
 from bench.solver_cli import CAPABILITIES, main
 from models import MLP
+from models.onnx_graph import GRAPH_OPERATORS
 from models.onnx_import import LIVE_OPERATORS, OPSET_VERSIONS, export_onnx
 from tests.conftest import invoke
 
@@ -80,7 +81,8 @@ def test_every_capability_of_the_standard_is_answered_in_its_shape(capsys):
         elif capability == supports.ELEMENT_TYPES:
             assert lines == ["real"] and set(lines) <= spec.ELEMENT_TYPES
         elif capability == supports.OPERATORS:
-            assert lines == sorted({*LIVE_OPERATORS, "Constant", "Shape"})
+            assert lines == sorted({*LIVE_OPERATORS, *GRAPH_OPERATORS, "Constant", "Shape"})
+            assert {"MaxPool", "Sigmoid", "Concat"} <= set(lines)
         else:
             assert lines and set(lines) <= theory_sets[capability], capability
     assert run(capsys, "supports", "--onnx-opset-versions")[1].split() == \
