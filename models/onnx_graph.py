@@ -29,10 +29,10 @@ from models.onnx_import import (
     read_graph,
 )
 
-GRAPH_OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Concat", "Conv", "Div",
-                   "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul",
-                   "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Sigmoid", "Squeeze", "Sub",
-                   "Tanh", "Transpose", "Unsqueeze")
+GRAPH_OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv",
+                   "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity",
+                   "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Sigmoid",
+                   "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze")
 """Operators on variable tensors that the graph importer keeps (one rule each)."""
 
 
@@ -124,6 +124,14 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
             if target[0] != 1:
                 raise OnnxImportError(f"{where}: a Reshape that moves the batch dimension")
             out = build.add("reshape", (x,), target[1:], label)
+        elif op == "LeakyRelu":
+            out = _leaky_relu(build, x, float(attrs.get("alpha", 0.01)), label)
+        elif op == "Clip":
+            ends = [attrs.get("min"), attrs.get("max")] if "min" in attrs or \
+                "max" in attrs else [consts.get(n) if n else None for n in names[1:3]]
+            ends += [None] * (2 - len(ends))
+            out = _clip(build, x, *(None if e is None else float(np.asarray(e).reshape(-1)[0])
+                                    for e in ends[:2]), label)
         elif op in ("Squeeze", "Unsqueeze"):
             axes = attrs.get("axes") if "axes" in attrs else (
                 np.asarray(other[0]).reshape(-1).tolist() if other else None)
@@ -195,6 +203,41 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
             raise OnnxImportError(f"{path}: the network has NaN or infinite weights")
     return net.eval(), {"input_shape": list(shape), "nodes": len(graph.node),
                         "operators": sorted(operators)}
+
+
+def _scaled(build: _Builder, x: int, scale: float, offset: float, label: str) -> int:
+    return build.add("affine", (x,), build.shape(x), label, scale=np.array([scale]),
+                     offset=np.array([offset]))
+
+
+def _leaky_relu(build: _Builder, x: int, alpha: float, label: str) -> int:
+    """``LeakyRelu(v) = alpha v + (1 - alpha) relu(v)``, in operators that have bound rules
+    (the ReLU is split like any other)."""
+    shape = build.shape(x)
+    kept = _scaled(build, build.add("relu", (x,), shape, f"{label}.relu"), 1.0 - alpha, 0.0,
+                   f"{label}.positive")
+    return build.add("add", (_scaled(build, x, alpha, 0.0, f"{label}.linear"), kept), shape,
+                     label)
+
+
+def _clip(build: _Builder, x: int, low: float | None, high: float | None,
+          label: str) -> int:
+    """``Clip(v) = low + relu(v - low) - relu(v - high)`` (``v - relu(v - high)`` without
+    a lower end, ``low + relu(v - low)`` without an upper one), in operators that have bound
+    rules."""
+    shape = build.shape(x)
+    if low is not None and high is not None and low > high:
+        raise OnnxImportError(f"{label}: Clip with min {low} above max {high}")
+    cut = None
+    if high is not None:
+        cut = _scaled(build, build.add("relu", (_scaled(build, x, 1.0, -high,
+                                                        f"{label}.above"),), shape,
+                                       f"{label}.relu_above"), -1.0, 0.0, f"{label}.cut")
+    if low is None:
+        return x if cut is None else build.add("add", (x, cut), shape, label)
+    floor = _scaled(build, build.add("relu", (_scaled(build, x, 1.0, -low, f"{label}.below"),),
+                                     shape, f"{label}.relu_below"), 1.0, low, f"{label}.floor")
+    return floor if cut is None else build.add("add", (floor, cut), shape, label)
 
 
 def _squeezed(op: str, shape: tuple, axes: list | None, where: str) -> tuple[int, ...]:

@@ -120,11 +120,19 @@ def _network(kind: str, path) -> str:
                  helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[2, 2], strides=[2, 2])]
         head, ih = _head("p", 2 * 9)
         return _save(nodes + head, i1 + bn + ih, path)
+    if kind == "leaky-clip":          # LeakyRelu and Clip, imported as ReLU compositions
+        c2, i2 = _conv("c2", "l1", "b", 2, 2)
+        ends = [numpy_helper.from_array(np.array(v, np.float32), n)
+                for n, v in (("lo", -0.3), ("hi", 0.4))]
+        nodes = [c1, helper.make_node("LeakyRelu", ["a"], ["l1"], alpha=0.1), c2,
+                 helper.make_node("Clip", ["b", "lo", "hi"], ["r2"])]
+        head, ih = _head("r2", 2 * 36)
+        return _save(nodes + head, i1 + i2 + ends + ih, path)
     raise ValueError(kind)
 
 
 KINDS = ["conv", "residual", "maxpool", "avgpool", "pad", "sigmoid", "tanh", "batchnorm",
-         "branches"]
+         "branches", "leaky-clip"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -145,7 +153,7 @@ def test_the_graph_forward_equals_onnxruntime(network):
     np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours64.numpy(), theirs, rtol=1e-4, atol=1e-4)
     expected = {"conv": "conv", "batchnorm": "conv", "residual": "add",
-                "branches": "concat"}.get(kind, kind)
+                "branches": "concat", "leaky-clip": "add"}.get(kind, kind)
     assert {node.op for node in net.nodes} >= {"input", expected}
 
 

@@ -131,15 +131,22 @@ def _graph_net_with(op: str) -> tuple[list, list]:
         "Squeeze": [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]),
                     helper.make_node("Squeeze", ["u", "ax"], ["b"])],
         "Unsqueeze": [helper.make_node("Unsqueeze", ["x", "ax"], ["b"])],
+        "LeakyRelu": [helper.make_node("Sub", ["x", "half"], ["c"]),
+                      helper.make_node("LeakyRelu", ["c"], ["b"], alpha=0.2)],
+        "Clip": [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]),
+                 helper.make_node("Clip", ["c", "", "hi2"], ["d"]),
+                 helper.make_node("Clip", ["d", "lo2"], ["b"])],
     }[op]
     inits = [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
              numpy_helper.from_array(np.array([2], np.int64), "ax")]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (
+        ("half", 0.5), ("lo", 0.2), ("hi", 0.8), ("hi2", 0.6), ("lo2", 0.3))]
     return body + [helper.make_node("Flatten", ["b"], ["f"], axis=1),
                    helper.make_node("Gemm", ["f", "w_out", "b_out"], ["y"], transB=1)], inits
 
 
-GRAPH_ONLY = ("AveragePool", "Concat", "GlobalAveragePool", "MaxPool", "Pad", "Sigmoid",
-              "Squeeze", "Tanh", "Unsqueeze")
+GRAPH_ONLY = ("AveragePool", "Clip", "Concat", "GlobalAveragePool", "LeakyRelu", "MaxPool",
+              "Pad", "Sigmoid", "Squeeze", "Tanh", "Unsqueeze")
 
 
 def test_the_graph_only_operators_are_the_graph_importers_extra_ones():
