@@ -33,7 +33,6 @@ import torch
 from attacks.apgd import apgd_in_box
 from attacks.square import image_layout, square_search
 from bench.contract import Property, signed_ascent, split_rows
-from models import MLP
 
 Violation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -104,7 +103,7 @@ def _best(violation: Violation, found: torch.Tensor) -> tuple[torch.Tensor, floa
     return found[best], float(values[best])
 
 
-def attack_property(net64: MLP, prop: Property, *, restarts: int, steps: int,
+def attack_property(net64: torch.nn.Module, prop: Property, *, restarts: int, steps: int,
                     seed: int = 0) -> tuple[torch.Tensor, float]:
     """The most violating point found in the box, ``(d,)`` float64, and its violation
     ``max_g v_g`` (``>= 0``: a counterexample by a float64 forward pass).
@@ -142,7 +141,7 @@ def _apgd(violation: Callable[..., torch.Tensor], starts: torch.Tensor, lo: torc
     return apgd_in_box(objective, starts, lo.clone(), hi.clone(), first, steps=steps)
 
 
-def apgd_property(net64: MLP, prop: Property, *, restarts: int, steps: int,
+def apgd_property(net64: torch.nn.Module, prop: Property, *, restarts: int, steps: int,
                   seed: int = 0, loss: str = "margin") -> tuple[torch.Tensor, float]:
     """As :func:`attack_property`, by APGD (momentum, step halved at checkpoints when the
     loss stalls, restarting from the best point) on each group's violation
@@ -156,7 +155,7 @@ def apgd_property(net64: MLP, prop: Property, *, restarts: int, steps: int,
     return _best(violation, found)
 
 
-def square_property(net64: MLP, prop: Property, *, restarts: int, queries: int,
+def square_property(net64: torch.nn.Module, prop: Property, *, restarts: int, queries: int,
                     seed: int = 0, p_init: float = SQUARE_P_INIT
                     ) -> tuple[torch.Tensor, float]:
     """As :func:`attack_property`, by Square's random search over the box's vertices
@@ -190,7 +189,7 @@ def affordable_steps(net64: torch.nn.Module, prop: Property, restarts: int, step
     return max(MIN_STEPS, min(steps, int(budget / (3.5 * max(per_step, 1e-9)))))
 
 
-def strongest_attack(net64: MLP, prop: Property, *, seed: int = 0,
+def strongest_attack(net64: torch.nn.Module, prop: Property, *, seed: int = 0,
                      restarts: int = STRONG_RESTARTS, steps: int = STRONG_STEPS,
                      queries: int = SQUARE_QUERIES, budget: float | None = None
                      ) -> tuple[torch.Tensor, float, str]:
