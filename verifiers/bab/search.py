@@ -34,7 +34,9 @@ guess:
    quick, unoptimised bounds of both children, and the unit whose worse child is lowest
    is split (filtered strong branching); see :data:`BRANCH_CANDIDATES`. A child whose
    bound is ``< 0`` is closed; the maximiser of each child's linear bound over the box is
-   checked as a counterexample. A subdomain without unstable units is affine: one LP
+   checked as a counterexample, and after batches 1, 2, 4, 8, ... APGD runs from the
+   maximisers of the open children of largest bound
+   (:mod:`verifiers.bab.search_attacks`). A subdomain without unstable units is affine: one LP
    per row (HiGHS), whose duals give a bound by weak duality in float64 and whose
    optimum is checked as a counterexample.
 
