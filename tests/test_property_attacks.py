@@ -58,6 +58,17 @@ def test_each_attack_reaches_the_closed_form_worst_point_of_a_linear_network(att
         assert torch.allclose(point, corner)
 
 
+def test_the_portfolio_attack_reaches_the_closed_form_worst_corner():
+    """A threshold a hair below the closed-form maximum is violated only next to the
+    maximising corner: the portfolio's attack finds a point there."""
+    for seed in (9, 10, 11):
+        net, lo, hi, row, corner, best = linear_instance(seed)
+        prop = Property(lo, hi, ((row, torch.tensor([best - 1e-9], dtype=torch.float64)),))
+        point, violation, name = strongest_attack(net, prop, seed=seed)
+        assert violation >= 0 and name != "none"
+        assert torch.allclose(point, corner, atol=1e-6)
+
+
 def test_the_property_attacks_return_points_in_the_box_with_their_true_violation():
     """Each attack's point lies in the box; the violation it reports is its point's
     (float64), at most the property's there, and at least the box centre's (a start)."""
