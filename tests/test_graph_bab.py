@@ -269,3 +269,27 @@ def test_alpha_beta_crown_on_split_subdomains_is_sound_and_tightens(make):
                 assert float(tight[j]) <= float(crown[j]) + 1e-12
                 gained += float(tight[j]) < float(crown[j]) - 1e-6
     assert gained > 0
+
+
+def test_an_open_search_reports_a_sound_finite_bound():
+    """Stopped at once (a time limit of a microsecond) on a group the root leaves open,
+    the search answers ``unknown`` with its open subdomains' largest bound: finite, and
+    above the exact maximum (brute force)."""
+    net = _residual_net(0)
+    g = torch.Generator().manual_seed(300)
+    x = torch.rand(net.input_dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        label = int(net.float64_copy()(x[None]).argmax())
+    other = (label + 1) % net.num_classes
+    row = torch.zeros(1, net.num_classes, dtype=torch.float64)
+    row[0, other], row[0, label] = 1.0, -1.0
+    box = Property.robustness(x, label, 0.3, net.num_classes)
+    zero = torch.zeros(1, dtype=torch.float64)
+    truth = exact_worst(net, Property(box.lo, box.hi, ((row, zero),)))
+    threshold = truth + 1e-6 * (1 + abs(truth))        # out of reach of the root alone
+    prop = Property(box.lo, box.hi, ((row, torch.tensor([threshold], dtype=torch.float64)),))
+    outcome = decide_graph(net, prop, SearchOptions(time_limit=1e-6), restarts=0)
+    assert outcome.verdict == "unknown"
+    bound = float(outcome.uppers[0][0])
+    assert math.isfinite(bound) and bound == outcome.stats["open_bound"]
+    assert bound >= truth - threshold - 1e-9

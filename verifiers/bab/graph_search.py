@@ -162,15 +162,19 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
             uppers.append(torch.full((len(offset),), float(root.min()), dtype=torch.float64))
             continue
         queue: list[Domain] = [{}]
+        levels = [float(root.min())]  # per queued subdomain: its parent's min-over-rows bound
         worst = -math.inf          # the largest min-over-rows bound of a closed subdomain
         batches = 0
         while queue:
             if time.perf_counter() - began > options.time_limit or len(queue) > pool_limit:
                 open_groups = True
-                worst = math.inf
                 stats["open_leaves"] += len(queue)
+                stats["open_bound"] = max(levels)
+                # every subdomain, open or closed, is bounded: the largest bound holds
+                worst = max(worst, max(levels))
                 break
             batch, queue = queue[:options.batch], queue[options.batch:]
+            levels = levels[options.batch:]
             count = len(batch)
             nodes += count
             box_lo, box_hi = lo.expand(count, -1), hi.expand(count, -1)
@@ -233,6 +237,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                     split = child.setdefault(index, torch.zeros(shape, dtype=torch.int8))
                     split.view(-1)[flat] = sign
                     queue.append(child)
+                    levels.append(float(upper[b].min()))
         uppers.append(torch.full((len(offset),), worst, dtype=torch.float64))
         if open_groups:
             break
