@@ -183,6 +183,22 @@ def test_bench_vnncomp_decides_a_residual_network_from_its_onnx_file(tmp_path):
     assert len(list((tmp_path / "out" / "counterexamples").glob("*"))) == 1
 
 
+def _margin_maximum(make, seed: int) -> tuple[GraphNet, Property, torch.Tensor, float]:
+    """Network ``make(seed)``, the box of radius 0.3 around a random point, the row
+    ``f_j - f_label`` for the next class ``j``, and that row's exact maximum over the box
+    (brute force)."""
+    net = make(seed)
+    g = torch.Generator().manual_seed(300 + seed)
+    x = torch.rand(net.input_dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        label = int(net.float64_copy()(x[None]).argmax())
+    row = torch.zeros(1, net.num_classes, dtype=torch.float64)
+    row[0, (label + 1) % net.num_classes], row[0, label] = 1.0, -1.0
+    box = Property.robustness(x, label, 0.3, net.num_classes)
+    zero = torch.zeros(1, dtype=torch.float64)
+    return net, box, row, exact_worst(net, Property(box.lo, box.hi, ((row, zero),)))
+
+
 @pytest.mark.parametrize("make", [_conv_net, _residual_net], ids=["conv", "residual"])
 def test_graph_bab_on_thresholds_at_the_exact_maximum_has_to_branch(make):
     """A threshold just above the exact maximum of ``f_j - f_label`` (brute force) holds,
@@ -190,17 +206,7 @@ def test_graph_bab_on_thresholds_at_the_exact_maximum_has_to_branch(make):
     attack first) gets both right, and some holding ones need splits."""
     branched = 0
     for seed in range(3):
-        net = make(seed)
-        g = torch.Generator().manual_seed(300 + seed)
-        x = torch.rand(net.input_dim, generator=g, dtype=torch.float64)
-        with torch.no_grad():
-            label = int(net.float64_copy()(x[None]).argmax())
-        other = (label + 1) % net.num_classes
-        row = torch.zeros(1, net.num_classes, dtype=torch.float64)
-        row[0, other], row[0, label] = 1.0, -1.0
-        box = Property.robustness(x, label, 0.3, net.num_classes)
-        truth = exact_worst(net, Property(box.lo, box.hi, ((row, torch.zeros(1,
-                                                                  dtype=torch.float64)),)))
+        net, box, row, truth = _margin_maximum(make, seed)
         gap = 0.01 * (1 + abs(truth))
         for side, threshold in (("holds", truth + gap), ("violated", truth - gap)):
             prop = Property(box.lo, box.hi, ((row, torch.tensor([threshold],
@@ -275,17 +281,7 @@ def test_an_open_search_reports_a_sound_finite_bound():
     """Stopped at once (a time limit of a microsecond) on a group the root leaves open,
     the search answers ``unknown`` with its open subdomains' largest bound: finite, and
     above the exact maximum (brute force)."""
-    net = _residual_net(0)
-    g = torch.Generator().manual_seed(300)
-    x = torch.rand(net.input_dim, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        label = int(net.float64_copy()(x[None]).argmax())
-    other = (label + 1) % net.num_classes
-    row = torch.zeros(1, net.num_classes, dtype=torch.float64)
-    row[0, other], row[0, label] = 1.0, -1.0
-    box = Property.robustness(x, label, 0.3, net.num_classes)
-    zero = torch.zeros(1, dtype=torch.float64)
-    truth = exact_worst(net, Property(box.lo, box.hi, ((row, zero),)))
+    net, box, row, truth = _margin_maximum(_residual_net, 0)
     threshold = truth + 1e-6 * (1 + abs(truth))        # out of reach of the root alone
     prop = Property(box.lo, box.hi, ((row, torch.tensor([threshold], dtype=torch.float64)),))
     outcome = decide_graph(net, prop, SearchOptions(time_limit=1e-6), restarts=0)
