@@ -25,6 +25,7 @@ the box.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -33,6 +34,8 @@ import torch
 from attacks.apgd import apgd_in_box
 from attacks.square import image_layout, square_search
 from bench.contract import Property, signed_ascent, split_rows
+from models import MLP
+from models.graph import GraphNet
 
 Violation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,6 +47,9 @@ STRONG_STEPS = 100
 SQUARE_QUERIES = 200
 SQUARE_P_INIT = 0.3
 MIN_STEPS = 10           # the fewest steps (and queries) a budget shrinks an attack to
+ATTACK_MEMORY = 2 * 2 ** 30   # bytes the starts of one attack may take, about
+BYTES_PER_FLOAT = 32          # per number of a forward pass: float64, kept for autograd,
+                              # its gradient and APGD's copies
 
 
 def dlr_scale(outputs: torch.Tensor) -> torch.Tensor:
@@ -79,10 +85,30 @@ def group_violation(net64: torch.nn.Module, prop: Property, group_of_row: torch.
     return violation
 
 
+def activation_floats(net: torch.nn.Module) -> int:
+    """Numbers a forward pass of one sample holds: every node's output on an operator
+    graph, every layer's on an MLP (and the input)."""
+    if isinstance(net, GraphNet):
+        return sum(math.prod(node.shape) for node in net.nodes)
+    assert isinstance(net, MLP)
+    return net.input_dim + sum(layer.out_features for layer in net.linears)
+
+
+def starts_that_fit(net: torch.nn.Module, starts: int, groups: int = 1) -> int:
+    """``starts`` per group, or fewer (at least 1) so that ``groups`` times that many
+    samples' forward and backward passes (about :data:`BYTES_PER_FLOAT` bytes per number
+    a forward pass holds) stay within :data:`ATTACK_MEMORY` bytes: a large network gets
+    fewer starts instead of exhausting the machine's memory."""
+    per_start = activation_floats(net) * BYTES_PER_FLOAT * groups
+    return max(1, min(starts, ATTACK_MEMORY // max(per_start, 1)))
+
+
 def _starts(net64: torch.nn.Module, prop: Property, restarts: int, seed: int):
-    """Per group the box's centre and ``restarts - 1`` uniform random points: ``(starts
-    (P, d), lo (d,), hi (d,), violation)`` on the network's device, ``violation`` as
+    """Per group the box's centre and ``restarts - 1`` uniform random points (fewer where
+    they would not fit in memory, :func:`starts_that_fit`): ``(starts (P, d), lo (d,),
+    hi (d,), violation)`` on the network's device, ``violation`` as
     :func:`group_violation` for start ``which``'s group."""
+    restarts = starts_that_fit(net64, max(restarts, 1), len(prop.groups))
     device = next(net64.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     lo, hi = prop.lo.to(torch.float64), prop.hi.to(torch.float64)
@@ -232,8 +258,11 @@ def apgd_from(net64: torch.nn.Module, rows: torch.Tensor, offsets: torch.Tensor,
               starts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, *, steps: int
               ) -> tuple[torch.Tensor, float]:
     """APGD on one group ``rows (S, K) . f(x) >= offsets (S,)`` from ``starts (P, d)``,
-    each in its own box ``[lo, hi] (P, d)`` (a sub-box of the property's): the most
-    violating point found ``(d,)`` and its float64 violation ``min_i (c_i . f - d_i)``."""
+    each in its own box ``[lo, hi] (P, d)`` (a sub-box of the property's; only the first
+    :func:`starts_that_fit` of them): the most violating point found ``(d,)`` and its
+    float64 violation ``min_i (c_i . f - d_i)``."""
+    keep = starts_that_fit(net64, len(starts))
+    starts, lo, hi = starts[:keep], lo[:keep], hi[:keep]
     def violation(points: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         return (net64(points) @ rows.T - offsets).amin(dim=1)
 

@@ -201,3 +201,26 @@ def test_a_budget_shrinks_the_attacks_steps_but_never_below_the_floor():
     assert bool(((point >= prop.lo) & (point <= prop.hi)).all())
     with torch.no_grad():
         assert violation == pytest.approx(float(net(point[None])[0, 0]) - 0.5, abs=1e-12)
+
+
+def test_a_large_network_gets_fewer_starts_never_none():
+    """The starts an attack takes shrink with the numbers a forward pass holds
+    (:func:`starts_that_fit`); a small network keeps all of them, and never fewer than
+    one remains."""
+    from attacks.property_attacks import (
+        ATTACK_MEMORY,
+        BYTES_PER_FLOAT,
+        activation_floats,
+        starts_that_fit,
+    )
+    from models.graph import GraphNet, Node
+
+    net, _, _ = bump_property()
+    assert activation_floats(net) == 4 + 8 + 1
+    assert starts_that_fit(net, 16, 9) == 16
+    big = GraphNet([Node("input", (), (3, 2000, 2000)),
+                    Node("reshape", (0,), (12_000_000,))], {})
+    assert activation_floats(big) == 24_000_000
+    assert starts_that_fit(big, 16) == ATTACK_MEMORY // (24_000_000 * BYTES_PER_FLOAT)
+    assert 1 <= starts_that_fit(big, 16) < 16
+    assert starts_that_fit(big, 16, 9) == 1
