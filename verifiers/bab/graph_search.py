@@ -56,6 +56,7 @@ from verifiers.linear.graph_propagation import (
 )
 
 Domain = dict[int, torch.Tensor]          # ReLU node -> (*shape) int8 signs
+BATCH_MEMORY = 2 * 2 ** 30                # bytes a batch's bound computation may take, about
 
 
 def _violates(net64: GraphNet, prop: Property, points: torch.Tensor) -> torch.Tensor:
@@ -115,7 +116,8 @@ def _leaf_lp(net: GraphNet, relaxed: dict, splits: dict[int, torch.Tensor], b: i
 def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchOptions(), *,
                  restarts: int = 16, attack_steps: int = 100, seed: int = 0) -> BabOutcome:
     """Settle ``prop`` on the graph ``net`` within about ``options.time_limit`` seconds
-    (see the module doc; ``options.batch`` subdomains per bound computation,
+    (see the module doc; ``options.batch`` subdomains per bound computation, fewer on a
+    network too large for that many in :data:`BATCH_MEMORY`,
     ``options.memory_gb`` for the pool). ``uppers``: per group the largest upper bound
     over the closed subdomains of the smallest row bound, repeated per row (an upper
     bound on ``max_x min_i c_i . f(x) - d_i``: for a one-row group, the row's bound;
@@ -151,7 +153,13 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     uppers: list[torch.Tensor] = []
     open_groups = False
     stats["groups_settled_at_root"] = 0
-    rows, offsets, sizes = split_rows(prop)       # alpha-CROWN on every row at once (each
+    rows, offsets, sizes = split_rows(prop)
+    # subdomains per batch: ``options.batch``, or fewer where the backward pass of a batch
+    # (coefficients of the largest node per row, and autograd's copies) would pass
+    # BATCH_MEMORY
+    largest = max(math.prod(node.shape) for node in net64.nodes)
+    per_batch = max(1, min(options.batch, BATCH_MEMORY // (largest * max(sizes) * 8 * 8)))
+    stats["subdomains_per_batch"] = per_batch       # alpha-CROWN on every row at once (each
     roots = (optimised_upper(net64, lo[None], hi[None], rows.to(torch.float64)[None],
                              options.iterations, relaxed=root_relaxed, bounds=root_bounds)[0]
              - offsets.to(torch.float64)).split(sizes)   # row's slopes are its own)
@@ -173,8 +181,8 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 # every subdomain, open or closed, is bounded: the largest bound holds
                 worst = max(worst, max(levels))
                 break
-            batch, queue = queue[:options.batch], queue[options.batch:]
-            levels = levels[options.batch:]
+            batch, queue = queue[:per_batch], queue[per_batch:]
+            levels = levels[per_batch:]
             count = len(batch)
             nodes += count
             box_lo, box_hi = lo.expand(count, -1), hi.expand(count, -1)
