@@ -5,7 +5,8 @@ box (:func:`verifiers.linear.graph_propagation.optimised_upper`, ``options.itera
 steps on the output's slopes; a group with a row bounded below zero is settled), then by
 branching. A subdomain is the input box and
 a sign for some ReLU units (``+1``: input ``>= 0``, ``-1``: ``<= 0``); it is bounded by
-one CROWN backward pass on the graph, batches of subdomains at a time, from the
+one CROWN backward pass on the graph, batches of subdomains at a time (the open ones of
+largest parent bound first), from the
 intermediate bounds CROWN computed once on the whole box, with the split units' input
 bounds clamped to their signs
 (:func:`verifiers.linear.graph_propagation.split_relaxation`: a layer after a split
@@ -34,6 +35,7 @@ of open subdomains is held under ``options.memory_gb``: past it the search stops
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from typing import Any
@@ -169,20 +171,21 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
             stats["groups_settled_at_root"] += 1
             uppers.append(torch.full((len(offset),), float(root.min()), dtype=torch.float64))
             continue
-        queue: list[Domain] = [{}]
-        levels = [float(root.min())]  # per queued subdomain: its parent's min-over-rows bound
+        # open subdomains, largest bound first: (-its parent's min-over-rows bound, order
+        # of arrival, the subdomain)
+        queue: list[tuple[float, int, Domain]] = [(-float(root.min()), 0, {})]
+        arrivals = 1
         worst = -math.inf          # the largest min-over-rows bound of a closed subdomain
         batches = 0
         while queue:
             if time.perf_counter() - began > options.time_limit or len(queue) > pool_limit:
                 open_groups = True
                 stats["open_leaves"] += len(queue)
-                stats["open_bound"] = max(levels)
+                stats["open_bound"] = -queue[0][0]
                 # every subdomain, open or closed, is bounded: the largest bound holds
-                worst = max(worst, max(levels))
+                worst = max(worst, -queue[0][0])
                 break
-            batch, queue = queue[:per_batch], queue[per_batch:]
-            levels = levels[per_batch:]
+            batch = [heapq.heappop(queue)[2] for _ in range(min(per_batch, len(queue)))]
             count = len(batch)
             nodes += count
             box_lo, box_hi = lo.expand(count, -1), hi.expand(count, -1)
@@ -244,8 +247,8 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                     shape = net64.nodes[net64.nodes[index].inputs[0]].shape
                     split = child.setdefault(index, torch.zeros(shape, dtype=torch.int8))
                     split.view(-1)[flat] = sign
-                    queue.append(child)
-                    levels.append(float(upper[b].min()))
+                    heapq.heappush(queue, (-float(upper[b].min()), arrivals, child))
+                    arrivals += 1
         uppers.append(torch.full((len(offset),), worst, dtype=torch.float64))
         if open_groups:
             break
