@@ -48,19 +48,29 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None =
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def dlr_scale(outputs: torch.Tensor) -> torch.Tensor:
+    """The spread ``(M,)`` targeted DLR divides by, for ``outputs (M, K)``:
+    ``z_(1) - (z_(3) + z_(4)) / 2`` of the sorted outputs (the last ones for ``K < 4``;
+    1 for a single output), plus :data:`DLR_SHIFT`. Positive, so dividing keeps the sign
+    of a margin or a property's violation."""
+    if outputs.shape[1] == 1:
+        return torch.ones(len(outputs), dtype=outputs.dtype, device=outputs.device)
+    ranked = outputs.sort(dim=1, descending=True).values
+    k = outputs.shape[1]
+    third, fourth = ranked[:, min(3, k) - 1], ranked[:, min(4, k) - 1]
+    return (ranked[:, 0] - (third + fourth) / 2).clamp(min=0) + DLR_SHIFT
+
+
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
              ) -> torch.Tensor:
     """DLR ``(N,)``: untargeted ``-(z_y - max_{j != y} z_j) / (z_(1) - z_(3))``, or towards
-    ``target (N,)``: ``-(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2)``."""
-    ranked = logits.sort(dim=1, descending=True).values
-    k = logits.shape[1]
-    if target is None:
-        gap = margins(logits, y).amax(dim=1)
-        scale = ranked[:, 0] - ranked[:, min(3, k) - 1]
-    else:
+    ``target (N,)``: ``-(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2)`` (:func:`dlr_scale`)."""
+    if target is not None:
         gap = (logits.gather(1, target.view(-1, 1)) - logits.gather(1, y.view(-1, 1))).view(-1)
-        scale = ranked[:, 0] - (ranked[:, min(3, k) - 1] + ranked[:, min(4, k) - 1]) / 2
-    return gap / (scale + DLR_SHIFT)
+        return gap / dlr_scale(logits)
+    ranked = logits.sort(dim=1, descending=True).values
+    gap = margins(logits, y).amax(dim=1)
+    return gap / (ranked[:, 0] - ranked[:, min(3, logits.shape[1]) - 1] + DLR_SHIFT)
 
 
 def checkpoints(steps: int) -> list[int]:

@@ -10,8 +10,9 @@ from the box's centre and random starts, all groups in one batch:
 * :func:`apgd_property`: APGD (:func:`attacks.apgd.apgd_in_box`, the implementation
   ``apgd-ce``/``apgd-dlr`` use in ``bench run``) on the violation (``loss="margin"``) or
   on the violation divided by the outputs' DLR scale ``z_(1) - (z_(3) + z_(4)) / 2``
-  (``loss="dlr"``: invariant to scalings and shifts of the outputs, as targeted APGD-DLR
-  is; for a robustness property each group is one target class);
+  (:func:`attacks.apgd.dlr_scale`, targeted APGD-DLR's; ``loss="dlr"``: invariant to
+  scalings and shifts of the outputs; for a robustness property each group is one
+  target class);
 * :func:`square_property`: Square's random search over the box's vertices
   (:func:`attacks.square.square_search`, the implementation of ``bench run``'s
   ``square``), which reads outputs only;
@@ -31,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from attacks.apgd import apgd_in_box
+from attacks.apgd import apgd_in_box, dlr_scale
 from attacks.square import image_layout, square_search
 from bench.contract import Property, signed_ascent, split_rows
 from models import MLP
@@ -39,7 +40,6 @@ from models.graph import GraphNet
 
 Violation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-DLR_SHIFT = 1e-12
 # strongest_attack's budget, per group: starts and steps of each gradient attack, and
 # Square's queries (from the centre-free stripes of the box's vertices).
 STRONG_RESTARTS = 16
@@ -50,19 +50,6 @@ MIN_STEPS = 10           # the fewest steps (and queries) a budget shrinks an at
 ATTACK_MEMORY = 2 * 2 ** 30   # bytes the starts of one attack may take, about
 BYTES_PER_FLOAT = 32          # per number of a forward pass: float64, kept for autograd,
                               # its gradient and APGD's copies
-
-
-def dlr_scale(outputs: torch.Tensor) -> torch.Tensor:
-    """The outputs' spread ``(M,)`` that the DLR loss divides by, for ``outputs (M, K)``:
-    ``z_(1) - (z_(3) + z_(4)) / 2`` of the sorted outputs (the last ones for ``K < 4``;
-    1 for a single output), plus a tiny shift. Positive, so dividing keeps the sign of a
-    violation."""
-    if outputs.shape[1] == 1:
-        return torch.ones(len(outputs), dtype=outputs.dtype, device=outputs.device)
-    ranked = outputs.sort(dim=1, descending=True).values
-    k = outputs.shape[1]
-    third, fourth = ranked[:, min(3, k) - 1], ranked[:, min(4, k) - 1]
-    return (ranked[:, 0] - (third + fourth) / 2).clamp(min=0) + DLR_SHIFT
 
 
 def group_violation(net64: torch.nn.Module, prop: Property, group_of_row: torch.Tensor
@@ -263,6 +250,7 @@ def apgd_from(net64: torch.nn.Module, rows: torch.Tensor, offsets: torch.Tensor,
     float64 violation ``min_i (c_i . f - d_i)``."""
     keep = starts_that_fit(net64, len(starts))
     starts, lo, hi = starts[:keep], lo[:keep], hi[:keep]
+
     def violation(points: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         return (net64(points) @ rows.T - offsets).amin(dim=1)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attacks.apgd import dlr_scale
 from attacks.property_attacks import (
     apgd_from,
     apgd_property,
     attack_property,
-    dlr_scale,
     square_property,
     strongest_attack,
 )

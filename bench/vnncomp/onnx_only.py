@@ -16,12 +16,11 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from attacks.square import image_layout, square_search
 from bench.contract import Property
-from bench.vnncomp.portfolio import Answer, ort_session
+from bench.vnncomp.portfolio import Answer, onnx_forward, ort_session
 
 RANDOM_POINTS = 256           # per case, with the centre
 SQUARE_QUERIES = 100          # per round of Square
@@ -38,26 +37,6 @@ def onnx_sizes(onnx_path: Path) -> tuple[int, int]:
         return math.prod(d if isinstance(d, int) and d > 0 else 1 for d in shape)
 
     return size(session.get_inputs()[0].shape), size(session.get_outputs()[0].shape)
-
-
-def onnx_forward(onnx_path: Path):
-    """``forward(points (M, d) float64) -> (M, K) float64``: onnxruntime's float32 outputs
-    at the points cast to float32, one call per point unless the batch dimension is free."""
-    session = ort_session(str(onnx_path))
-    feed = session.get_inputs()[0]
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in feed.shape] or [1]
-    batched = bool(feed.shape) and not (isinstance(feed.shape[0], int) and feed.shape[0] > 0)
-
-    def forward(points: torch.Tensor) -> torch.Tensor:
-        values = points.to(torch.float32).numpy()
-        if batched:
-            outputs = session.run(None, {feed.name: values.reshape([len(values)] + shape[1:])})
-            return torch.from_numpy(outputs[0].reshape(len(values), -1).astype(np.float64))
-        rows = [session.run(None, {feed.name: value.reshape(shape)})[0].reshape(-1)
-                for value in values]
-        return torch.from_numpy(np.stack(rows).astype(np.float64))
-
-    return forward
 
 
 def float32_inside(points: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor

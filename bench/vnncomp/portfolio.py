@@ -49,13 +49,8 @@ def confirmed(net64: MLP, prop: Property, point: torch.Tensor,
         return False, outputs[0].numpy()
     if onnx_path is None:
         return True, outputs[0].numpy()
-    session = ort_session(str(onnx_path))
-    feed = session.get_inputs()[0]
-    shape = [1 if not isinstance(d, int) else d for d in feed.shape]
-    value = point.to(torch.float32).numpy().reshape(shape)
-    ours = session.run(None, {feed.name: value})[0].reshape(1, -1)
-    theirs = torch.from_numpy(ours.astype(np.float64))
-    return bool(prop.violated_by(theirs)[0]), ours[0].astype(np.float64)
+    theirs = onnx_forward(onnx_path)(point[None])
+    return bool(prop.violated_by(theirs)[0]), theirs[0].numpy()
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,6 +59,27 @@ def ort_session(onnx_path: str):
     import onnxruntime
 
     return onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+
+
+def onnx_forward(onnx_path: Path):
+    """``forward(points (M, d) float64) -> (M, K) float64``: onnxruntime's float32 outputs
+    at the points cast to float32, one call per point unless the batch dimension is free
+    (a symbolic batch dimension, or another symbolic one, read as 1)."""
+    session = ort_session(str(onnx_path))
+    feed = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in feed.shape] or [1]
+    batched = bool(feed.shape) and not (isinstance(feed.shape[0], int) and feed.shape[0] > 0)
+
+    def forward(points: torch.Tensor) -> torch.Tensor:
+        values = points.to(torch.float32).numpy()
+        if batched:
+            outputs = session.run(None, {feed.name: values.reshape([len(values)] + shape[1:])})
+            return torch.from_numpy(outputs[0].reshape(len(values), -1).astype(np.float64))
+        rows = [session.run(None, {feed.name: value.reshape(shape)})[0].reshape(-1)
+                for value in values]
+        return torch.from_numpy(np.stack(rows).astype(np.float64))
+
+    return forward
 
 
 def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
@@ -104,14 +120,13 @@ def solve(net: MLP, prop: Property, timeout: float, onnx_path: Path | None,
         outcome = decide(net, prop, options, seed=seed, restarts=0) if isinstance(net, MLP) \
             else decide_graph(net, prop, options, seed=seed, restarts=0)
         nodes = outcome.nodes
+        search = f"bab ({outcome.stats.get('branching', 'relu')} splits)"
         if outcome.verdict == "holds":
             return Answer("unsat", 0.0, elapsed(), nodes=nodes,
-                          message=f"bab ({outcome.stats.get('branching', 'relu')} splits): "
-                                  f"{nodes} subdomains" if nodes else
-                                  "bab: every group settled at the root")
+                          message=f"{search}: {nodes} subdomains" if nodes else
+                          "bab: every group settled at the root")
         if outcome.verdict == "violated":
-            answer = sat(outcome.counterexample, nodes,
-                         f"bab ({outcome.stats.get('branching', 'relu')} splits)")
+            answer = sat(outcome.counterexample, nodes, search)
             if answer is not None:
                 return answer
     return Answer("timeout" if elapsed() > timeout else "unknown", 0.0, elapsed(), nodes=nodes)

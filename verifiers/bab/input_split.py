@@ -140,10 +140,8 @@ def search_group(net64: MLP, params, lo: torch.Tensor, hi: torch.Tensor, rows: t
         boxes += len(child_lo)
         batches += 1
         if attack_due(batches):        # APGD inside the sub-boxes of largest bounds
-            value = child_upper.amin(dim=1)
-            point = attack_candidates(
-                net64, rows, offsets, (child_lo + child_hi) / 2,
-                value.masked_fill(value < 0, -torch.inf), child_lo, child_hi)
+            point = attack_candidates(net64, rows, offsets, (child_lo + child_hi) / 2,
+                                      child_upper.amin(dim=1), child_lo, child_hi)
             if point is not None:
                 return GroupOutcome("violated", torch.full_like(closed_max, torch.inf),
                                     point, boxes)

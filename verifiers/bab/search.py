@@ -251,9 +251,9 @@ def decide(net: MLP, prop: Property, options: SearchOptions = SearchOptions(), *
                 return done("violated", inf_bounds, flat[index])
             batches += 1
             if attack_due(batches):
-                live = children.value.masked_fill(children.value < 0, -torch.inf)
-                point = attack_candidates(net64, rows, offsets, flat, live.repeat_interleave(
-                    candidates.shape[1]), lo, hi)
+                point = attack_candidates(net64, rows, offsets, flat,
+                                          children.value.repeat_interleave(
+                                              candidates.shape[1]), lo, hi)
                 if point is not None:
                     stats["found_by"] = "attack on subdomain maximisers"
                     return done("violated", inf_bounds, point)

@@ -31,14 +31,15 @@ def attack_candidates(net64: torch.nn.Module, rows: torch.Tensor, offsets: torch
                       candidates: torch.Tensor, bounds: torch.Tensor, lo: torch.Tensor,
                       hi: torch.Tensor) -> torch.Tensor | None:
     """APGD on the group ``rows (S, K) . f(x) >= offsets (S,)`` from the :data:`STARTS`
-    ``candidates (P, d)`` of largest ``bounds (P,)`` (upper bounds of their subdomains),
-    each inside its box ``[lo, hi]`` (``(d,)`` for all, or ``(P, d)`` one per
-    candidate): a counterexample ``(d,)`` (float64 forward pass), or ``None``."""
-    finite = torch.isfinite(bounds)
-    if not bool(finite.any()):
+    ``candidates (P, d)`` of largest ``bounds (P,)`` (upper bounds of their subdomains;
+    a negative one is a closed subdomain, never a start), each inside its box
+    ``[lo, hi]`` (``(d,)`` for all, or ``(P, d)`` one per candidate): a counterexample
+    ``(d,)`` (float64 forward pass), or ``None``."""
+    live = torch.isfinite(bounds) & (bounds >= 0)
+    if not bool(live.any()):
         return None
-    order = torch.where(finite, bounds, torch.full_like(bounds, -torch.inf)).argsort(
-        descending=True)[:min(STARTS, int(finite.sum()))]
+    order = torch.where(live, bounds, torch.full_like(bounds, -torch.inf)).argsort(
+        descending=True)[:min(STARTS, int(live.sum()))]
     starts = candidates[order].to(torch.float64)
     lo = (lo[order] if lo.dim() == 2 else lo.expand_as(starts)).to(torch.float64)
     hi = (hi[order] if hi.dim() == 2 else hi.expand_as(starts)).to(torch.float64)
