@@ -206,6 +206,7 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
 
 
 def _scaled(build: _Builder, x: int, scale: float, offset: float, label: str) -> int:
+    """A new affine node ``scale * v_x + offset`` (scalars; never merged into ``x``)."""
     return build.add("affine", (x,), build.shape(x), label, scale=np.array([scale]),
                      offset=np.array([offset]))
 
@@ -298,8 +299,7 @@ def _join(build: _Builder, op: str, sources: list[int], names: list[str],
         raise OnnxImportError(f"{where}: combines shapes {build.shape(a)} and "
                               f"{build.shape(b)}")
     if op == "Sub":
-        b = build.add("affine", (b,), build.shape(b), f"{label}.negated",
-                      scale=np.array([-1.0]), offset=np.array([0.0]))
+        b = _scaled(build, b, -1.0, 0.0, f"{label}.negated")
     return build.add("add", (a, b), build.shape(a), label)
 
 

@@ -270,12 +270,16 @@ def _tighten(net: GraphNet, upper: torch.Tensor, bounds: list, relaxed: dict[int
     if len(pick) == 0:
         return
     count = len(upper)
-    taken = {index: tuple(t[pick] if t.shape[0] == count else t for t in lines)
-             for index, lines in relaxed.items()}
-    tighter = optimised_upper(net, lo[None], hi[None], spec[pick], iterations, relaxed=taken,
+
+    def taken(tensors: tuple) -> tuple:
+        """The picked subdomains' rows of per-subdomain tensors (shared ones as they are)."""
+        return tuple(t[pick] if t.shape[0] == count else t for t in tensors)
+
+    tighter = optimised_upper(net, lo[None], hi[None], spec[pick], iterations,
+                              relaxed={index: taken(lines) for index, lines in relaxed.items()},
                               splits={index: sign[pick] for index, sign in splits.items()},
-                              bounds=[tuple(t[pick] if t.shape[0] == count else t
-                                            for t in pair) for pair in bounds])
+                              bounds=[taken(pair) for pair in bounds],
+                              crown=upper[pick] + offset)
     upper[pick] = torch.minimum(upper[pick], tighter - offset)
 
 

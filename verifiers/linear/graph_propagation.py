@@ -136,30 +136,58 @@ def _tangent_through(op: str, fn, anchor: torch.Tensor, start: torch.Tensor,
     return low, high
 
 
+def _chord(op: str, lo: torch.Tensor, hi: torch.Tensor, f_lo: torch.Tensor,
+           f_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chord of sigmoid or tanh over ``[lo, hi]``: ``(slope, offset)`` (the
+    derivative at ``lo`` on an interval narrower than 1e-9)."""
+    width = hi - lo
+    slope = torch.where(width < 1e-9, _derivative(op, lo),
+                        (f_hi - f_lo) / width.clamp(min=1e-300))
+    return slope, f_lo - slope * lo
+
+
+def _crossing_tangents(op: str, lo: torch.Tensor, hi: torch.Tensor, f_lo: torch.Tensor,
+                       f_hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """For an interval across zero: ``(g_hi, up_bracket (low, high), g_lo, low_bracket)``,
+    with ``g_hi >= 0`` iff the tangent at ``hi`` passes above ``(lo, f(lo))`` (an upper
+    tangent on the concave part can), ``up_bracket`` the point whose tangent passes
+    through ``(lo, f(lo))``; symmetrically ``g_lo <= 0`` and ``low_bracket`` for lower
+    tangents on the convex part through ``(hi, f(hi))`` (:func:`_tangent_through`)."""
+    fn = ELEMENTWISE[op]
+    g_hi = f_hi + _derivative(op, hi) * (lo - hi) - f_lo
+    g_lo = f_lo + _derivative(op, lo) * (hi - lo) - f_hi
+    up = _tangent_through(op, fn, lo, torch.zeros_like(hi), hi.clamp(min=0))
+    low = _tangent_through(op, fn, hi, lo.clamp(max=0), torch.zeros_like(lo))
+    return g_hi, up, g_lo, low
+
+
+def _widened(lines: tuple[torch.Tensor, ...], f_lo: torch.Tensor, f_hi: torch.Tensor
+             ) -> tuple[torch.Tensor, ...]:
+    """``(a_low, b_low, a_up, b_up)`` with each line moved out by a few ulps of the values
+    it touches (rounding)."""
+    a_low, b_low, a_up, b_up = lines
+    slack = 1e-12 * (1 + f_lo.abs() + f_hi.abs())
+    return a_low, b_low - slack, a_up, b_up + slack
+
+
 def _s_curve_lines(op: str, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Lines below and above sigmoid or tanh on ``[lo, hi]`` (convex for ``z < 0``,
     concave for ``z > 0``), each sound on the whole interval (see the module doc)."""
     fn = ELEMENTWISE[op]
     f_lo, f_hi = fn(lo), fn(hi)
-    width = hi - lo
-    narrow = width < 1e-9
-    chord = torch.where(narrow, _derivative(op, lo), (f_hi - f_lo) / width.clamp(min=1e-300))
+    chord, chord_offset = _chord(op, lo, hi, f_lo, f_hi)
     mid = (lo + hi) / 2
     tangent_slope = _derivative(op, mid)
     tangent_offset = fn(mid) - tangent_slope * mid
-    chord_offset = f_lo - chord * lo
 
     # across zero: the upper line touches the concave part and passes through (lo, f(lo))
-    # if the tangent at hi passes above f(lo) there, else the chord is above everything
-    g_hi = f_hi + _derivative(op, hi) * (lo - hi) - f_lo
-    # the upper line through (lo, f(lo)) stays above f if its tangent point is not past
-    # the true one (a steeper slope on the concave part): the bracket's low end
-    d_up = _tangent_through(op, fn, lo, torch.zeros_like(hi), hi.clamp(min=0))[0]
+    # if the tangent at hi passes above f(lo) there, else the chord is above everything;
+    # it stays above f if its tangent point is not past the true one (a steeper slope on
+    # the concave part): the bracket's low end. The lower line through (hi, f(hi)): the
+    # bracket's high end (a steeper slope)
+    g_hi, (d_up, _), g_lo, (_, d_low) = _crossing_tangents(op, lo, hi, f_lo, f_hi)
     up_cross_slope = torch.where(g_hi >= 0, _derivative(op, d_up), chord)
     up_cross_offset = f_lo - up_cross_slope * lo
-    g_lo = f_lo + _derivative(op, lo) * (hi - lo) - f_hi
-    # the lower line through (hi, f(hi)): the bracket's high end (a steeper slope)
-    d_low = _tangent_through(op, fn, hi, lo.clamp(max=0), torch.zeros_like(lo))[1]
     low_cross_slope = torch.where(g_lo <= 0, _derivative(op, d_low), chord)
     low_cross_offset = f_hi - low_cross_slope * hi
 
@@ -170,9 +198,7 @@ def _s_curve_lines(op: str, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.T
     a_up = torch.where(convex, chord, torch.where(concave, tangent_slope, up_cross_slope))
     b_up = torch.where(convex, chord_offset,
                        torch.where(concave, tangent_offset, up_cross_offset))
-    # rounding: widen each line by a few ulps of the values it touches
-    slack = 1e-12 * (1 + f_lo.abs() + f_hi.abs())
-    return a_low, b_low - slack, a_up, b_up + slack
+    return _widened((a_low, b_low, a_up, b_up), f_lo, f_hi)
 
 
 def s_curve_tangent_points(op: str, lo: torch.Tensor, hi: torch.Tensor
@@ -196,10 +222,7 @@ def s_curve_tangent_points(op: str, lo: torch.Tensor, hi: torch.Tensor
     f_lo, f_hi = fn(lo), fn(hi)
     convex, concave = hi <= 0, lo >= 0
     narrow = (hi - lo) < 1e-9
-    g_hi = f_hi + _derivative(op, hi) * (lo - hi) - f_lo
-    g_lo = f_lo + _derivative(op, lo) * (hi - lo) - f_hi
-    up_start = _tangent_through(op, fn, lo, torch.zeros_like(hi), hi.clamp(min=0))[1]
-    low_end = _tangent_through(op, fn, hi, lo.clamp(max=0), torch.zeros_like(lo))[0]
+    g_hi, (_, up_start), g_lo, (low_end, _) = _crossing_tangents(op, lo, hi, f_lo, f_hi)
     crossing = ~convex & ~concave
     low_free = ~narrow & (convex | (crossing & (g_lo <= 0)))
     up_free = ~narrow & (concave | (crossing & (g_hi >= 0)))
@@ -219,9 +242,7 @@ def s_curve_lines_at(op: str, lo: torch.Tensor, hi: torch.Tensor,
     fn = ELEMENTWISE[op]
     low_from, low_to, up_from, up_to, low_free, up_free = points
     f_lo, f_hi = fn(lo), fn(hi)
-    chord = (f_hi - f_lo) / (hi - lo).clamp(min=1e-300)
-    chord = torch.where((hi - lo) < 1e-9, _derivative(op, lo), chord)
-    chord_offset = f_lo - chord * lo
+    chord, chord_offset = _chord(op, lo, hi, f_lo, f_hi)
     t_low = low_from + alpha_low * (low_to - low_from)
     t_up = up_from + alpha_up * (up_to - up_from)
     slope_low, slope_up = _derivative(op, t_low), _derivative(op, t_up)
@@ -229,8 +250,7 @@ def s_curve_lines_at(op: str, lo: torch.Tensor, hi: torch.Tensor,
     b_low = torch.where(low_free, fn(t_low) - slope_low * t_low, chord_offset)
     a_up = torch.where(up_free, slope_up, chord)
     b_up = torch.where(up_free, fn(t_up) - slope_up * t_up, chord_offset)
-    slack = 1e-12 * (1 + f_lo.abs() + f_hi.abs())
-    return a_low, b_low - slack, a_up, b_up + slack
+    return _widened((a_low, b_low, a_up, b_up), f_lo, f_hi)
 
 
 def relaxation(net: GraphNet, index: int, pre: Interval, rule: SlopeRule | None = None
@@ -528,7 +548,8 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
 def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
                     iterations: int, relaxed: dict[int, tuple] | None = None,
                     splits: dict[int, torch.Tensor] | None = None,
-                    bounds: list[Interval] | None = None) -> torch.Tensor:
+                    bounds: list[Interval] | None = None,
+                    crown: torch.Tensor | None = None) -> torch.Tensor:
     """``min(CROWN, alpha(-beta)-CROWN)`` upper bounds ``(B, S)`` on
     ``spec (B, S, K) . f(x)`` over the boxes ``lo, hi (B, d)`` (``(1, d)`` for one box
     shared by all).
@@ -543,12 +564,14 @@ def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: tor
     :func:`layer_bounds` gives, when the caller passes ``relaxed``), and, with
     ``splits``, a multiplier ``beta >= 0`` per split unit and row (the split
     constraints' Lagrangian, :func:`linear_form`'s ``split_terms``); evaluated in
-    float64."""
+    float64. ``crown``: CROWN's bound ``(B, S)`` on these relaxations, if the caller
+    computed it already."""
     out = len(net.nodes) - 1
     with torch.no_grad():
         if relaxed is None:
             bounds, relaxed = layer_bounds(net, lo, hi)
-        crown = backward_upper(net, relaxed, out, spec, lo, hi)
+        if crown is None:
+            crown = backward_upper(net, relaxed, out, spec, lo, hi)
     if iterations <= 0:
         return crown
     batch, rows = crown.shape
