@@ -199,11 +199,14 @@ def _margin_maximum(make, seed: int) -> tuple[GraphNet, Property, torch.Tensor, 
     return net, box, row, exact_worst(net, Property(box.lo, box.hi, ((row, zero),)))
 
 
-@pytest.mark.parametrize("make", [_conv_net, _residual_net], ids=["conv", "residual"])
-def test_graph_bab_on_thresholds_at_the_exact_maximum_has_to_branch(make):
+@pytest.mark.parametrize("make,refine_depth", [(_conv_net, 4), (_residual_net, 4),
+                                               (_residual_net, 0)],
+                         ids=["conv", "residual", "residual-refined"])
+def test_graph_bab_on_thresholds_at_the_exact_maximum_has_to_branch(make, refine_depth):
     """A threshold just above the exact maximum of ``f_j - f_label`` (brute force) holds,
     just below it is violated: the search (alpha-CROWN at the root, then ReLU splits, no
-    attack first) gets both right, and some holding ones need splits."""
+    attack first) gets both right, and some holding ones need splits; also with every
+    subdomain's bounds re-derived after its splits (``refine_depth=0``)."""
     branched = 0
     for seed in range(3):
         net, box, row, truth = _margin_maximum(make, seed)
@@ -211,7 +214,9 @@ def test_graph_bab_on_thresholds_at_the_exact_maximum_has_to_branch(make):
         for side, threshold in (("holds", truth + gap), ("violated", truth - gap)):
             prop = Property(box.lo, box.hi, ((row, torch.tensor([threshold],
                                                                 dtype=torch.float64)),))
-            outcome = decide_graph(net, prop, SearchOptions(time_limit=30.0), restarts=0)
+            outcome = decide_graph(net, prop, SearchOptions(time_limit=30.0,
+                                                            refine_depth=refine_depth),
+                                   restarts=0)
             assert outcome.verdict == side, (seed, side, truth)
             if side == "holds":
                 assert float(outcome.uppers[0].max()) < 0
@@ -228,12 +233,8 @@ def test_alpha_beta_crown_on_split_subdomains_is_sound_and_tightens(make):
     with the split multipliers lies above the exact maximum over the subdomain (brute force
     over the activation patterns that agree with the splits), never above CROWN's on the
     clamped bounds, and below it somewhere."""
-    from verifiers.linear.graph_propagation import (
-        backward_upper,
-        layer_bounds,
-        optimised_upper,
-        split_relaxation,
-    )
+    from verifiers.linear.graph_optimisation import optimised_upper
+    from verifiers.linear.graph_propagation import backward_upper, layer_bounds, split_relaxation
 
     gained = 0
     for seed in range(3):

@@ -18,6 +18,7 @@ from models.graph import GraphNet
 from models.onnx_graph import import_onnx_graph
 from models.onnx_import import OnnxImportError, import_onnx
 from models.onnx_network import load_onnx
+from verifiers.linear.graph_optimisation import optimised_layer_bounds
 from verifiers.linear.graph_propagation import (
     graph_margin_bounds,
     graph_property_bounds,
@@ -210,11 +211,16 @@ def test_bounds_enclose_sampling_and_an_attack(network):
         values = net.float64_copy().node_values(points)
     for (lo, hi), value in zip(intervals, values):
         assert (value >= lo - 1e-9).all() and (value <= hi + 1e-9).all(), kind
-    # so do the pruned and intersected bounds, which lie inside the intervals
+    # so do the pruned and intersected bounds, which lie inside the intervals, and the
+    # optimised ones (alpha-CROWN's intermediates), which lie inside those
     pruned, _ = layer_bounds(net.float64_copy(), box_lo[:1], box_hi[:1])
-    for (lo, hi), (i_lo, i_hi), value in zip(pruned, intervals, values):
+    optimised, _ = optimised_layer_bounds(net.float64_copy(), box_lo[:1], box_hi[:1], 5)
+    for (lo, hi), (i_lo, i_hi), (o_lo, o_hi), value in zip(pruned, intervals, optimised,
+                                                           values):
         assert (value >= lo - 1e-9).all() and (value <= hi + 1e-9).all(), kind
         assert (lo >= i_lo - 1e-12).all() and (hi <= i_hi + 1e-12).all(), kind
+        assert (value >= o_lo - 1e-9).all() and (value <= o_hi + 1e-9).all(), kind
+        assert (o_lo >= lo - 1e-12).all() and (o_hi <= hi + 1e-12).all(), kind
 
 
 def test_crown_and_lp_on_the_graph_equal_them_on_the_dense_folding(tmp_path):

@@ -1,7 +1,7 @@
 """Branch and bound on ReLU splits for operator graphs (:class:`models.graph.GraphNet`).
 
 The property's groups are settled one after the other, first by alpha-CROWN on the whole
-box (:func:`verifiers.linear.graph_propagation.optimised_upper`, ``options.iterations``
+box (:func:`verifiers.linear.graph_optimisation.optimised_upper`, ``options.iterations``
 steps on the output's slopes; a group with a row bounded below zero is settled), then by
 branching. A subdomain is the input box and
 a sign for some ReLU units (``+1``: input ``>= 0``, ``-1``: ``<= 0``); it is bounded by
@@ -49,16 +49,18 @@ from models.graph import ELEMENTWISE, GraphNet
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
 from verifiers.bab.search_attacks import attack_candidates, attack_due
-from verifiers.linear.graph_propagation import (
-    box_maximum,
-    layer_bounds,
-    linear_form,
+from verifiers.bab.graph_layer_bounds import refined_bounds
+from verifiers.linear.graph_optimisation import (
+    GraphSlopes,
+    optimised_layer_bounds,
     optimised_upper,
-    split_relaxation,
 )
+from verifiers.linear.graph_propagation import box_maximum, linear_form, split_relaxation
 
 Domain = dict[int, torch.Tensor]          # ReLU node -> (*shape) int8 signs
 BATCH_MEMORY = 2 * 2 ** 30                # bytes a batch's bound computation may take, about
+INTERMEDIATE_SHARE = 0.2                  # of the time limit, for optimised root intermediates
+MIN_INTERMEDIATE_STEPS = 3                # fewer affordable steps: CROWN's intermediates
 
 
 def _violates(net64: GraphNet, prop: Property, points: torch.Tensor) -> torch.Tensor:
@@ -149,22 +151,45 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     # max pooling, sigmoid and tanh are never split: a leaf relaxing one stays open
     unsplittable = any(node.op in (*ELEMENTWISE, "maxpool") and node.op != "relu"
                        for node in net64.nodes)
-    with torch.no_grad():          # CROWN's bounds on the whole box, shared by every subdomain
-        root_bounds, root_relaxed = layer_bounds(net64, lo[None], hi[None])
+    # CROWN's bounds on the whole box, shared by every subdomain (and the parameters behind
+    # them, to re-derive a subdomain's bounds after its splits)
+    refine = net64.hidden_layers >= options.refine_depth
+    slopes = GraphSlopes()
+    started = time.perf_counter()
+    root_bounds, root_relaxed = optimised_layer_bounds(net64, lo[None], hi[None], 0,
+                                                       slopes if refine else None)
+    crown_seconds = time.perf_counter() - started
     pool_limit = max(1, int(options.memory_gb * 1e9 // max(units, 1)))
     uppers: list[torch.Tensor] = []
     open_groups = False
     stats["groups_settled_at_root"] = 0
     rows, offsets, sizes = split_rows(prop)
+    offsets = offsets.to(torch.float64)
     # subdomains per batch: ``options.batch``, or fewer where the backward pass of a batch
     # (coefficients of the largest node per row, and autograd's copies) would pass
     # BATCH_MEMORY
     largest = max(math.prod(node.shape) for node in net64.nodes)
     per_batch = max(1, min(options.batch, BATCH_MEMORY // (largest * max(sizes) * 8 * 8)))
     stats["subdomains_per_batch"] = per_batch       # alpha-CROWN on every row at once (each
-    roots = (optimised_upper(net64, lo[None], hi[None], rows.to(torch.float64)[None],
-                             options.iterations, relaxed=root_relaxed, bounds=root_bounds)[0]
-             - offsets.to(torch.float64)).split(sizes)   # row's slopes are its own)
+    spec = rows.to(torch.float64)[None]               # row's slopes are its own)
+    roots = optimised_upper(net64, lo[None], hi[None], spec, options.iterations,
+                            relaxed=root_relaxed, bounds=root_bounds)[0] - offsets
+    # a group left open: the intermediate bounds optimised too (alpha-CROWN's), with as
+    # many steps as fit INTERMEDIATE_SHARE of the time limit at about three CROWN passes
+    # per step, and every row bounded again on them
+    steps = min(options.iterations, int(INTERMEDIATE_SHARE * options.time_limit
+                                        / max(3 * crown_seconds, 1e-9)))
+    stats["intermediate_iterations"] = 0
+    if steps >= MIN_INTERMEDIATE_STEPS and not all(bool((root < 0).any())
+                                                    for root in roots.split(sizes)):
+        stats["intermediate_iterations"] = steps
+        slopes = GraphSlopes()
+        root_bounds, root_relaxed = optimised_layer_bounds(net64, lo[None], hi[None], steps,
+                                                           slopes if refine else None)
+        roots = torch.minimum(roots, optimised_upper(
+            net64, lo[None], hi[None], spec, options.iterations, relaxed=root_relaxed,
+            bounds=root_bounds)[0] - offsets)
+    roots = roots.split(sizes)
     for (matrix, offset), root in zip(prop.groups, roots):
         matrix, offset = matrix.to(torch.float64), offset.to(torch.float64)
         if bool((root < 0).any()):                 # alpha-CROWN settles the group
@@ -191,11 +216,17 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
             box_lo, box_hi = lo.expand(count, -1), hi.expand(count, -1)
             splits = _stack(batch, relus, net64)
             with torch.no_grad():
-                bounds, relaxed = split_relaxation(net64, root_bounds, splits)
+                if refine:
+                    bounds, relaxed, empty = refined_bounds(net64, root_bounds, splits, slopes,
+                                                            lo[None], hi[None])
+                else:
+                    bounds, relaxed = split_relaxation(net64, root_bounds, splits)
+                    empty = torch.zeros(count, dtype=torch.bool)
                 record: dict[int, torch.Tensor] = {}
                 spec = matrix.expand(count, -1, -1)
                 coef, const = linear_form(net64, relaxed, out, spec, record=record)
             upper = box_maximum(coef, const, box_lo, box_hi) - offset
+            upper[empty] = -math.inf             # no point meets their splits: closed
             if options.branch_iterations > 0 and coef is not None:
                 _tighten(net64, upper, bounds, relaxed, splits, spec, offset, lo, hi,
                          options.branch_iterations)
@@ -261,7 +292,7 @@ def _tighten(net: GraphNet, upper: torch.Tensor, bounds: list, relaxed: dict[int
              splits: dict[int, torch.Tensor], spec: torch.Tensor, offset: torch.Tensor,
              lo: torch.Tensor, hi: torch.Tensor, iterations: int) -> None:
     """In place: ``upper (B, S)`` (CROWN's row bounds minus ``offset``) lowered to
-    alpha-beta-CROWN's (:func:`verifiers.linear.graph_propagation.optimised_upper` with
+    alpha-beta-CROWN's (:func:`verifiers.linear.graph_optimisation.optimised_upper` with
     the split multipliers, ``iterations`` steps, from the subdomains' clamped ``bounds``
     and their relaxations) on the subdomains with splits that CROWN leaves open."""
     split = torch.stack([(sign != 0).flatten(1).any(1) for sign in splits.values()]).any(0) \

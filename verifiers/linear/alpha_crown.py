@@ -7,9 +7,10 @@ the bound, starting from CROWN's choice. Intermediate bounds are optimised layer
 layer and intersected with interval and CROWN bounds; the final bound is the smaller
 of CROWN's and the optimised one, both evaluated in float64, so it is never looser
 than ``crown``. Any depth, margins and general specifications. On an operator graph
-(:class:`models.graph.GraphNet`) the output's slopes are optimised the same way and the
-intermediate bounds are CROWN's
-(:func:`verifiers.linear.graph_propagation.optimised_upper`).
+(:class:`models.graph.GraphNet`) the same, node by node: the bounds at the input of every
+nonlinear node, then the output's
+(:mod:`verifiers.linear.graph_optimisation`; sigmoid and tanh tangent points optimised
+with the ReLU slopes).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bench.contract import (
 )
 from models import MLP
 from models.graph import GraphNet
-from verifiers.linear.graph_propagation import optimised_upper
+from verifiers.linear import graph_optimisation
 from verifiers.linear.propagation import (
     backward_upper,
     crown_slope,
@@ -59,7 +60,7 @@ class AlphaCrown(Configurable):
 
     name = "alpha-crown"
     opt_in = True   # not in the committed report's grid (yet); ask for it by name
-    graphs = True   # operator graphs: the output's slopes optimised, CROWN's intermediates
+    graphs = True   # operator graphs: verifiers.linear.graph_optimisation
 
     def __init__(self, *, iterations: int = 20, intermediate_iterations: int = 10,
                  chunk: int = 32, clip: bool = True) -> None:
@@ -80,20 +81,29 @@ class AlphaCrown(Configurable):
             lo, hi = input_box(xs.reshape(len(xs), -1), eps, self.clip)
             spec = margin_spec(ys, net.num_classes, torch.float64)
             if isinstance(net, GraphNet):
-                upper = optimised_upper(net.float64_copy(), lo, hi, spec, self.iterations)
+                upper = self._graph_upper(net, lo, hi, spec)
             else:
                 upper = alpha_crown_upper(net, lo, hi, spec, iterations=self.iterations,
                                           intermediate_iterations=self.intermediate_iterations)
             out.append(finish_margins(upper, ys))
         return torch.cat(out) if out else torch.empty(0, net.num_classes, dtype=torch.float64)
 
+    def _graph_upper(self, net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
+                     spec: torch.Tensor) -> torch.Tensor:
+        """``(N, S)`` float64 bounds on ``spec (N, S, K) . f(x)`` over the boxes ``lo, hi
+        (N, d)`` of an operator graph: intermediate bounds and the output's, optimised."""
+        net64 = net.float64_copy()
+        bounds, relaxed = graph_optimisation.optimised_layer_bounds(
+            net64, lo, hi, self.intermediate_iterations)
+        return graph_optimisation.optimised_upper(net64, lo, hi, spec, self.iterations,
+                                                  relaxed=relaxed, bounds=bounds)
+
     def bound_property(self, net: MLP, prop: Property) -> list[torch.Tensor]:
         """Per group of ``prop``, ``(r_g,)`` upper bounds on ``c_i . f(x) - d_i`` over its box."""
         rows, offsets, sizes = split_rows(prop)
         if isinstance(net, GraphNet):
             lo, hi = prop.lo.to(torch.float64)[None], prop.hi.to(torch.float64)[None]
-            upper = optimised_upper(net.float64_copy(), lo, hi, rows[None].to(torch.float64),
-                                    self.iterations).detach()
+            upper = self._graph_upper(net, lo, hi, rows[None].to(torch.float64))
         else:
             upper = alpha_crown_upper(net, prop.lo[None], prop.hi[None], rows[None],
                                       iterations=self.iterations,

@@ -35,6 +35,7 @@ network that also folds into one, both give the same bounds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.nn import functional as F
@@ -44,6 +45,10 @@ from models.graph import ELEMENTWISE, GraphNet
 from verifiers.linear.propagation import SlopeRule, finish_margins, margin_spec
 
 Interval = tuple[torch.Tensor, torch.Tensor]
+# bounds ``(lower, upper) (B, U)`` at units ``(U,)`` (None: all) of node ``source`` from
+# the relaxations and bounds so far: (net, relaxed, bounds, source, lo, hi, units)
+UnitBounds = Callable[[GraphNet, dict[int, tuple], list[Interval], int, torch.Tensor,
+                       torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 CHUNK_ENTRIES = 2_000_000      # max rows x node size per backward pass (memory bound)
 
 
@@ -430,7 +435,8 @@ def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: tor
 
 
 def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
-                 rule: SlopeRule | None = None, *, prune: bool = True
+                 rule: SlopeRule | None = None, *, prune: bool = True,
+                 bound_units: UnitBounds | None = None
                  ) -> tuple[list[Interval], dict[int, tuple]]:
     """Bounds on every node (intervals, tightened by CROWN at the inputs of nonlinear
     nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``.
@@ -443,10 +449,16 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
     hold). ``prune=False``: CROWN's bounds at every input of a nonlinear node, not
     intersected, exactly as :mod:`verifiers.linear.propagation` computes them for an
     MLP (the cross-check of the two engines). Pruned, the boxes of a batch are bounded
-    one at a time (the units crossing zero differ from box to box)."""
+    one at a time (the units crossing zero differ from box to box).
+
+    ``bound_units`` computes the bounds at a nonlinear node's input (default
+    :func:`crown_unit_bounds`; any sound bounds serve, e.g. optimised slopes,
+    :func:`verifiers.linear.graph_optimisation.optimised_layer_bounds`)."""
     batch = lo.shape[0]
+    bound_units = bound_units or crown_unit_bounds
     if prune and batch > 1:
-        parts = [layer_bounds(net, lo[b:b + 1], hi[b:b + 1], rule) for b in range(batch)]
+        parts = [layer_bounds(net, lo[b:b + 1], hi[b:b + 1], rule, bound_units=bound_units)
+                 for b in range(batch)]
         return ([(torch.cat([p[0][i][0] for p in parts]), torch.cat([p[0][i][1] for p in parts]))
                  for i in range(len(net.nodes))],
                 {index: tuple(torch.cat([p[1][index][k] for p in parts])
@@ -466,7 +478,7 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
             if prune and node.op == "relu":
                 crossing = ((lower < 0) & (upper > 0)).reshape(batch, -1).any(0)
                 units = torch.nonzero(crossing).flatten()
-            crown_lower, crown_upper = _crown_bounds(net, relaxed, source, lo, hi, units)
+            crown_lower, crown_upper = bound_units(net, relaxed, bounds, source, lo, hi, units)
             if prune:
                 shape = lower.shape
                 new_lower, new_upper = lower.reshape(batch, -1).clone(), \
@@ -487,24 +499,34 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
     return bounds, relaxed
 
 
-def _crown_bounds(net: GraphNet, relaxed: dict[int, tuple], source: int, lo: torch.Tensor,
-                  hi: torch.Tensor, units: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CROWN's ``(lower, upper)`` ``(B, U)`` on the units ``units (U,)`` of node
-    ``source`` (flat indices; ``None``: all of them), in chunks of at most
-    :data:`CHUNK_ENTRIES` rows times node size."""
+def unit_chunks(net: GraphNet, source: int, units: torch.Tensor | None, batch: int,
+                entries: int = CHUNK_ENTRIES) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The units ``units (U,)`` of node ``source`` (flat indices; ``None``: all of them)
+    in chunks of at most ``entries`` rows times node size times ``batch``: per chunk its
+    flat indices ``(u,)`` and the specification ``(batch, 2u, *shape)`` of the rows
+    ``+e_i`` (first ``u``) and ``-e_i`` (last ``u``)."""
     shape = net.nodes[source].shape
-    size, batch = math.prod(shape), lo.shape[0]
-    chosen = torch.arange(size, device=lo.device) if units is None else units
-    rows = max(1, CHUNK_ENTRIES // max(size * batch, 1))
-    uppers, lowers = [lo.new_zeros(batch, 0)], [lo.new_zeros(batch, 0)]
+    size = math.prod(shape)
+    chosen = torch.arange(size) if units is None else units
+    rows = max(1, entries // max(size * batch, 1))
     for start in range(0, len(chosen), rows):
-        part = torch.zeros(len(chosen[start:start + rows]), size, dtype=lo.dtype,
-                           device=lo.device)
-        part[torch.arange(len(part)), chosen[start:start + rows]] = 1.0
+        part_units = chosen[start:start + rows]
+        part = torch.zeros(len(part_units), size, dtype=torch.float64)
+        part[torch.arange(len(part)), part_units] = 1.0
         part = part.reshape(-1, *shape)
-        spec = torch.cat([part, -part]).expand(batch, *([-1] * (len(shape) + 1)))
-        both = backward_upper(net, relaxed, source, spec, lo, hi)
+        yield part_units, torch.cat([part, -part]).expand(batch, *([-1] * (len(shape) + 1)))
+
+
+def crown_unit_bounds(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval],
+                      source: int, lo: torch.Tensor, hi: torch.Tensor,
+                      units: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """CROWN's ``(lower, upper)`` ``(B, U)`` on the units ``units (U,)`` of node
+    ``source`` (flat indices; ``None``: all of them) over the boxes ``lo, hi (B, d)``,
+    in chunks (:func:`unit_chunks`). ``bounds`` (every node's, so far) is not needed
+    here; it is part of the :data:`UnitBounds` signature."""
+    uppers, lowers = [lo.new_zeros(lo.shape[0], 0)], [lo.new_zeros(lo.shape[0], 0)]
+    for part, spec in unit_chunks(net, source, units, lo.shape[0]):
+        both = backward_upper(net, relaxed, source, spec.to(lo.dtype), lo, hi)
         uppers.append(both[:, :len(part)])
         lowers.append(-both[:, len(part):])
     return torch.cat(lowers, 1), torch.cat(uppers, 1)
@@ -543,98 +565,6 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
                            torch.where(sign < 0, upper.clamp(max=0), upper))
         relaxed[index] = relaxation(net, index, out[source])
     return out, relaxed
-
-
-def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
-                    iterations: int, relaxed: dict[int, tuple] | None = None,
-                    splits: dict[int, torch.Tensor] | None = None,
-                    bounds: list[Interval] | None = None,
-                    crown: torch.Tensor | None = None) -> torch.Tensor:
-    """``min(CROWN, alpha(-beta)-CROWN)`` upper bounds ``(B, S)`` on
-    ``spec (B, S, K) . f(x)`` over the boxes ``lo, hi (B, d)`` (``(1, d)`` for one box
-    shared by all).
-
-    The relaxations are CROWN's (:func:`layer_bounds` on the box, or ``relaxed`` if the
-    caller has them: :func:`split_relaxation`'s for subdomains with split units
-    ``splits``, per ReLU node ``(B, *shape)`` signs). Optimised by projected Adam on the
-    sum of the bounds for ``iterations`` steps, from CROWN's choice: the lower slopes of
-    the crossing ReLU units, per unit, row and box (any slope in ``[0, 1]`` is sound),
-    the tangent points of the sigmoid and tanh units (:func:`s_curve_lines_at`, any
-    point of their ranges is sound; needs the nodes' input ``bounds``, which
-    :func:`layer_bounds` gives, when the caller passes ``relaxed``), and, with
-    ``splits``, a multiplier ``beta >= 0`` per split unit and row (the split
-    constraints' Lagrangian, :func:`linear_form`'s ``split_terms``); evaluated in
-    float64. ``crown``: CROWN's bound ``(B, S)`` on these relaxations, if the caller
-    computed it already."""
-    out = len(net.nodes) - 1
-    with torch.no_grad():
-        if relaxed is None:
-            bounds, relaxed = layer_bounds(net, lo, hi)
-        if crown is None:
-            crown = backward_upper(net, relaxed, out, spec, lo, hi)
-    if iterations <= 0:
-        return crown
-    batch, rows = crown.shape
-    free: dict[int, torch.Tensor] = {}
-    crossing: dict[int, torch.Tensor] = {}
-    for index, lines in relaxed.items():
-        if net.nodes[index].op == "relu":
-            a_low, _, a_up, b_up = lines
-            crossing[index] = (b_up > 0).unsqueeze(1)                   # (B, 1, *shape)
-            free[index] = a_low.unsqueeze(1).expand(batch, rows, *a_low.shape[1:]).clone() \
-                .float().requires_grad_(True)
-    curves: dict[int, tuple] = {}          # sigmoid/tanh: (interval, tangent ranges)
-    for index in relaxed:
-        op = net.nodes[index].op
-        if op in ("sigmoid", "tanh") and bounds is not None:
-            low, up = (t.unsqueeze(1) for t in bounds[net.nodes[index].inputs[0]])
-            points = s_curve_tangent_points(op, low, up)
-            crossing_unit = (low < 0) & (up > 0)
-            start_low = torch.where(crossing_unit, 1.0, 0.5).expand(batch, rows, *low.shape[2:])
-            start_up = torch.where(crossing_unit, 0.0, 0.5).expand(batch, rows, *low.shape[2:])
-            curves[index] = (low, up, points)
-            free[index] = torch.stack([start_low, start_up]).clone().float().requires_grad_(True)
-    signs = {index: sign.unsqueeze(1).to(torch.float64)
-             for index, sign in (splits or {}).items() if bool((sign != 0).any())}
-    betas = {index: torch.zeros(batch, rows, *sign.shape[2:], requires_grad=True)
-             for index, sign in signs.items()}
-    if not free and not betas:
-        return crown
-    optimiser = torch.optim.Adam(list(free.values()) + list(betas.values()), lr=0.1)
-
-    def bound(dtype: torch.dtype) -> torch.Tensor:
-        lines = {}
-        for index, value in relaxed.items():
-            if index in curves:
-                low, up, points = curves[index]
-                alphas = free[index].to(dtype).clamp(0, 1)
-                lines[index] = s_curve_lines_at(net.nodes[index].op, low, up, points,
-                                                alphas[0], alphas[1])
-            elif index in free:
-                a_low, b_low, a_up, b_up = (t.to(dtype) for t in value)
-                slope = torch.where(crossing[index], free[index].to(dtype).clamp(0, 1),
-                                    a_low.unsqueeze(1).expand_as(free[index]))
-                lines[index] = (slope, b_low.unsqueeze(1).expand_as(slope),
-                                a_up.unsqueeze(1).expand_as(slope),
-                                b_up.unsqueeze(1).expand_as(slope))
-            else:
-                lines[index] = value
-        terms = {index: betas[index].to(dtype).clamp(min=0) * signs[index].to(dtype)
-                 for index in betas}
-        coef, const = linear_form(net, lines, out, spec.to(dtype), split_terms=terms)
-        return box_maximum(coef, const, lo.to(dtype), hi.to(dtype))
-
-    for _ in range(iterations):
-        optimiser.zero_grad()
-        bound(torch.float64).sum().backward()
-        optimiser.step()
-        with torch.no_grad():
-            for value in free.values():
-                value.clamp_(0, 1)
-            for value in betas.values():
-                value.clamp_(min=0)
-    with torch.no_grad():
-        return torch.minimum(crown, bound(torch.float64))
 
 
 # ----------------------------------------------------------------- specifications

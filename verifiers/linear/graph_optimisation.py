@@ -1,0 +1,244 @@
+"""alpha-CROWN and alpha-beta-CROWN on operator graphs (:class:`models.graph.GraphNet`):
+the relaxations' free parameters optimised by projected Adam on the bound.
+
+Every choice of these parameters gives a sound upper bound
+(:func:`verifiers.linear.graph_propagation.linear_form`): the lower slope of a crossing
+ReLU unit anywhere in ``[0, 1]``, the tangent points of sigmoid and tanh anywhere in
+their ranges (:func:`verifiers.linear.graph_propagation.s_curve_tangent_points`, a
+position ``[0, 1]`` along each), and a multiplier ``beta >= 0`` per split unit (the
+split constraint's Lagrangian). Parameters are per unit, specification row and box
+(alpha-CROWN, Xu et al. 2021; beta-CROWN, Wang et al. 2021); every iterate's bound is
+evaluated in float64 and the smallest per row is kept, so a bound is never looser than
+CROWN's, and its soundness never depends on the search.
+
+Two uses: the output's bound (:func:`optimised_upper`), and the bounds at the input of
+every nonlinear node (:func:`optimised_layer_bounds`, the ``±e_i`` rows of the units
+crossing zero, each row its own parameters), with the parameters kept
+(:class:`GraphSlopes`) to re-derive bounds of branch-and-bound subdomains
+(:func:`verifiers.bab.graph_layer_bounds.refined_bounds`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from models.graph import GraphNet
+from verifiers.linear.graph_propagation import (
+    Interval,
+    backward_upper,
+    box_maximum,
+    crown_unit_bounds,
+    layer_bounds,
+    linear_form,
+    s_curve_lines_at,
+    s_curve_tangent_points,
+    unit_chunks,
+)
+
+LEARNING_RATE = 0.1
+# rows x node size per optimised chunk: autograd keeps every node's coefficients, so a
+# quarter of the plain backward pass's chunk
+OPTIMISED_CHUNK_ENTRIES = 500_000
+Parameters = dict[int, torch.Tensor]
+
+
+@dataclass
+class GraphSlopes:
+    """The parameters behind optimised intermediate bounds of one box: per bounded node
+    ``source`` (the input of a nonlinear node), ``units[source]`` (its flat indices
+    bounded, ``(U,)``) and ``alphas[source]``, per nonlinear node before it, the
+    parameters of the rows ``+e_i`` (first ``U``) and ``-e_i`` (last ``U``): ReLU lower
+    slopes ``(1, 2U, *shape)``, sigmoid/tanh tangent positions ``(2, 1, 2U, *shape)``
+    (lower, upper), float32."""
+
+    units: dict[int, torch.Tensor] = field(default_factory=dict)
+    alphas: dict[int, Parameters] = field(default_factory=dict)
+
+
+def curve_ranges(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval]
+                 ) -> dict[int, tuple]:
+    """Per sigmoid/tanh node of ``relaxed``: its input interval ``(B, 1, *shape)`` each
+    and its tangent ranges (:func:`verifiers.linear.graph_propagation.s_curve_tangent_points`),
+    what :func:`lines_with` needs to place its tangents."""
+    curves: dict[int, tuple] = {}
+    for index in relaxed:
+        op = net.nodes[index].op
+        if op in ("sigmoid", "tanh"):
+            low, up = (t.unsqueeze(1) for t in bounds[net.nodes[index].inputs[0]])
+            curves[index] = (low, up, s_curve_tangent_points(op, low, up))
+    return curves
+
+
+def _start(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval] | None,
+           batch: int, rows: int) -> tuple[Parameters, dict[int, tuple]]:
+    """CROWN's parameters, per nonlinear node: ReLU lower slopes ``(B, S, *shape)``,
+    sigmoid/tanh tangent positions ``(2, B, S, *shape)`` (the midpoint, or the sound
+    bracket end across zero: CROWN's lines); and the sigmoid/tanh nodes'
+    :func:`curve_ranges` (needs ``bounds``; without them, CROWN's fixed lines)."""
+    free: Parameters = {}
+    curves = {} if bounds is None else curve_ranges(net, relaxed, bounds)
+    for index, lines in relaxed.items():
+        if net.nodes[index].op == "relu":
+            a_low = lines[0]
+            free[index] = a_low.unsqueeze(1).expand(batch, rows, *a_low.shape[1:]).float()
+        elif index in curves:
+            low, up, _ = curves[index]
+            crossing = (low < 0) & (up > 0)
+            shape = (batch, rows, *low.shape[2:])
+            start_low = torch.where(crossing, 1.0, 0.5).expand(shape)
+            start_up = torch.where(crossing, 0.0, 0.5).expand(shape)
+            free[index] = torch.stack([start_low, start_up]).float()
+    return free, curves
+
+
+def lines_with(net: GraphNet, relaxed: dict[int, tuple], curves: dict[int, tuple],
+               free: Parameters, dtype: torch.dtype) -> dict[int, tuple]:
+    """The relaxations with the parameters ``free`` (clamped to ``[0, 1]``; per row
+    ``(B, S, *shape)``, or ``(1, S, *shape)`` shared by every box): a crossing ReLU unit's
+    lower slope, a sigmoid/tanh unit's tangent points (``curves``: :func:`curve_ranges`);
+    every other line as in ``relaxed``."""
+    lines: dict[int, tuple] = {}
+    for index, value in relaxed.items():
+        if index in curves:
+            low, up, points = curves[index]
+            alphas = free[index].to(dtype).clamp(0, 1)
+            lines[index] = s_curve_lines_at(net.nodes[index].op, low, up, points,
+                                            alphas[0], alphas[1])
+        elif index in free:
+            a_low, b_low, a_up, b_up = (t.to(dtype).unsqueeze(1) for t in value)
+            slope = torch.where(b_up > 0, free[index].to(dtype).clamp(0, 1), a_low)  # (B, S, ..)
+            lines[index] = (slope, b_low.expand_as(slope), a_up.expand_as(slope),
+                            b_up.expand_as(slope))
+        else:
+            lines[index] = value
+    return lines
+
+
+def optimise(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
+             target: int, iterations: int, relaxed: dict[int, tuple],
+             bounds: list[Interval] | None = None,
+             splits: dict[int, torch.Tensor] | None = None,
+             crown: torch.Tensor | None = None,
+             start: Parameters | None = None) -> tuple[torch.Tensor, Parameters]:
+    """``(upper (B, S), parameters)``: the smallest float64 bound per row on
+    ``spec (B, S, *shape of target) . v_target`` over the boxes ``lo, hi`` (``(B, d)``,
+    or ``(1, d)`` for one shared box) met in ``iterations`` Adam steps from CROWN's
+    parameters (or ``start``, e.g. a parent's), never above ``crown`` (CROWN's bound on
+    ``relaxed``, computed here if not given), and the parameters at the end (per
+    nonlinear node, as :func:`_start`). ``splits``: per ReLU node ``(B, *shape)``
+    signs of split units, each with a multiplier ``beta >= 0`` per row."""
+    with torch.no_grad():
+        if crown is None:
+            crown = backward_upper(net, relaxed, target, spec, lo, hi)
+    batch, rows = crown.shape
+    free, curves = _start(net, relaxed, bounds, batch, rows)
+    if start is not None:
+        free.update({index: value.expand_as(free[index]) for index, value in start.items()
+                     if index in free})
+    free = {index: value.clone().requires_grad_(True) for index, value in free.items()}
+    signs = {index: sign.unsqueeze(1).to(torch.float64)
+             for index, sign in (splits or {}).items() if bool((sign != 0).any())}
+    betas = {index: torch.zeros(batch, rows, *sign.shape[2:], requires_grad=True)
+             for index, sign in signs.items()}
+    if iterations <= 0 or (not free and not betas):
+        return crown, {index: value.detach() for index, value in free.items()}
+    optimiser = torch.optim.Adam(list(free.values()) + list(betas.values()),
+                                 lr=LEARNING_RATE)
+    best = crown.clone()
+    for _ in range(iterations):
+        optimiser.zero_grad()
+        lines = lines_with(net, relaxed, curves, free, torch.float64)
+        terms = {index: betas[index].to(torch.float64).clamp(min=0) * signs[index]
+                 for index in betas}
+        coef, const = linear_form(net, lines, target, spec, split_terms=terms)
+        value = box_maximum(coef, const, lo, hi)
+        value.sum().backward()
+        with torch.no_grad():
+            best = torch.minimum(best, value)
+        optimiser.step()
+        with torch.no_grad():
+            for tensor in free.values():
+                tensor.clamp_(0, 1)
+            for tensor in betas.values():
+                tensor.clamp_(min=0)
+    with torch.no_grad():           # the last step's parameters, evaluated once more
+        lines = lines_with(net, relaxed, curves, free, torch.float64)
+        terms = {index: betas[index].to(torch.float64).clamp(min=0) * signs[index]
+                 for index in betas}
+        best = torch.minimum(best, box_maximum(*linear_form(net, lines, target, spec,
+                                                            split_terms=terms), lo, hi))
+    return best, {index: value.detach() for index, value in free.items()}
+
+
+def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
+                    iterations: int, relaxed: dict[int, tuple] | None = None,
+                    splits: dict[int, torch.Tensor] | None = None,
+                    bounds: list[Interval] | None = None,
+                    crown: torch.Tensor | None = None) -> torch.Tensor:
+    """``min(CROWN, alpha(-beta)-CROWN)`` upper bounds ``(B, S)`` on
+    ``spec (B, S, K) . f(x)`` over the boxes ``lo, hi (B, d)`` (``(1, d)`` for one box
+    shared by all), by :func:`optimise` on the output.
+
+    The relaxations are CROWN's (:func:`verifiers.linear.graph_propagation.layer_bounds`
+    on the box, or ``relaxed`` if the caller has them, e.g.
+    :func:`verifiers.linear.graph_propagation.split_relaxation`'s for subdomains with
+    split units ``splits``); optimising the sigmoid and tanh tangent points needs the
+    nodes' input ``bounds``, which ``layer_bounds`` gives, when the caller passes
+    ``relaxed``. ``crown``: CROWN's bound ``(B, S)`` on these relaxations, if the caller
+    computed it already."""
+    with torch.no_grad():
+        if relaxed is None:
+            bounds, relaxed = layer_bounds(net, lo, hi)
+    upper, _ = optimise(net, lo, hi, spec, len(net.nodes) - 1, iterations, relaxed,
+                        bounds, splits, crown)
+    return upper.detach()
+
+
+def _rows_joined(net: GraphNet, index: int, kept: list[tuple[int, Parameters]]
+                 ) -> torch.Tensor:
+    """Node ``index``'s parameters of chunks ``[(u, parameters of rows +e (u), -e (u))]``
+    joined as the rows ``+e`` of every chunk, then ``-e`` of every chunk."""
+    axis = kept[0][1][index].dim() - len(net.nodes[index].shape) - 1     # the rows' axis
+    plus = [free[index].narrow(axis, 0, count) for count, free in kept]
+    minus = [free[index].narrow(axis, count, count) for count, free in kept]
+    return torch.cat(plus + minus, axis)
+
+
+def optimised_layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
+                           iterations: int, slopes: GraphSlopes | None = None
+                           ) -> tuple[list[Interval], dict[int, tuple]]:
+    """:func:`verifiers.linear.graph_propagation.layer_bounds` (pruned) with the bounds at
+    the input of every nonlinear node optimised: the ``±e_i`` rows of the units bounded
+    there, each with its own parameters, ``iterations`` steps from CROWN's (alpha-CROWN's
+    intermediate bounds), in chunks of rows; never looser than CROWN's or the
+    intervals'. ``slopes``, if given (one box, ``lo, hi (1, d)``), receives the
+    parameters (:class:`GraphSlopes`; CROWN's with ``iterations=0``)."""
+
+    def bound_units(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval],
+                    source: int, lo: torch.Tensor, hi: torch.Tensor,
+                    units: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        lowers, uppers, kept = [], [], []
+        for part, spec in unit_chunks(net, source, units, lo.shape[0],
+                                      OPTIMISED_CHUNK_ENTRIES):
+            spec = spec.to(lo.dtype)
+            with torch.no_grad():
+                crown = backward_upper(net, relaxed, source, spec, lo, hi)
+            both, free = optimise(net, lo, hi, spec, source, iterations, relaxed, bounds,
+                                  crown=crown)
+            uppers.append(both[:, :len(part)].detach())
+            lowers.append(-both[:, len(part):].detach())
+            kept.append((len(part), free))
+        if keep and kept:
+            slopes.units[source] = (torch.arange(math.prod(net.nodes[source].shape))
+                                    if units is None else units)
+            slopes.alphas[source] = {index: _rows_joined(net, index, kept)
+                                     for index in kept[0][1]}
+        empty = lo.new_zeros(lo.shape[0], 0)
+        return torch.cat([empty, *lowers], 1), torch.cat([empty, *uppers], 1)
+
+    keep = slopes is not None and lo.shape[0] == 1
+    return layer_bounds(net, lo, hi, bound_units=bound_units if iterations > 0 or keep
+                        else crown_unit_bounds)
