@@ -46,10 +46,10 @@ import torch
 from attacks.property_attacks import attack_property
 from bench.contract import Property, split_rows
 from models.graph import ELEMENTWISE, GraphNet
+from verifiers.bab.graph_layer_bounds import refined_bounds
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
 from verifiers.bab.search_attacks import attack_candidates, attack_due
-from verifiers.bab.graph_layer_bounds import refined_bounds
 from verifiers.linear.graph_optimisation import (
     GraphSlopes,
     optimised_layer_bounds,
