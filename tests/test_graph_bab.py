@@ -18,6 +18,7 @@ from bench.registry import select
 from models.graph import GraphNet, Node
 from verifiers.bab.graph_search import decide_graph
 from verifiers.bab.options import SearchOptions
+from verifiers.linear.graph_propagation import layer_bounds
 
 
 def _conv_net(seed: int) -> GraphNet:
@@ -147,8 +148,16 @@ def test_the_bab_plugin_certifies_graphs_and_reports_bytes_per_subdomain():
     assert (upper <= crown + 1e-12).all()           # never looser than its root bound
     rows = bab.statistics()
     assert len(rows) == 2 and all(r["verdict"] in ("certified", "broken") for r in rows)
-    outcome = decide_graph(net, Property.robustness(x[0], int(y[0]), 0.3, 3),
-                           SearchOptions(time_limit=10.0), restarts=0)
+    # one int8 sign per ReLU unit (8), and the warm start: a float32 slope and multiplier
+    # per unit crossing zero at the root, per row (one here)
+    prop = Property.robustness(x[0], int(y[0]), 0.3, 3)
+    bounds, _ = layer_bounds(net.float64_copy(), prop.lo[None], prop.hi[None])
+    crossing = int(((bounds[1][0] < 0) & (bounds[1][1] > 0)).sum())
+    assert crossing > 0
+    outcome = decide_graph(net, prop, SearchOptions(time_limit=10.0), restarts=0)
+    assert outcome.stats["bytes_per_subdomain"] == 8 + 8 * crossing
+    outcome = decide_graph(net, prop, SearchOptions(time_limit=10.0, branch_iterations=0),
+                           restarts=0)
     assert outcome.stats["bytes_per_subdomain"] == 8
 
 

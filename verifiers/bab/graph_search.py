@@ -1,35 +1,42 @@
 """Branch and bound on ReLU splits for operator graphs (:class:`models.graph.GraphNet`).
 
-The property's groups are settled one after the other, first by alpha-CROWN on the whole
-box (:func:`verifiers.linear.graph_optimisation.optimised_upper`, ``options.iterations``
-steps on the output's slopes; a group with a row bounded below zero is settled), then by
-branching. A subdomain is the input box and
-a sign for some ReLU units (``+1``: input ``>= 0``, ``-1``: ``<= 0``); it is bounded by
-one CROWN backward pass on the graph, batches of subdomains at a time (the open ones of
-largest parent bound first), from the
-intermediate bounds CROWN computed once on the whole box, with the split units' input
-bounds clamped to their signs
-(:func:`verifiers.linear.graph_propagation.split_relaxation`: a layer after a split
-keeps the box's bounds, sound on the subdomain, one pass instead of one per layer). A
-subdomain is refuted when some row of the group has an upper bound below zero (only
-units unstable on the box are split, so clamped bounds never cross). Otherwise the point of
-the box that maximises the bound's linear form of its loosest row is checked by a
-float64 forward pass (a counterexample ends the search), and the unit with the largest
-BaBSR-style score (positive coefficient times the upper line's intercept, summed over
-the group's rows; the widest unstable unit where all scores vanish) is split. After
-batches 1, 2, 4, 8, ... APGD runs from the corners of the live subdomains of largest
-bound (:mod:`verifiers.bab.search_attacks`). A
-subdomain without an unstable ReLU left is linear on its region: an LP over the box and
-the split signs (HiGHS) decides it exactly, its solution checked by a forward pass.
-Max pooling, sigmoid and tanh are never split: a leaf that still relaxes one of them is
-left open, and the verdict is ``unknown``.
+**Root.** CROWN's bounds at the input of every nonlinear node
+(:func:`verifiers.linear.graph_optimisation.optimised_layer_bounds` with no steps, which
+keeps the parameters behind them), then alpha-CROWN on every row of the property
+(:func:`verifiers.linear.graph_optimisation.optimise`, ``options.iterations`` steps); a
+group with a row bounded below zero is settled. If a group is left open and they fit
+:data:`INTERMEDIATE_SHARE` of the time limit (at about three CROWN passes per step), the
+intermediate bounds are optimised too, up to ``options.iterations`` steps, and every row
+bounded again on them.
 
-The split signs clamp the split units' bounds (as in BaBSR), and the subdomains CROWN
-leaves open get ``options.branch_iterations`` steps of alpha-beta-CROWN: the lower
-slopes and a multiplier per split unit and row optimised from CROWN's bound (no warm
-start from the parent, which the MLP search :mod:`verifiers.bab.search` has). Each open
-subdomain costs one ``int8`` per ReLU unit (``stats["bytes_per_subdomain"]``); the pool
-of open subdomains is held under ``options.memory_gb``: past it the search stops with
+**Branching,** per open group. A subdomain is the input box and a sign for some ReLU
+units (``+1``: input ``>= 0``, ``-1``: ``<= 0``); batches of the open subdomains of
+largest parent bound (best first) are bounded at once. The split units' input bounds
+are clamped to their signs (BaBSR's scheme); on networks of at least
+``options.refine_depth`` nonlinear nodes the bounds of the nodes after a split are
+re-derived through it with the root's parameters
+(:func:`verifiers.bab.graph_layer_bounds.refined_bounds`; a subdomain whose bounds
+contradict is empty, closed), elsewhere they stay the root's
+(:func:`verifiers.linear.graph_propagation.split_relaxation`, sound on the subdomain, one
+pass instead of one per node). CROWN bounds the batch; the subdomains it leaves open get
+``options.branch_iterations`` steps of alpha-beta-CROWN (the lower slopes, tangent
+points and a multiplier per split unit and row), warm-started from their parent's
+parameters, which their children inherit in turn. A subdomain is refuted when some row
+of the group has an upper bound below zero. Otherwise the point of the box that
+maximises the bound's linear form of its loosest row is checked by a float64 forward
+pass (a counterexample ends the search), and the unit with the largest BaBSR-style
+score (positive coefficient times the upper line's intercept, summed over the group's
+rows; the widest unstable unit where all scores vanish) is split. After batches 1, 2,
+4, 8, ... APGD runs from the corners of the live subdomains of largest bound
+(:mod:`verifiers.bab.search_attacks`). A subdomain without an unstable ReLU left is
+linear on its region: an LP over the box and the split signs (HiGHS) decides it
+exactly, its solution checked by a forward pass. Max pooling, sigmoid and tanh are
+never split: a leaf that still relaxes one of them is left open, and the verdict is
+``unknown``.
+
+Each open subdomain holds one ``int8`` per ReLU unit and its warm start (float32 per
+unit and row; ``stats["bytes_per_subdomain"]`` counts the most it can hold); the pool of
+open subdomains is held under ``options.memory_gb``: past it the search stops with
 ``unknown``.
 """
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,17 +58,76 @@ from verifiers.bab.graph_layer_bounds import refined_bounds
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
 from verifiers.bab.search_attacks import attack_candidates, attack_due
-from verifiers.linear.graph_optimisation import (
-    GraphSlopes,
-    optimised_layer_bounds,
-    optimised_upper,
-)
+from verifiers.linear.graph_optimisation import GraphSlopes, optimise, optimised_layer_bounds
 from verifiers.linear.graph_propagation import box_maximum, linear_form, split_relaxation
 
-Domain = dict[int, torch.Tensor]          # ReLU node -> (*shape) int8 signs
 BATCH_MEMORY = 2 * 2 ** 30                # bytes a batch's bound computation may take, about
 INTERMEDIATE_SHARE = 0.2                  # of the time limit, for optimised root intermediates
 MIN_INTERMEDIATE_STEPS = 3                # fewer affordable steps: CROWN's intermediates
+
+
+@dataclass
+class Domain:
+    """An open subdomain: per ReLU node its split signs ``(*shape)`` int8 (``+1``: input
+    ``>= 0``, ``-1``: ``<= 0``, 0 free), and the parameters of its last optimised bound,
+    the warm start of its children's: per nonlinear node ``(S, *shape)`` (sigmoid/tanh
+    ``(2, S, *shape)``), per split ReLU node multipliers ``(S, *shape)``, float32 (none:
+    CROWN's, and 0)."""
+
+    signs: dict[int, torch.Tensor]
+    alphas: dict[int, torch.Tensor] = field(default_factory=dict)
+    betas: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+Params = dict[int, torch.Tensor]          # per node, a subdomain's or a batch's parameters
+
+
+class WarmStarts:
+    """Subdomains' parameters, kept lean: a ReLU node's slopes and multipliers only at the
+    units crossing zero at the root (``positions``, per ReLU node ``(n,)`` flat indices;
+    the only units that cross in any subdomain, and the only ones split), ``(S, n)``;
+    sigmoid/tanh tangent positions whole, ``(2, S, *shape)``."""
+
+    def __init__(self, net: GraphNet, positions: dict[int, torch.Tensor]) -> None:
+        self.net = net
+        self.positions = positions
+
+    def _rows_axis(self, index: int, tensor: torch.Tensor) -> int:
+        """The axis of the rows in node ``index``'s parameters (before its shape)."""
+        return tensor.dim() - len(self.net.nodes[index].shape) - 1
+
+    def kept(self, params: dict[int, torch.Tensor], b: int) -> dict[int, torch.Tensor]:
+        """Subdomain ``b``'s parameters of a batch's ``params`` (per node ``(B, S,
+        *shape)`` or ``(2, B, S, *shape)``), kept lean."""
+        out = {}
+        for index, t in params.items():
+            one = t.select(self._rows_axis(index, t) - 1, b)
+            if index in self.positions:
+                one = one.flatten(1)[:, self.positions[index]]
+            out[index] = one.clone()
+        return out
+
+    def stacked(self, parts: list[dict[int, torch.Tensor]], fill: bool
+                ) -> dict[int, torch.Tensor]:
+        """Per node, the subdomains' kept parameters ``parts`` whole again and stacked on a
+        batch axis before the rows (``(B, S, *shape)``, ``(2, B, S, *shape)``; 0 at the
+        units not kept, which are stable): the nodes all of them have, or with ``fill``
+        every node some have, zeros for the others."""
+        keys = set().union(*parts) if fill else set.intersection(*(set(p) for p in parts))
+        out = {}
+        for index in keys:
+            some = next(p[index] for p in parts if index in p)
+            whole = []
+            for part in parts:
+                value = part.get(index, torch.zeros_like(some))
+                if index in self.positions:
+                    shape = self.net.nodes[index].shape
+                    dense = value.new_zeros(value.shape[0], math.prod(shape))
+                    dense[:, self.positions[index]] = value
+                    value = dense.reshape(value.shape[0], *shape)
+                whole.append(value)
+            out[index] = torch.stack(whole, self._rows_axis(index, whole[0]))
+        return out
 
 
 def _violates(net64: GraphNet, prop: Property, points: torch.Tensor) -> torch.Tensor:
@@ -73,7 +140,7 @@ def _stack(domains: list[Domain], relus: list[int], net: GraphNet) -> dict[int, 
     out = {}
     for index in relus:
         shape = net.nodes[net.nodes[index].inputs[0]].shape
-        out[index] = torch.stack([d.get(index, torch.zeros(shape, dtype=torch.int8))
+        out[index] = torch.stack([d.signs.get(index, torch.zeros(shape, dtype=torch.int8))
                                   for d in domains])
     return out
 
@@ -131,6 +198,9 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     lo, hi = prop.lo.to(torch.float64), prop.hi.to(torch.float64)
     relus = [i for i, node in enumerate(net64.nodes) if node.op == "relu"]
     units = sum(math.prod(net64.nodes[net64.nodes[i].inputs[0]].shape) for i in relus)
+    curve_units = sum(math.prod(node.shape) for node in net64.nodes
+                      if node.op in ("sigmoid", "tanh"))
+    rows_most = max(len(offset) for _, offset in prop.groups)
     stats: dict[str, Any] = {"branching": "relu", "bytes_per_subdomain": units,
                              "leaf_lps": 0, "open_leaves": 0}
     nodes = 0
@@ -159,7 +229,6 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     root_bounds, root_relaxed = optimised_layer_bounds(net64, lo[None], hi[None], 0,
                                                        slopes if refine else None)
     crown_seconds = time.perf_counter() - started
-    pool_limit = max(1, int(options.memory_gb * 1e9 // max(units, 1)))
     uppers: list[torch.Tensor] = []
     open_groups = False
     stats["groups_settled_at_root"] = 0
@@ -172,8 +241,9 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     per_batch = max(1, min(options.batch, BATCH_MEMORY // (largest * max(sizes) * 8 * 8)))
     stats["subdomains_per_batch"] = per_batch       # alpha-CROWN on every row at once (each
     spec = rows.to(torch.float64)[None]               # row's slopes are its own)
-    roots = optimised_upper(net64, lo[None], hi[None], spec, options.iterations,
-                            relaxed=root_relaxed, bounds=root_bounds)[0] - offsets
+    roots, root_alphas, _ = optimise(net64, lo[None], hi[None], spec, out, options.iterations,
+                                     root_relaxed, root_bounds)
+    roots = roots[0] - offsets
     # a group left open: the intermediate bounds optimised too (alpha-CROWN's), with as
     # many steps as fit INTERMEDIATE_SHARE of the time limit at about three CROWN passes
     # per step, and every row bounded again on them
@@ -186,11 +256,21 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
         slopes = GraphSlopes()
         root_bounds, root_relaxed = optimised_layer_bounds(net64, lo[None], hi[None], steps,
                                                            slopes if refine else None)
-        roots = torch.minimum(roots, optimised_upper(
-            net64, lo[None], hi[None], spec, options.iterations, relaxed=root_relaxed,
-            bounds=root_bounds)[0] - offsets)
+        again, root_alphas, _ = optimise(net64, lo[None], hi[None], spec, out,
+                                         options.iterations, root_relaxed, root_bounds)
+        roots = torch.minimum(roots, again[0] - offsets)
     roots = roots.split(sizes)
-    for (matrix, offset), root in zip(prop.groups, roots):
+    warm = options.branch_iterations > 0
+    starts = WarmStarts(net64, {index: torch.nonzero(root_relaxed[index][3].flatten() > 0)
+                                .flatten() for index in relus})
+    # a subdomain's signs, and its warm start at most: float32 slopes and multipliers of
+    # every ReLU unit crossing at the root and two tangent positions of every
+    # sigmoid/tanh unit, per row
+    stats["bytes_per_subdomain"] = units + (
+        4 * rows_most * (2 * sum(len(p) for p in starts.positions.values())
+                         + 2 * curve_units) if warm else 0)
+    pool_limit = max(1, int(options.memory_gb * 1e9 // max(stats["bytes_per_subdomain"], 1)))
+    for group, ((matrix, offset), root) in enumerate(zip(prop.groups, roots)):
         matrix, offset = matrix.to(torch.float64), offset.to(torch.float64)
         if bool((root < 0).any()):                 # alpha-CROWN settles the group
             stats["groups_settled_at_root"] += 1
@@ -198,7 +278,12 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
             continue
         # open subdomains, largest bound first: (-its parent's min-over-rows bound, order
         # of arrival, the subdomain)
-        queue: list[tuple[float, int, Domain]] = [(-float(root.min()), 0, {})]
+        first = sum(sizes[:group])        # the root's parameters of this group's rows
+        start = {index: t.narrow(t.dim() - len(net64.nodes[index].shape) - 1, first,
+                                 sizes[group])
+                 for index, t in root_alphas.items()} if warm else {}
+        queue: list[tuple[float, int, Domain]] = [(-float(root.min()), 0,
+                                                   Domain({}, starts.kept(start, 0)))]
         arrivals = 1
         worst = -math.inf          # the largest min-over-rows bound of a closed subdomain
         batches = 0
@@ -227,9 +312,10 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 coef, const = linear_form(net64, relaxed, out, spec, record=record)
             upper = box_maximum(coef, const, box_lo, box_hi) - offset
             upper[empty] = -math.inf             # no point meets their splits: closed
-            if options.branch_iterations > 0 and coef is not None:
-                _tighten(net64, upper, bounds, relaxed, splits, spec, offset, lo, hi,
-                         options.branch_iterations)
+            params = {b: (batch[b].alphas, batch[b].betas) for b in range(count)}
+            if warm and coef is not None:
+                params.update(_tighten(net64, upper, bounds, relaxed, splits, spec, offset,
+                                       lo, hi, options.branch_iterations, batch, starts))
             refuted = (upper < 0).any(1)
             if bool(refuted.any()):
                 worst = max(worst, float(upper[refuted].min(1).values.max()))
@@ -273,12 +359,14 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                     worst = math.inf
                     continue
                 index, flat = unit
+                alphas, betas = params[b]
                 for sign in (1, -1):
-                    child = {k: v.clone() for k, v in batch[b].items()}
+                    signs = {k: v.clone() for k, v in batch[b].signs.items()}
                     shape = net64.nodes[net64.nodes[index].inputs[0]].shape
-                    split = child.setdefault(index, torch.zeros(shape, dtype=torch.int8))
+                    split = signs.setdefault(index, torch.zeros(shape, dtype=torch.int8))
                     split.view(-1)[flat] = sign
-                    heapq.heappush(queue, (-float(upper[b].min()), arrivals, child))
+                    heapq.heappush(queue, (-float(upper[b].min()), arrivals,
+                                           Domain(signs, alphas, betas)))
                     arrivals += 1
         uppers.append(torch.full((len(offset),), worst, dtype=torch.float64))
         if open_groups:
@@ -290,28 +378,36 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
 
 def _tighten(net: GraphNet, upper: torch.Tensor, bounds: list, relaxed: dict[int, tuple],
              splits: dict[int, torch.Tensor], spec: torch.Tensor, offset: torch.Tensor,
-             lo: torch.Tensor, hi: torch.Tensor, iterations: int) -> None:
+             lo: torch.Tensor, hi: torch.Tensor, iterations: int,
+             domains: list[Domain], starts: WarmStarts) -> dict[int, tuple[Params, Params]]:
     """In place: ``upper (B, S)`` (CROWN's row bounds minus ``offset``) lowered to
-    alpha-beta-CROWN's (:func:`verifiers.linear.graph_optimisation.optimised_upper` with
-    the split multipliers, ``iterations`` steps, from the subdomains' clamped ``bounds``
-    and their relaxations) on the subdomains with splits that CROWN leaves open."""
+    alpha-beta-CROWN's (:func:`verifiers.linear.graph_optimisation.optimise` with the
+    split multipliers, ``iterations`` steps from the parameters ``domains`` kept, from
+    the subdomains' ``bounds`` and their relaxations) on the subdomains with splits that
+    CROWN leaves open. Returns, per such subdomain, its parameters at the end (its
+    children's warm start), kept lean by ``starts``."""
     split = torch.stack([(sign != 0).flatten(1).any(1) for sign in splits.values()]).any(0) \
         if splits else torch.zeros(len(upper), dtype=torch.bool)
     pick = (split & ~(upper < 0).any(1)).nonzero().flatten()
     if len(pick) == 0:
-        return
+        return {}
     count = len(upper)
 
     def taken(tensors: tuple) -> tuple:
         """The picked subdomains' rows of per-subdomain tensors (shared ones as they are)."""
         return tuple(t[pick] if t.shape[0] == count else t for t in tensors)
 
-    tighter = optimised_upper(net, lo[None], hi[None], spec[pick], iterations,
-                              relaxed={index: taken(lines) for index, lines in relaxed.items()},
-                              splits={index: sign[pick] for index, sign in splits.items()},
-                              bounds=[taken(pair) for pair in bounds],
-                              crown=upper[pick] + offset)
+    chosen = [domains[b] for b in pick.tolist()]
+    tighter, alphas, betas = optimise(
+        net, lo[None], hi[None], spec[pick], len(net.nodes) - 1, iterations,
+        {index: taken(lines) for index, lines in relaxed.items()},
+        [taken(pair) for pair in bounds],
+        {index: sign[pick] for index, sign in splits.items()}, crown=upper[pick] + offset,
+        start=starts.stacked([d.alphas for d in chosen], fill=False),
+        start_betas=starts.stacked([d.betas for d in chosen], fill=True))
     upper[pick] = torch.minimum(upper[pick], tighter - offset)
+    return {b: (starts.kept(alphas, position), starts.kept(betas, position))
+            for position, b in enumerate(pick.tolist())}
 
 
 def _branch(net: GraphNet, relus: list[int], bounds: list, record: dict[int, torch.Tensor],

@@ -121,15 +121,18 @@ def optimise(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tens
              target: int, iterations: int, relaxed: dict[int, tuple],
              bounds: list[Interval] | None = None,
              splits: dict[int, torch.Tensor] | None = None,
-             crown: torch.Tensor | None = None,
-             start: Parameters | None = None) -> tuple[torch.Tensor, Parameters]:
-    """``(upper (B, S), parameters)``: the smallest float64 bound per row on
-    ``spec (B, S, *shape of target) . v_target`` over the boxes ``lo, hi`` (``(B, d)``,
+             crown: torch.Tensor | None = None, start: Parameters | None = None,
+             start_betas: Parameters | None = None
+             ) -> tuple[torch.Tensor, Parameters, Parameters]:
+    """``(upper (B, S), parameters, multipliers)``: the smallest float64 bound per row
+    on ``spec (B, S, *shape of target) . v_target`` over the boxes ``lo, hi`` (``(B, d)``,
     or ``(1, d)`` for one shared box) met in ``iterations`` Adam steps from CROWN's
-    parameters (or ``start``, e.g. a parent's), never above ``crown`` (CROWN's bound on
-    ``relaxed``, computed here if not given), and the parameters at the end (per
-    nonlinear node, as :func:`_start`). ``splits``: per ReLU node ``(B, *shape)``
-    signs of split units, each with a multiplier ``beta >= 0`` per row."""
+    parameters (or ``start``'s, per node, e.g. a parent's), never above ``crown``
+    (CROWN's bound on ``relaxed``, computed here if not given), and the parameters and
+    split multipliers at the end (per nonlinear node, as :func:`_start`; per split ReLU
+    node ``(B, S, *shape)``). ``splits``: per ReLU node ``(B, *shape)`` signs of split
+    units, each with a multiplier ``beta >= 0`` per row (from ``start_betas``' where
+    given, else 0)."""
     with torch.no_grad():
         if crown is None:
             crown = backward_upper(net, relaxed, target, spec, lo, hi)
@@ -141,10 +144,13 @@ def optimise(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tens
     free = {index: value.clone().requires_grad_(True) for index, value in free.items()}
     signs = {index: sign.unsqueeze(1).to(torch.float64)
              for index, sign in (splits or {}).items() if bool((sign != 0).any())}
-    betas = {index: torch.zeros(batch, rows, *sign.shape[2:], requires_grad=True)
+    betas = {index: ((start_betas or {}).get(index, torch.zeros(()))
+                     .expand(batch, rows, *sign.shape[2:]).float().clamp(min=0).clone()
+                     .requires_grad_(True))
              for index, sign in signs.items()}
     if iterations <= 0 or (not free and not betas):
-        return crown, {index: value.detach() for index, value in free.items()}
+        return (crown, {index: value.detach() for index, value in free.items()},
+                {index: value.detach() for index, value in betas.items()})
     optimiser = torch.optim.Adam(list(free.values()) + list(betas.values()),
                                  lr=LEARNING_RATE)
     best = crown.clone()
@@ -170,7 +176,8 @@ def optimise(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tens
                  for index in betas}
         best = torch.minimum(best, box_maximum(*linear_form(net, lines, target, spec,
                                                             split_terms=terms), lo, hi))
-    return best, {index: value.detach() for index, value in free.items()}
+    return (best, {index: value.detach() for index, value in free.items()},
+            {index: value.detach() for index, value in betas.items()})
 
 
 def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tensor,
@@ -192,8 +199,8 @@ def optimised_upper(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: tor
     with torch.no_grad():
         if relaxed is None:
             bounds, relaxed = layer_bounds(net, lo, hi)
-    upper, _ = optimise(net, lo, hi, spec, len(net.nodes) - 1, iterations, relaxed,
-                        bounds, splits, crown)
+    upper, _, _ = optimise(net, lo, hi, spec, len(net.nodes) - 1, iterations, relaxed,
+                           bounds, splits, crown)
     return upper.detach()
 
 
@@ -226,8 +233,8 @@ def optimised_layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
             spec = spec.to(lo.dtype)
             with torch.no_grad():
                 crown = backward_upper(net, relaxed, source, spec, lo, hi)
-            both, free = optimise(net, lo, hi, spec, source, iterations, relaxed, bounds,
-                                  crown=crown)
+            both, free, _ = optimise(net, lo, hi, spec, source, iterations, relaxed, bounds,
+                                     crown=crown)
             uppers.append(both[:, :len(part)].detach())
             lowers.append(-both[:, len(part):].detach())
             kept.append((len(part), free))
