@@ -60,12 +60,19 @@ def test_optimised_intermediate_bounds_are_sound_and_tighter_than_crowns(kind, t
         assert (t_lo >= c_lo - 1e-12).all() and (t_hi <= c_hi + 1e-12).all(), kind
         narrower += float(((c_hi - c_lo) - (t_hi - t_lo)).sum())
     assert narrower > 1e-3, kind
-    # the parameters kept: two rows (+e_i, -e_i) per bounded unit, per nonlinear node before
+    # the parameters kept: two rows (+e_i, -e_i) per bounded unit, per nonlinear node
+    # before, of a ReLU only at its units crossing zero; none past the budget
+    assert slopes.complete and slopes.units
     for source, units in slopes.units.items():
         for index, alphas in slopes.alphas[source].items():
-            rows_axis = alphas.dim() - len(net64.nodes[index].shape) - 1
-            assert alphas.shape[rows_axis] == 2 * len(units)
+            if net64.nodes[index].op == "relu":
+                assert alphas.shape == (1, 2 * len(units), len(slopes.positions[index]))
+            else:
+                assert alphas.shape == (2, 1, 2 * len(units), *net64.nodes[index].shape)
             assert float(alphas.min()) >= 0 and float(alphas.max()) <= 1
+    small = GraphSlopes(budget=8)
+    again, _ = optimised_layer_bounds(net64, lo, hi, 0, small)
+    assert not small.complete and len(small.units) < len(slopes.units)
 
 
 @pytest.mark.parametrize("iterations", [0, 10])

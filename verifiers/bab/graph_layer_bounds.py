@@ -92,7 +92,9 @@ def _rederived(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval],
     curves = curve_ranges(net, relaxed, bounds)
     count = len(root_units)
     size = math.prod(shape)
-    step = max(1, CHUNK_ENTRIES // (size * batch * 2))
+    # rows per pass: their coefficients on the largest node before (B x 2 x rows x size)
+    largest = max(math.prod(node.shape) for node in net.nodes[:source + 1])
+    step = max(1, CHUNK_ENTRIES // (largest * batch * 2))
     for start in range(0, len(positions), step):
         part = positions[start:start + step]
         units = root_units[part]
@@ -101,8 +103,8 @@ def _rederived(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval],
         eye = eye.reshape(-1, *shape)
         spec = torch.cat([eye, -eye])[None].expand(batch, *([-1] * (len(shape) + 1)))
         rows = torch.cat([part, part + count])
-        free = {index: alpha.index_select(alpha.dim() - len(net.nodes[index].shape) - 1, rows)
-                for index, alpha in slopes.alphas[source].items() if index in relaxed}
+        free = {index: alpha for index, alpha in slopes.whole(net, source, rows).items()
+                if index in relaxed}
         lines = lines_with(net, relaxed, curves, free, lower.dtype)
         both = box_maximum(*linear_form(net, lines, source, spec), lo, hi)
         lower[:, units] = torch.maximum(lower[:, units], -both[:, len(units):])

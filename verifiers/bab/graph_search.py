@@ -229,6 +229,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     root_bounds, root_relaxed = optimised_layer_bounds(net64, lo[None], hi[None], 0,
                                                        slopes if refine else None)
     crown_seconds = time.perf_counter() - started
+    refine = refine and slopes.complete       # the root's parameters fit their budget
     uppers: list[torch.Tensor] = []
     open_groups = False
     stats["groups_settled_at_root"] = 0
@@ -256,6 +257,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
         slopes = GraphSlopes()
         root_bounds, root_relaxed = optimised_layer_bounds(net64, lo[None], hi[None], steps,
                                                            slopes if refine else None)
+        refine = refine and slopes.complete
         again, root_alphas, _ = optimise(net64, lo[None], hi[None], spec, out,
                                          options.iterations, root_relaxed, root_bounds)
         roots = torch.minimum(roots, again[0] - offsets)

@@ -50,12 +50,52 @@ class GraphSlopes:
     """The parameters behind optimised intermediate bounds of one box: per bounded node
     ``source`` (the input of a nonlinear node), ``units[source]`` (its flat indices
     bounded, ``(U,)``) and ``alphas[source]``, per nonlinear node before it, the
-    parameters of the rows ``+e_i`` (first ``U``) and ``-e_i`` (last ``U``): ReLU lower
-    slopes ``(1, 2U, *shape)``, sigmoid/tanh tangent positions ``(2, 1, 2U, *shape)``
-    (lower, upper), float32."""
+    parameters of the rows ``+e_i`` (first ``U``) and ``-e_i`` (last ``U``), float32:
+    ReLU lower slopes ``(1, 2U, n)`` at the node's units crossing zero, ``positions[node]
+    (n,)`` (flat indices; the others are stable, their slope is not free), sigmoid/tanh
+    tangent positions ``(2, 1, 2U, *shape)`` (lower, upper). Kept while they take at most
+    ``budget`` bytes; past it, ``complete`` is false and no more are kept."""
 
+    budget: int = 2 ** 30
     units: dict[int, torch.Tensor] = field(default_factory=dict)
     alphas: dict[int, Parameters] = field(default_factory=dict)
+    positions: dict[int, torch.Tensor] = field(default_factory=dict)
+    complete: bool = True
+    size: int = 0
+
+    def keep(self, net: GraphNet, relaxed: dict[int, tuple], source: int,
+             units: torch.Tensor, alphas: Parameters) -> None:
+        """Keep node ``source``'s parameters ``alphas`` (per nonlinear node, the rows
+        ``±e_i`` of ``units`` whole: ``(1, 2U, *shape)``, ``(2, 1, 2U, *shape)``)."""
+        lean = {}
+        for index, alpha in alphas.items():
+            if net.nodes[index].op == "relu":
+                if index not in self.positions:
+                    self.positions[index] = torch.nonzero(
+                        relaxed[index][3].flatten() > 0).flatten()
+                alpha = alpha.flatten(2)[:, :, self.positions[index]]
+            lean[index] = alpha.contiguous()
+        size = sum(t.numel() * t.element_size() for t in lean.values())
+        if not self.complete or self.size + size > self.budget:
+            self.complete = False
+            return
+        self.size += size
+        self.units[source] = units
+        self.alphas[source] = lean
+
+    def whole(self, net: GraphNet, source: int, rows: torch.Tensor) -> Parameters:
+        """Node ``source``'s parameters of rows ``rows (R,)``, whole again (0 at stable
+        ReLU units): ``(1, R, *shape)``, ``(2, 1, R, *shape)``."""
+        out = {}
+        for index, alpha in self.alphas[source].items():
+            shape = net.nodes[index].shape
+            if index in self.positions:
+                dense = alpha.new_zeros(1, len(rows), math.prod(shape))
+                dense[:, :, self.positions[index]] = alpha[:, rows]
+                out[index] = dense.reshape(1, len(rows), *shape)
+            else:
+                out[index] = alpha[:, :, rows]
+        return out
 
 
 def curve_ranges(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval]
@@ -222,7 +262,8 @@ def optimised_layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
     there, each with its own parameters, ``iterations`` steps from CROWN's (alpha-CROWN's
     intermediate bounds), in chunks of rows; never looser than CROWN's or the
     intervals'. ``slopes``, if given (one box, ``lo, hi (1, d)``), receives the
-    parameters (:class:`GraphSlopes`; CROWN's with ``iterations=0``)."""
+    parameters (:class:`GraphSlopes`; CROWN's with ``iterations=0``), within its
+    budget."""
 
     def bound_units(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval],
                     source: int, lo: torch.Tensor, hi: torch.Tensor,
@@ -238,11 +279,11 @@ def optimised_layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
             uppers.append(both[:, :len(part)].detach())
             lowers.append(-both[:, len(part):].detach())
             kept.append((len(part), free))
-        if keep and kept:
-            slopes.units[source] = (torch.arange(math.prod(net.nodes[source].shape))
-                                    if units is None else units)
-            slopes.alphas[source] = {index: _rows_joined(net, index, kept)
-                                     for index in kept[0][1]}
+        if slopes is not None and keep and kept:
+            slopes.keep(net, relaxed, source,
+                        torch.arange(math.prod(net.nodes[source].shape))
+                        if units is None else units,
+                        {index: _rows_joined(net, index, kept) for index in kept[0][1]})
         empty = lo.new_zeros(lo.shape[0], 0)
         return torch.cat([empty, *lowers], 1), torch.cat([empty, *uppers], 1)
 
