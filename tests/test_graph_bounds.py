@@ -214,7 +214,8 @@ def test_bounds_enclose_sampling_and_an_attack(network):
     # so do the pruned and intersected bounds, which lie inside the intervals, and the
     # optimised ones (alpha-CROWN's intermediates), which lie inside those
     pruned, _ = layer_bounds(net.float64_copy(), box_lo[:1], box_hi[:1])
-    optimised, _ = optimised_layer_bounds(net.float64_copy(), box_lo[:1], box_hi[:1], 5)
+    optimised, _ = optimised_layer_bounds(net.float64_copy(), box_lo[:1], box_hi[:1], 5,
+                                          tighten_with=pruned)
     for (lo, hi), (i_lo, i_hi), (o_lo, o_hi), value in zip(pruned, intervals, optimised,
                                                            values):
         assert (value >= lo - 1e-9).all() and (value <= hi + 1e-9).all(), kind

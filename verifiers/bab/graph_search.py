@@ -256,7 +256,8 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
         stats["intermediate_iterations"] = steps
         slopes = GraphSlopes()
         root_bounds, root_relaxed = optimised_layer_bounds(net64, lo[None], hi[None], steps,
-                                                           slopes if refine else None)
+                                                           slopes if refine else None,
+                                                           tighten_with=root_bounds)
         refine = refine and slopes.complete
         again, root_alphas, _ = optimise(net64, lo[None], hi[None], spec, out,
                                          options.iterations, root_relaxed, root_bounds)

@@ -29,6 +29,7 @@ from bench.contract import (
 from models import MLP
 from models.graph import GraphNet
 from verifiers.linear import graph_optimisation
+from verifiers.linear.graph_propagation import layer_bounds
 from verifiers.linear.propagation import (
     backward_upper,
     crown_slope,
@@ -93,8 +94,10 @@ class AlphaCrown(Configurable):
         """``(N, S)`` float64 bounds on ``spec (N, S, K) . f(x)`` over the boxes ``lo, hi
         (N, d)`` of an operator graph: intermediate bounds and the output's, optimised."""
         net64 = net.float64_copy()
+        with torch.no_grad():
+            crown_bounds, _ = layer_bounds(net64, lo, hi)
         bounds, relaxed = graph_optimisation.optimised_layer_bounds(
-            net64, lo, hi, self.intermediate_iterations)
+            net64, lo, hi, self.intermediate_iterations, tighten_with=crown_bounds)
         return graph_optimisation.optimised_upper(net64, lo, hi, spec, self.iterations,
                                                   relaxed=relaxed, bounds=bounds)
 

@@ -255,15 +255,18 @@ def _rows_joined(net: GraphNet, index: int, kept: list[tuple[int, Parameters]]
 
 
 def optimised_layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
-                           iterations: int, slopes: GraphSlopes | None = None
+                           iterations: int, slopes: GraphSlopes | None = None,
+                           tighten_with: list[Interval] | None = None
                            ) -> tuple[list[Interval], dict[int, tuple]]:
     """:func:`verifiers.linear.graph_propagation.layer_bounds` (pruned) with the bounds at
     the input of every nonlinear node optimised: the ``±e_i`` rows of the units bounded
     there, each with its own parameters, ``iterations`` steps from CROWN's (alpha-CROWN's
-    intermediate bounds), in chunks of rows; never looser than CROWN's or the
-    intervals'. ``slopes``, if given (one box, ``lo, hi (1, d)``), receives the
-    parameters (:class:`GraphSlopes`; CROWN's with ``iterations=0``), within its
-    budget."""
+    intermediate bounds), in chunks of rows; never looser than the intervals' or
+    ``tighten_with``'s (as ``layer_bounds``). ``slopes``, if given (one box, ``lo, hi
+    (1, d)``), receives the parameters (:class:`GraphSlopes`; CROWN's with
+    ``iterations=0``), within its budget."""
+    if lo.shape[0] > 1 and slopes is not None:
+        raise ValueError("the parameters of one box only: lo, hi (1, d)")
 
     def bound_units(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval],
                     source: int, lo: torch.Tensor, hi: torch.Tensor,
@@ -279,7 +282,7 @@ def optimised_layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
             uppers.append(both[:, :len(part)].detach())
             lowers.append(-both[:, len(part):].detach())
             kept.append((len(part), free))
-        if slopes is not None and keep and kept:
+        if slopes is not None and kept:
             slopes.keep(net, relaxed, source,
                         torch.arange(math.prod(net.nodes[source].shape))
                         if units is None else units,
@@ -287,6 +290,6 @@ def optimised_layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
         empty = lo.new_zeros(lo.shape[0], 0)
         return torch.cat([empty, *lowers], 1), torch.cat([empty, *uppers], 1)
 
-    keep = slopes is not None and lo.shape[0] == 1
-    return layer_bounds(net, lo, hi, bound_units=bound_units if iterations > 0 or keep
-                        else crown_unit_bounds)
+    return layer_bounds(net, lo, hi, bound_units=bound_units
+                        if iterations > 0 or slopes is not None else crown_unit_bounds,
+                        tighten_with=tighten_with)

@@ -436,7 +436,8 @@ def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: tor
 
 def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
                  rule: SlopeRule | None = None, *, prune: bool = True,
-                 bound_units: UnitBounds | None = None
+                 bound_units: UnitBounds | None = None,
+                 tighten_with: list[Interval] | None = None
                  ) -> tuple[list[Interval], dict[int, tuple]]:
     """Bounds on every node (intervals, tightened by CROWN at the inputs of nonlinear
     nodes) and the relaxation of every nonlinear node, for the box ``lo, hi (B, d)``.
@@ -453,18 +454,22 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
 
     ``bound_units`` computes the bounds at a nonlinear node's input (default
     :func:`crown_unit_bounds`; any sound bounds serve, e.g. optimised slopes,
-    :func:`verifiers.linear.graph_optimisation.optimised_layer_bounds`)."""
+    :func:`verifiers.linear.graph_optimisation.optimised_layer_bounds`).
+    ``tighten_with``: sound bounds of every node ``(B, *shape)`` known already (e.g.
+    CROWN's, under optimised bounds: tighter bounds before a node do not always make
+    its CROWN bound tighter), intersected with every node's from the start."""
     batch = lo.shape[0]
     bound_units = bound_units or crown_unit_bounds
     if prune and batch > 1:
-        parts = [layer_bounds(net, lo[b:b + 1], hi[b:b + 1], rule, bound_units=bound_units)
-                 for b in range(batch)]
-        return ([(torch.cat([p[0][i][0] for p in parts]), torch.cat([p[0][i][1] for p in parts]))
-                 for i in range(len(net.nodes))],
-                {index: tuple(torch.cat([p[1][index][k] for p in parts])
-                              for k in range(len(parts[0][1][index])))
-                 for index in parts[0][1]})
+        return joined_boxes([layer_bounds(
+            net, lo[b:b + 1], hi[b:b + 1], rule, bound_units=bound_units,
+            tighten_with=None if tighten_with is None else [(low[b:b + 1], up[b:b + 1])
+                                                            for low, up in tighten_with])
+            for b in range(batch)])
     bounds = interval_bounds(net, lo, hi)
+    if tighten_with is not None:
+        bounds = [(torch.maximum(low, known_lo), torch.minimum(up, known_hi))
+                  for (low, up), (known_lo, known_hi) in zip(bounds, tighten_with)]
     relaxed: dict[int, tuple] = {}
     for index, node in enumerate(net.nodes):
         if node.op not in (*ELEMENTWISE, "maxpool"):
@@ -490,12 +495,26 @@ def layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
             else:                                 # CROWN's, as for an MLP (not intersected)
                 bounds[source] = (crown_lower.reshape(lower.shape),
                                   crown_upper.reshape(upper.shape))
+                if tighten_with is not None:
+                    bounds[source] = (torch.maximum(bounds[source][0], tighten_with[source][0]),
+                                      torch.minimum(bounds[source][1], tighten_with[source][1]))
         # the nonlinear node's own interval follows from its input's
         bounds[index] = (net.apply(index, [bounds[source][0]]),
                          net.apply(index, [bounds[source][1]]))
         relaxed[index] = relaxation(net, index, bounds[source], rule)
         if prune:
             _tighten_after(net, bounds, index)
+    return bounds, relaxed
+
+
+def joined_boxes(parts: list[tuple[list[Interval], dict[int, tuple]]]
+                 ) -> tuple[list[Interval], dict[int, tuple]]:
+    """Bounds and relaxations of boxes computed one at a time, joined into a batch."""
+    bounds = [(torch.cat([p[0][i][0] for p in parts]), torch.cat([p[0][i][1] for p in parts]))
+              for i in range(len(parts[0][0]))]
+    relaxed = {index: tuple(torch.cat([p[1][index][k] for p in parts])
+                            for k in range(len(parts[0][1][index])))
+               for index in parts[0][1]}
     return bounds, relaxed
 
 
