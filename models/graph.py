@@ -7,7 +7,9 @@ and smooth activations, for the networks that do not fold into a ReLU MLP.
 
 - ``linear`` (``weight (out, in)``, ``bias (out,)``; a flat input), ``conv``
   (``weight (C_out, C_in / groups, kh, kw)``, ``bias (C_out,)``, ``stride``,
-  ``padding`` (symmetric, ``(ph, pw)``), ``dilation``, ``groups``), ``affine``
+  ``padding`` (symmetric, ``(ph, pw)``), ``dilation``, ``groups``), ``deconv`` (a
+  transposed convolution: ``weight (C_in, C_out / groups, kh, kw)``, ``bias (C_out,)``,
+  the same settings and ``output_padding``), ``affine``
   (elementwise ``scale * z + offset``, both broadcast to the shape: a normalisation, a
   BatchNormalization not folded into a conv, arithmetic with constants);
 - ``add`` (two variable inputs: a residual connection), ``concat`` (variable inputs
@@ -15,7 +17,9 @@ and smooth activations, for the networks that do not fold into a ReLU MLP.
 - ``relu``, ``sigmoid``, ``tanh`` (elementwise);
 - ``reshape`` (a view, C order), ``transpose`` (``perm`` of the per-sample axes),
   ``pad`` (constant zeros, ``pads = (top, left, bottom, right)`` of a ``(C, H, W)``
-  tensor);
+  tensor), ``slice`` (``axis`` of the per-sample shape, ``start``, ``end``; step 1),
+  ``upsample`` (nearest-neighbour by integer ``scale (sh, sw)`` of a ``(C, H, W)``
+  tensor: every value repeated in an ``sh x sw`` block);
 - ``avgpool`` and ``maxpool`` (``kernel``, ``stride``, ``padding``; average pooling
   counts the padded zeros, as ONNX's ``count_include_pad=1`` or unpadded pooling).
 
@@ -37,8 +41,9 @@ from torch import nn
 from torch.nn import functional as F
 
 ELEMENTWISE = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
-OPERATORS = ("input", "linear", "conv", "affine", "add", "concat", "relu", "sigmoid", "tanh",
-             "reshape", "transpose", "pad", "avgpool", "maxpool")
+OPERATORS = ("input", "linear", "conv", "deconv", "affine", "add", "concat", "relu",
+             "sigmoid", "tanh", "reshape", "transpose", "pad", "slice", "upsample", "avgpool",
+             "maxpool")
 
 
 @dataclass
@@ -116,6 +121,10 @@ class GraphNet(nn.Module):
         if node.op == "conv":
             return F.conv2d(x, self.tensor(index, "weight"), self.tensor(index, "bias"),
                             a["stride"], a["padding"], a["dilation"], a["groups"])
+        if node.op == "deconv":
+            return F.conv_transpose2d(x, self.tensor(index, "weight"), self.tensor(index, "bias"),
+                                      a["stride"], a["padding"], a["output_padding"],
+                                      a["groups"], a["dilation"])
         if node.op == "affine":
             return x * self.tensor(index, "scale") + self.tensor(index, "offset")
         if node.op == "add":
@@ -131,6 +140,10 @@ class GraphNet(nn.Module):
         if node.op == "pad":
             top, left, bottom, right = a["pads"]
             return F.pad(x, (left, right, top, bottom))
+        if node.op == "slice":
+            return x.narrow(a["axis"] + 1, a["start"], a["end"] - a["start"])
+        if node.op == "upsample":
+            return x.repeat_interleave(a["scale"][0], 2).repeat_interleave(a["scale"][1], 3)
         if node.op == "avgpool":
             return F.avg_pool2d(x, a["kernel"], a["stride"], a["padding"],
                                 count_include_pad=True)

@@ -1,9 +1,10 @@
 """A :class:`models.graph.GraphNet` written as ONNX (opset 13, float32 weights, a
 symbolic batch dimension), one ONNX operator per node, so any tool reads the same
-network that certbench bounds: ``linear`` as Gemm, ``conv`` as Conv, ``affine`` as Mul
-then Add, ``add``, ``relu``, ``sigmoid``, ``tanh``, ``reshape`` (Reshape to ``(-1,
-*shape)``), ``transpose``, ``pad`` (Pad), ``avgpool`` (AveragePool counting the
-padding), ``maxpool``. :func:`models.onnx_graph.import_onnx_graph` reads it back
+network that certbench bounds: ``linear`` as Gemm, ``conv`` as Conv, ``deconv`` as
+ConvTranspose, ``affine`` as Mul then Add, ``add``, ``relu``, ``sigmoid``, ``tanh``,
+``reshape`` (Reshape to ``(-1, *shape)``), ``transpose``, ``pad`` (Pad), ``slice``
+(Slice), ``upsample`` (nearest Resize, asymmetric/floor), ``avgpool`` (AveragePool
+counting the padding), ``maxpool``. :func:`models.onnx_graph.import_onnx_graph` reads it back
 (``tests/test_graph_bounds.py`` checks the round trip)."""
 
 from __future__ import annotations
@@ -51,6 +52,24 @@ def export_graph_onnx(net: GraphNet, path: Path) -> Path:
                          const(f"n{index}.bias", tensor(index, "bias"))], [out],
                 strides=list(a["stride"]), pads=pads, dilations=list(a["dilation"]),
                 group=a["groups"]))
+        elif node.op == "deconv":
+            pads = [a["padding"][0], a["padding"][1]] * 2
+            nodes.append(helper.make_node(
+                "ConvTranspose", [ins[0], const(f"n{index}.weight", tensor(index, "weight")),
+                                  const(f"n{index}.bias", tensor(index, "bias"))], [out],
+                strides=list(a["stride"]), pads=pads, dilations=list(a["dilation"]),
+                group=a["groups"], output_padding=list(a["output_padding"])))
+        elif node.op == "slice":
+            nodes.append(helper.make_node(
+                "Slice", [ins[0], const(f"n{index}.starts", np.array([a["start"]]), np.int64),
+                          const(f"n{index}.ends", np.array([a["end"]]), np.int64),
+                          const(f"n{index}.axes", np.array([a["axis"] + 1]), np.int64)],
+                [out]))
+        elif node.op == "upsample":
+            scales = const(f"n{index}.scales", np.array([1, 1, *a["scale"]]), np.float32)
+            nodes.append(helper.make_node("Resize", [ins[0], "", scales], [out], mode="nearest",
+                                          coordinate_transformation_mode="asymmetric",
+                                          nearest_mode="floor"))
         elif node.op == "affine":
             scaled = f"n{index}.scaled"
             nodes.append(helper.make_node("Mul", [ins[0], const(f"n{index}.scale",

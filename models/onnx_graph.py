@@ -30,9 +30,10 @@ from models.onnx_import import (
 )
 
 GRAPH_OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv",
-                   "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity",
-                   "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Sigmoid",
-                   "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze")
+                   "ConvTranspose", "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool",
+                   "Identity", "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad", "Relu",
+                   "Reshape", "Resize", "Sigmoid", "Slice", "Squeeze", "Sub", "Tanh",
+                   "Transpose", "Unsqueeze")
 """Operators on variable tensors that the graph importer keeps (one rule each)."""
 
 
@@ -171,6 +172,12 @@ def import_onnx_graph(path: Path) -> tuple[GraphNet, dict]:
                             bias=bias)
         elif op == "Conv":
             out = _conv(build, x, other, attrs, where, label)
+        elif op == "ConvTranspose":
+            out = _deconv(build, x, other, attrs, where, label)
+        elif op == "Slice":
+            out = _slice(build, x, other, attrs, where, label)
+        elif op == "Resize":
+            out = _upsample(build, x, other, attrs, where, label)
         elif op == "BatchNormalization":
             out = _batch_norm(build, x, other, attrs, label,
                               alone=_readers(live, uses, x) == 1)
@@ -275,6 +282,98 @@ def _conv(build: _Builder, x: int, other: list, attrs: dict, where: str, label: 
         out_shape.append((shape[1 + i] + 2 * settings["padding"][i] - span)
                          // settings["stride"][i] + 1)
     return build.add("conv", (x,), tuple(out_shape), label, settings, weight=weight, bias=bias)
+
+
+def _deconv(build: _Builder, x: int, other: list, attrs: dict, where: str, label: str
+            ) -> int:
+    """A 2-D transposed convolution (``ConvTranspose``; symmetric pads, no
+    ``output_shape``)."""
+    shape = build.shape(x)
+    weight = np.asarray(other[0], dtype=np.float64)
+    if "output_shape" in attrs:
+        raise OnnxImportError(f"{where}: ConvTranspose with output_shape is not supported; "
+                              "export pads and output_padding")
+    settings = conv_settings(weight, shape, attrs, where)
+    settings["output_padding"] = tuple(int(p) for p in attrs.get("output_padding", [0, 0]))
+    if weight.shape[0] != shape[0]:
+        raise OnnxImportError(f"{where}: kernel {weight.shape} on {shape[0]} channels")
+    channels = weight.shape[1] * settings["groups"]
+    bias = np.asarray(other[1], np.float64) if len(other) > 1 else np.zeros(channels)
+    out_shape = [channels]
+    for i in range(2):
+        if settings["output_padding"][i] >= max(settings["stride"][i],
+                                                settings["dilation"][i]):
+            raise OnnxImportError(f"{where}: output_padding {settings['output_padding']} "
+                                  "not below the stride or dilation")
+        out_shape.append((shape[1 + i] - 1) * settings["stride"][i]
+                         - 2 * settings["padding"][i]
+                         + settings["dilation"][i] * (weight.shape[2 + i] - 1)
+                         + settings["output_padding"][i] + 1)
+    return build.add("deconv", (x,), tuple(out_shape), label, settings, weight=weight,
+                     bias=bias)
+
+
+def _slice(build: _Builder, x: int, other: list, attrs: dict, where: str, label: str) -> int:
+    """``Slice`` with step 1 along per-sample axes: one ``slice`` node per axis."""
+    if "starts" in attrs:                                  # opset < 10: attributes
+        starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+    else:
+        starts, ends = other[0], other[1]
+        axes = other[2] if len(other) > 2 else None
+        steps = other[3] if len(other) > 3 else None
+    starts = [int(v) for v in np.asarray(starts).reshape(-1)]
+    ends = [int(v) for v in np.asarray(ends).reshape(-1)]
+    rank = len(build.shape(x)) + 1
+    axes = list(range(len(starts))) if axes is None else \
+        [int(v) % rank for v in np.asarray(axes).reshape(-1)]
+    if steps is not None and any(int(v) != 1 for v in np.asarray(steps).reshape(-1)):
+        raise OnnxImportError(f"{where}: only Slice with step 1 is supported")
+    out = x
+    for axis, start, end in zip(axes, starts, ends):
+        size = build.shape(out)[axis - 1] if axis else 0
+        if axis == 0:
+            raise OnnxImportError(f"{where}: a Slice of the batch dimension")
+        start = min(max(start + size if start < 0 else start, 0), size)
+        end = min(max(end + size if end < 0 else end, 0), size)
+        if end <= start:
+            raise OnnxImportError(f"{where}: an empty Slice")
+        if (start, end) == (0, size):
+            continue
+        shape = list(build.shape(out))
+        shape[axis - 1] = end - start
+        out = build.add("slice", (out,), tuple(shape), f"{label}.axis{axis}",
+                        {"axis": axis - 1, "start": start, "end": end})
+    return out
+
+
+def _upsample(build: _Builder, x: int, other: list, attrs: dict, where: str, label: str
+              ) -> int:
+    """``Resize`` in ``nearest`` mode by constant integer ``scales`` of the spatial axes
+    (not ``sizes``, which would fix the batch size) of a ``(C, H, W)`` tensor, where it
+    repeats each value in a block (coordinates
+    ``asymmetric`` with ``floor``, or ``half_pixel``/``pytorch_half_pixel`` with a
+    rounding nearest mode)."""
+    shape = build.shape(x)
+    text = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+    mode = text.get("mode", "nearest")
+    coordinates = text.get("coordinate_transformation_mode", "half_pixel")
+    nearest = text.get("nearest_mode", "round_prefer_floor")
+    repeats = (coordinates == "asymmetric" and nearest == "floor") or (
+        coordinates in ("half_pixel", "pytorch_half_pixel")
+        and nearest in ("round_prefer_floor", "round_prefer_ceil"))
+    if mode != "nearest" or not repeats or len(shape) != 3:
+        raise OnnxImportError(f"{where}: only nearest Resize of a (N, C, H, W) tensor by "
+                              "integer factors (asymmetric/floor or half_pixel/round) is "
+                              f"supported, got mode {mode}, {coordinates}, {nearest}")
+    given = [np.asarray(o).reshape(-1) for o in other if o is not None and np.asarray(o).size]
+    scales = next((g for g in given if g.dtype.kind == "f" and len(g) == 4), None)
+    if scales is None or float(scales[0]) != 1 or float(scales[1]) != 1 or \
+            any(float(f) != round(float(f)) or float(f) < 1 for f in scales[2:]):
+        raise OnnxImportError(f"{where}: only constant integer spatial Resize scales are "
+                              f"supported, got {None if scales is None else scales.tolist()}")
+    factor = (int(round(float(scales[2]))), int(round(float(scales[3]))))
+    return build.add("upsample", (x,), (shape[0], shape[1] * factor[0],
+                                        shape[2] * factor[1]), label, {"scale": factor})
 
 
 def _join(build: _Builder, op: str, sources: list[int], names: list[str],

@@ -129,11 +129,25 @@ def _network(kind: str, path) -> str:
                  helper.make_node("Clip", ["b", "lo", "hi"], ["r2"])]
         head, ih = _head("r2", 2 * 36)
         return _save(nodes + head, i1 + i2 + ends + ih, path)
+    if kind == "upsampling":          # Slice, ConvTranspose and nearest Resize, added
+        ends = [numpy_helper.from_array(np.array(v, np.int64), n)
+                for n, v in (("starts", [1, 1]), ("ends", [5, 5]), ("axes", [2, 3]))]
+        scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+        nodes = [c1, helper.make_node("Relu", ["a"], ["r1"]),
+                 helper.make_node("Slice", ["r1", "starts", "ends", "axes"], ["s"]),
+                 helper.make_node("ConvTranspose", ["s", "t_w", "t_b"], ["t"], strides=[2, 2],
+                                  pads=[1, 1, 1, 1], output_padding=[1, 1]),
+                 helper.make_node("Resize", ["s", "", "scales"], ["u"], mode="nearest"),
+                 helper.make_node("Add", ["t", "u"], ["m"]),
+                 helper.make_node("Relu", ["m"], ["r2"])]
+        head, ih = _head("r2", 2 * 64)
+        return _save(nodes + head, i1 + ends + [scales, _const("t_w", 2, 2, 3, 3),
+                                                _const("t_b", 2)] + ih, path)
     raise ValueError(kind)
 
 
 KINDS = ["conv", "residual", "maxpool", "avgpool", "pad", "sigmoid", "tanh", "batchnorm",
-         "branches", "leaky-clip"]
+         "branches", "leaky-clip", "upsampling"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -154,8 +168,10 @@ def test_the_graph_forward_equals_onnxruntime(network):
     np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours64.numpy(), theirs, rtol=1e-4, atol=1e-4)
     expected = {"conv": "conv", "batchnorm": "conv", "residual": "add",
-                "branches": "concat", "leaky-clip": "add"}.get(kind, kind)
+                "branches": "concat", "leaky-clip": "add", "upsampling": "deconv"}.get(kind, kind)
     assert {node.op for node in net.nodes} >= {"input", expected}
+    if kind == "upsampling":
+        assert {node.op for node in net.nodes} >= {"slice", "upsample", "deconv"}
 
 
 def _sampled_margins(net: GraphNet, x: torch.Tensor, y: torch.Tensor, eps: float,

@@ -133,6 +133,14 @@ def _graph_net_with(op: str) -> tuple[list, list]:
         "Unsqueeze": [helper.make_node("Unsqueeze", ["x", "ax"], ["b"])],
         "LeakyRelu": [helper.make_node("Sub", ["x", "half"], ["c"]),
                       helper.make_node("LeakyRelu", ["c"], ["b"], alpha=0.2)],
+        "ConvTranspose": [helper.make_node("ConvTranspose", ["x", "wt", "bt"], ["b"],
+                                           strides=[2, 2], pads=[1, 1, 1, 1],
+                                           output_padding=[1, 1])],
+        "Slice": [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["b"])],
+        "Resize": [helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest",
+                                    coordinate_transformation_mode="asymmetric",
+                                    nearest_mode="floor"),
+                   helper.make_node("Resize", ["r", "", "scales13"], ["b"], mode="nearest")],
         "Clip": [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]),
                  helper.make_node("Clip", ["c", "", "hi2"], ["d"]),
                  helper.make_node("Clip", ["d", "lo2"], ["b"])],
@@ -140,13 +148,18 @@ def _graph_net_with(op: str) -> tuple[list, list]:
     inits = [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
              numpy_helper.from_array(np.array([2], np.int64), "ax")]
     inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (
-        ("half", 0.5), ("lo", 0.2), ("hi", 0.8), ("hi2", 0.6), ("lo2", 0.3))]
+        ("half", 0.5), ("lo", 0.2), ("hi", 0.8), ("hi2", 0.6), ("lo2", 0.3),
+        ("scales", [1, 1, 2, 2]), ("scales13", [1, 1, 1, 3]))]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (
+        ("starts", [1, 0]), ("ends", [-1, 1]), ("axes", [2, 1]))]
+    inits += [_const("wt", 2, 3, 3, 3), _const("bt", 3)]
     return body + [helper.make_node("Flatten", ["b"], ["f"], axis=1),
                    helper.make_node("Gemm", ["f", "w_out", "b_out"], ["y"], transB=1)], inits
 
 
-GRAPH_ONLY = ("AveragePool", "Clip", "Concat", "GlobalAveragePool", "LeakyRelu", "MaxPool",
-              "Pad", "Sigmoid", "Squeeze", "Tanh", "Unsqueeze")
+GRAPH_ONLY = ("AveragePool", "Clip", "Concat", "ConvTranspose", "GlobalAveragePool",
+              "LeakyRelu", "MaxPool", "Pad", "Resize", "Sigmoid", "Slice", "Squeeze", "Tanh",
+              "Unsqueeze")
 
 
 def test_the_graph_only_operators_are_the_graph_importers_extra_ones():
@@ -164,7 +177,8 @@ def test_every_graph_operator_is_imported_as_a_graph(op, tmp_path):
 
     nodes, inits = _graph_net_with(op)
     features = {"AveragePool": 2 * 5 * 5, "GlobalAveragePool": 2, "MaxPool": 2 * 2 * 2,
-                "Pad": 2 * 6 * 6, "Concat": 4 * 4 * 4}.get(op, 2 * 4 * 4)
+                "Pad": 2 * 6 * 6, "Concat": 4 * 4 * 4, "ConvTranspose": 3 * 8 * 8,
+                "Slice": 1 * 2 * 4, "Resize": 2 * 8 * 24}.get(op, 2 * 4 * 4)
     inits += [_const("w_out", 5, features), _const("b_out", 5)]
     onnx.save(_model(nodes, inits, [2, 4, 4]), tmp_path / "net.onnx")
     net, card = load_onnx(tmp_path / "net.onnx")

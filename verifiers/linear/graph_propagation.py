@@ -12,8 +12,8 @@ coefficients ``A`` of every node carried as tensors of the node's own shape,
 ``A @ W``, a convolution by the transposed convolution, a residual addition by handing
 ``A`` to both inputs (summed where paths meet), a concatenation by slicing it, a
 reshape by a view, padding by a crop, average pooling by the transposed uniform
-convolution. No dense matrix of a
-convolution is built.
+convolution, a transposed convolution by the convolution, a slice by zeros around it,
+nearest upsampling by a sum over each block. No dense matrix of a convolution is built.
 
 Nonlinear operators are relaxed with bounds on their input (``pre``): for ReLU the
 triangle with CROWN's adaptive lower slope; for sigmoid and tanh (convex below 0,
@@ -56,18 +56,23 @@ CHUNK_ENTRIES = 2_000_000      # max rows x node size per backward pass (memory 
 def _interval_step(net: GraphNet, index: int, ins: list[Interval]) -> Interval:
     node = net.nodes[index]
     op = node.op
-    if op in ("linear", "conv"):
+    if op in ("linear", "conv", "deconv"):
         (lo, hi), = ins
         mid, rad = (hi + lo) / 2, (hi - lo) / 2
         weight, bias = net.tensor(index, "weight"), net.tensor(index, "bias")
+        a = node.attrs
         if op == "linear":
             centre, spread = F.linear(mid, weight, bias), F.linear(rad, weight.abs())
-        else:
-            a = node.attrs
+        elif op == "conv":
             centre = F.conv2d(mid, weight, bias, a["stride"], a["padding"], a["dilation"],
                               a["groups"])
             spread = F.conv2d(rad, weight.abs(), None, a["stride"], a["padding"],
                               a["dilation"], a["groups"])
+        else:
+            centre = F.conv_transpose2d(mid, weight, bias, a["stride"], a["padding"],
+                                        a["output_padding"], a["groups"], a["dilation"])
+            spread = F.conv_transpose2d(rad, weight.abs(), None, a["stride"], a["padding"],
+                                        a["output_padding"], a["groups"], a["dilation"])
         return centre - spread, centre + spread
     if op == "affine":
         (lo, hi), = ins
@@ -328,6 +333,22 @@ def _adjoint(net: GraphNet, index: int, coef: torch.Tensor, in_shapes: list[tupl
                                   a["groups"], a["dilation"])
         const = zero if bias is None else (coef.sum(dim=(-1, -2)) @ bias)
         return [back.reshape(batch, rows, *shape)], const
+    if node.op == "deconv":              # the adjoint of a transposed convolution: a conv
+        weight, bias = net.tensor(index, "weight"), net.tensor(index, "bias")
+        flat = coef.reshape(batch * rows, *node.shape)
+        back = F.conv2d(flat, weight, None, a["stride"], a["padding"], a["dilation"],
+                        a["groups"])
+        const = zero if bias is None else (coef.sum(dim=(-1, -2)) @ bias)
+        return [back.reshape(batch, rows, *in_shapes[0])], const
+    if node.op == "slice":               # zeros outside the slice
+        whole = coef.new_zeros(batch, rows, *in_shapes[0])
+        whole.narrow(a["axis"] + 2, a["start"], a["end"] - a["start"]).copy_(coef)
+        return [whole], zero
+    if node.op == "upsample":            # each input value: the sum over its block
+        channels, height, width = in_shapes[0]
+        sh, sw = a["scale"]
+        return [coef.reshape(batch, rows, channels, height, sh, width, sw).sum(dim=(4, 6))], \
+            zero
     if node.op == "affine":
         scale = net.tensor(index, "scale").expand(node.shape)
         offset = net.tensor(index, "offset").expand(node.shape)
