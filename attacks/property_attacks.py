@@ -20,12 +20,14 @@ from the box's centre and random starts, all groups in one batch:
 * :func:`apgd_from`: APGD on one group from given starts in given boxes (branch and
   bound's attacks on the maximisers of its most promising subdomains).
 
-A returned violation is the float64 violation of the returned point; the point lies in
-the box.
+The searches run on a float32 copy of the network (:func:`search_twin`); a returned
+point is the one of largest float64 violation among those the search ends on, and the
+violation returned is its float64 one; the point lies in the box.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Callable
@@ -52,11 +54,26 @@ BYTES_PER_FLOAT = 32          # per number of a forward pass: float64, kept for 
                               # its gradient and APGD's copies
 
 
+def search_twin(net64: torch.nn.Module) -> torch.nn.Module:
+    """A float32 copy of a float64 network, for the attacks' gradient steps and queries
+    (on convolutions several times faster than float64, whose transposed convolutions
+    take torch's slow path); the points an attack returns are chosen, and their
+    violations computed, by the float64 network."""
+    if next(net64.parameters()).dtype != torch.float64:
+        return net64
+    twin = copy.deepcopy(net64).float()
+    if isinstance(twin, GraphNet):
+        twin.certificates = {}
+    return twin
+
+
 def group_violation(net64: torch.nn.Module, prop: Property, group_of_row: torch.Tensor
                     ) -> Callable[..., torch.Tensor]:
     """``violation(points (M, d), which (M,)) -> (M,)``: at each point, the violation
     of the group ``group_of_row[which]``; with ``dlr=True`` ``(2, M)``: the violation and
-    the violation divided by :func:`dlr_scale` of the outputs (one forward pass)."""
+    the violation divided by :func:`dlr_scale` of the outputs (one forward pass). The
+    points are cast to the network's dtype, the outputs to float64."""
+    dtype = next(net64.parameters()).dtype
     rows, offsets, sizes = split_rows(prop)
     device = group_of_row.device
     owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(device)
@@ -65,7 +82,7 @@ def group_violation(net64: torch.nn.Module, prop: Property, group_of_row: torch.
 
     def violation(points: torch.Tensor, which: torch.Tensor, dlr: bool = False
                   ) -> torch.Tensor:
-        outputs = net64(points)
+        outputs = net64(points.to(dtype)).to(torch.float64)
         values = (outputs @ rows.T - offsets).masked_fill(foreign[which], torch.inf).amin(1)
         return torch.stack([values, values / dlr_scale(outputs)]) if dlr else values
 
@@ -93,8 +110,9 @@ def starts_that_fit(net: torch.nn.Module, starts: int, groups: int = 1) -> int:
 def _starts(net64: torch.nn.Module, prop: Property, restarts: int, seed: int):
     """Per group the box's centre and ``restarts - 1`` uniform random points (fewer where
     they would not fit in memory, :func:`starts_that_fit`): ``(starts (P, d), lo (d,),
-    hi (d,), violation)`` on the network's device, ``violation`` as
-    :func:`group_violation` for start ``which``'s group."""
+    hi (d,), search, violation)`` on the network's device, ``violation`` as
+    :func:`group_violation` for start ``which``'s group and ``search`` the same on the
+    network's :func:`search_twin`."""
     restarts = starts_that_fit(net64, max(restarts, 1), len(prop.groups))
     device = next(net64.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -105,6 +123,7 @@ def _starts(net64: torch.nn.Module, prop: Property, restarts: int, seed: int):
     starts = per_group.repeat(groups, 1).to(device)
     group_of_start = torch.arange(groups).repeat_interleave(len(per_group)).to(device)
     return (starts, lo.to(device), hi.to(device),
+            group_violation(search_twin(net64), prop, group_of_start),
             group_violation(net64, prop, group_of_start))
 
 
@@ -125,10 +144,10 @@ def attack_property(net64: torch.nn.Module, prop: Property, *, restarts: int, st
     row, from the box's centre and ``restarts - 1`` uniform random starts per group, all
     groups in one batch; step ``max(hi - lo) / 8``.
     """
-    starts, lo, hi, violation = _starts(net64, prop, restarts, seed)
+    starts, lo, hi, search, violation = _starts(net64, prop, restarts, seed)
     everyone = torch.arange(len(starts), device=starts.device)
     step = float((hi - lo).max()) / 8 or 1e-3
-    found = signed_ascent(lambda points: violation(points, everyone), starts,
+    found = signed_ascent(lambda points: search(points, everyone), starts,
                           lo.expand_as(starts), hi.expand_as(starts), step=step, steps=steps,
                           keep_best=True)
     return _best(violation, found)
@@ -162,8 +181,8 @@ def apgd_property(net64: torch.nn.Module, prop: Property, *, restarts: int, step
     step ``max(hi - lo)``; a start stops once it finds a counterexample."""
     if loss not in ("margin", "dlr"):
         raise ValueError(f"loss must be 'margin' or 'dlr', got {loss!r}")
-    starts, lo, hi, violation = _starts(net64, prop, restarts, seed)
-    found, _ = _apgd(violation, starts, lo.expand_as(starts), hi.expand_as(starts), steps,
+    starts, lo, hi, search, violation = _starts(net64, prop, restarts, seed)
+    found, _ = _apgd(search, starts, lo.expand_as(starts), hi.expand_as(starts), steps,
                      loss == "dlr")
     return _best(violation, found)
 
@@ -175,10 +194,10 @@ def square_property(net64: torch.nn.Module, prop: Property, *, restarts: int, qu
     (:func:`attacks.square.square_search`; windows on the image layout of ``d`` inputs
     when ``d`` is ``c s^2``, else runs of coordinates), ``restarts`` independent runs
     per group, ``queries`` forward passes each at most."""
-    starts, lo, hi, violation = _starts(net64, prop, restarts, seed)
+    starts, lo, hi, search, violation = _starts(net64, prop, restarts, seed)
     generator = torch.Generator().manual_seed(seed + 1)
     layout = image_layout(len(lo), "auto")
-    found, _ = square_search(violation, lo.expand_as(starts).clone(),
+    found, _ = square_search(search, lo.expand_as(starts).clone(),
                              hi.expand_as(starts).clone(), queries=queries, p_init=p_init,
                              layout=layout, generator=generator)
     return _best(violation, found)
@@ -191,11 +210,11 @@ def affordable_steps(net64: torch.nn.Module, prop: Property, restarts: int, step
     (about 3.5 gradient attacks' worth: three of them and Square)."""
     if budget is None:
         return steps
-    starts, _, _, violation = _starts(net64, prop, restarts, 0)
+    starts, _, _, search, _ = _starts(net64, prop, restarts, 0)
     began = time.perf_counter()
     points = starts.detach().requires_grad_(True)
     with torch.enable_grad():
-        torch.autograd.grad(violation(points, torch.arange(len(points),
+        torch.autograd.grad(search(points, torch.arange(len(points),
                                                            device=points.device)).sum(),
                             points)
     per_step = time.perf_counter() - began
@@ -250,9 +269,14 @@ def apgd_from(net64: torch.nn.Module, rows: torch.Tensor, offsets: torch.Tensor,
     float64 violation ``min_i (c_i . f - d_i)``."""
     keep = starts_that_fit(net64, len(starts))
     starts, lo, hi = starts[:keep], lo[:keep], hi[:keep]
+    twin = search_twin(net64)
+    dtype = next(twin.parameters()).dtype
+
+    def search(points: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        return (twin(points.to(dtype)).to(torch.float64) @ rows.T - offsets).amin(dim=1)
 
     def violation(points: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         return (net64(points) @ rows.T - offsets).amin(dim=1)
 
-    found, _ = _apgd(violation, starts, lo, hi, steps, False)
+    found, _ = _apgd(search, starts, lo, hi, steps, False)
     return _best(violation, found)
