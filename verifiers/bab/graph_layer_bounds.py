@@ -37,9 +37,16 @@ def _clamped(pair: Interval, sign: torch.Tensor) -> Interval:
             torch.where(sign < 0, upper.clamp(max=0), upper))
 
 
+def clamped_to_ranges(pair: Interval, ranges: Interval) -> Interval:
+    """Bounds ``(B, *shape)`` of a sigmoid/tanh input intersected with a subdomain's
+    ranges ``(B, *shape)`` (``±inf`` where a unit is not split)."""
+    return torch.maximum(pair[0], ranges[0]), torch.minimum(pair[1], ranges[1])
+
+
 @torch.no_grad()
 def refined_bounds(net: GraphNet, root: list[Interval], splits: dict[int, torch.Tensor],
-                   slopes: GraphSlopes, lo: torch.Tensor, hi: torch.Tensor
+                   slopes: GraphSlopes, lo: torch.Tensor, hi: torch.Tensor,
+                   ranges: dict[int, Interval] | None = None
                    ) -> tuple[list[Interval], dict[int, tuple], torch.Tensor]:
     """``(bounds, relaxed, empty)`` of ``B`` subdomains of the box ``lo, hi (1, d)``:
     per node ``(B, *shape)`` bounds, every nonlinear node's relaxation, and ``empty
@@ -47,13 +54,16 @@ def refined_bounds(net: GraphNet, root: list[Interval], splits: dict[int, torch.
     bound: no point satisfies their splits). ``root``: the box's bounds (batch 1, with
     ``slopes`` from :func:`verifiers.linear.graph_optimisation.optimised_layer_bounds`);
     ``splits``: per ReLU node ``(B, *shape)`` signs (``+1``: input ``>= 0``, ``-1``:
-    ``<= 0``, ``0`` free).
+    ``<= 0``, ``0`` free); ``ranges``: per sigmoid/tanh node the ranges its input is
+    split to, ``(B, *shape)`` each (:func:`clamped_to_ranges`).
 
     In topological order, at each nonlinear node after the first split: the root's
     crossing units of its input that still cross zero in some subdomain are bounded by
     one backward pass (in chunks of rows) with their root parameters, intersected with
     the bounds so far; then the node's split units are clamped and it is relaxed."""
-    batch = next(iter(splits.values())).shape[0]
+    ranges = ranges or {}
+    batch = next(iter([*splits.values(), *(r[0] for r in ranges.values())])).shape[0] \
+        if splits or ranges else 1
     bounds = [(low.expand(batch, *low.shape[1:]), up.expand(batch, *up.shape[1:]))
               for low, up in root]
     relaxed: dict[int, tuple] = {}
@@ -68,6 +78,10 @@ def refined_bounds(net: GraphNet, root: list[Interval], splits: dict[int, torch.
         if index in splits:
             bounds[source] = _clamped(bounds[source], splits[index])
             split_seen = split_seen or bool((splits[index] != 0).any())
+        if index in ranges:
+            bounds[source] = clamped_to_ranges(bounds[source], ranges[index])
+            split_seen = split_seen or bool(torch.isfinite(ranges[index][0]).any()
+                                            or torch.isfinite(ranges[index][1]).any())
         low, up = bounds[source]
         empty |= (low > up).flatten(1).any(1)
         relaxed[index] = relaxation(net, index, bounds[source])

@@ -53,7 +53,7 @@ import torch
 
 from attacks.property_attacks import attack_property
 from bench.contract import Property, split_rows
-from models.graph import ELEMENTWISE, GraphNet
+from models.graph import GraphNet
 from verifiers.bab.graph_layer_bounds import refined_bounds
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
@@ -62,6 +62,7 @@ from verifiers.linear.graph_optimisation import GraphSlopes, optimise, optimised
 from verifiers.linear.graph_propagation import box_maximum, linear_form, split_relaxation
 
 BATCH_MEMORY = 2 * 2 ** 30                # bytes a batch's bound computation may take, about
+NARROWEST = 1e-7                          # sigmoid/tanh input ranges split no further
 INTERMEDIATE_SHARE = 0.2                  # of the time limit, for optimised root intermediates
 MIN_INTERMEDIATE_STEPS = 3                # fewer affordable steps: CROWN's intermediates
 
@@ -72,11 +73,16 @@ class Domain:
     ``>= 0``, ``-1``: ``<= 0``, 0 free), and the parameters of its last optimised bound,
     the warm start of its children's: per nonlinear node ``(S, *shape)`` (sigmoid/tanh
     ``(2, S, *shape)``), per split ReLU node multipliers ``(S, *shape)``, float32 (none:
-    CROWN's, and 0)."""
+    CROWN's, and 0); per sigmoid/tanh node with split units, the range its input is
+    split to, ``(lo, hi)`` each ``(*shape)`` float64 (``±inf`` where not split); and its
+    parent's row bounds ``(S,)`` (valid on it too: a child's own can be looser, its
+    relaxations' lines being chosen afresh)."""
 
     signs: dict[int, torch.Tensor]
     alphas: dict[int, torch.Tensor] = field(default_factory=dict)
     betas: dict[int, torch.Tensor] = field(default_factory=dict)
+    ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    bound: torch.Tensor | None = None
 
 
 Params = dict[int, torch.Tensor]          # per node, a subdomain's or a batch's parameters
@@ -128,6 +134,22 @@ class WarmStarts:
                 whole.append(value)
             out[index] = torch.stack(whole, self._rows_axis(index, whole[0]))
         return out
+
+
+def _stack_ranges(domains: list[Domain], curves: list[int], net: GraphNet
+                  ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per sigmoid/tanh node some domain splits, the domains' input ranges ``(B,
+    *shape)`` each (``±inf`` where not split)."""
+    out = {}
+    for index in curves:
+        if not any(index in d.ranges for d in domains):
+            continue
+        shape = net.nodes[net.nodes[index].inputs[0]].shape
+        free = (torch.full(shape, -math.inf, dtype=torch.float64),
+                torch.full(shape, math.inf, dtype=torch.float64))
+        pairs = [d.ranges.get(index, free) for d in domains]
+        out[index] = (torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+    return out
 
 
 def _violates(net64: GraphNet, prop: Property, points: torch.Tensor) -> torch.Tensor:
@@ -218,9 +240,12 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
         if bool(_violates(net64, prop, point[None])[0]):
             return outcome("violated", unbounded, point)
     out = len(net64.nodes) - 1
-    # max pooling, sigmoid and tanh are never split: a leaf relaxing one stays open
-    unsplittable = any(node.op in (*ELEMENTWISE, "maxpool") and node.op != "relu"
-                       for node in net64.nodes)
+    # sigmoid and tanh units are split at a point of their input range; max pooling is
+    # never split: a leaf relaxing one stays open; a leaf with every ReLU fixed is
+    # linear (an LP decides it) only without these
+    curves = [i for i, node in enumerate(net64.nodes) if node.op in ("sigmoid", "tanh")]
+    linear_leaves = not any(node.op in ("sigmoid", "tanh", "maxpool") for node in net64.nodes)
+    stats["curve_splits"] = 0
     # CROWN's bounds on the whole box, shared by every subdomain (and the parameters behind
     # them, to re-derive a subdomain's bounds after its splits)
     refine = net64.hidden_layers >= options.refine_depth
@@ -303,17 +328,24 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
             nodes += count
             box_lo, box_hi = lo.expand(count, -1), hi.expand(count, -1)
             splits = _stack(batch, relus, net64)
+            ranges = _stack_ranges(batch, curves, net64)
             with torch.no_grad():
                 if refine:
                     bounds, relaxed, empty = refined_bounds(net64, root_bounds, splits, slopes,
-                                                            lo[None], hi[None])
+                                                            lo[None], hi[None], ranges)
                 else:
-                    bounds, relaxed = split_relaxation(net64, root_bounds, splits)
+                    bounds, relaxed = split_relaxation(net64, root_bounds, splits, ranges)
                     empty = torch.zeros(count, dtype=torch.bool)
+                    for index in ranges:
+                        low, up = bounds[net64.nodes[index].inputs[0]]
+                        empty |= (low > up).flatten(1).any(1)
                 record: dict[int, torch.Tensor] = {}
                 spec = matrix.expand(count, -1, -1)
                 coef, const = linear_form(net64, relaxed, out, spec, record=record)
             upper = box_maximum(coef, const, box_lo, box_hi) - offset
+            inherited = torch.stack([d.bound if d.bound is not None
+                                     else torch.full_like(offset, math.inf) for d in batch])
+            upper = torch.minimum(upper, inherited)
             upper[empty] = -math.inf             # no point meets their splits: closed
             params = {b: (batch[b].alphas, batch[b].betas) for b in range(count)}
             if warm and coef is not None:
@@ -343,8 +375,19 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                         return outcome("violated", unbounded, point)
             for b in alive:
                 unit = _branch(net64, relus, bounds, record, b)
+                if unit is None and curves:           # no unstable ReLU: split an S-curve
+                    cut = _curve_branch(net64, curves, bounds, relaxed, record, b)
+                    if cut is not None:
+                        stats["curve_splits"] += 1
+                        alphas, betas = params[b]
+                        for child in _curve_children(net64, batch[b], cut):
+                            heapq.heappush(queue, (-float(upper[b].min()), arrivals,
+                                                   Domain(batch[b].signs, alphas, betas,
+                                                          child, upper[b].clone())))
+                            arrivals += 1
+                        continue
                 if unit is None:                      # no unstable ReLU: linear here
-                    if unsplittable:
+                    if not linear_leaves:
                         stats["open_leaves"] += 1
                         open_groups = True
                         worst = math.inf
@@ -369,7 +412,8 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                     split = signs.setdefault(index, torch.zeros(shape, dtype=torch.int8))
                     split.view(-1)[flat] = sign
                     heapq.heappush(queue, (-float(upper[b].min()), arrivals,
-                                           Domain(signs, alphas, betas)))
+                                           Domain(signs, alphas, betas, batch[b].ranges,
+                                                  upper[b].clone())))
                     arrivals += 1
         uppers.append(torch.full((len(offset),), worst, dtype=torch.float64))
         if open_groups:
@@ -386,11 +430,12 @@ def _tighten(net: GraphNet, upper: torch.Tensor, bounds: list, relaxed: dict[int
     """In place: ``upper (B, S)`` (CROWN's row bounds minus ``offset``) lowered to
     alpha-beta-CROWN's (:func:`verifiers.linear.graph_optimisation.optimise` with the
     split multipliers, ``iterations`` steps from the parameters ``domains`` kept, from
-    the subdomains' ``bounds`` and their relaxations) on the subdomains with splits that
-    CROWN leaves open. Returns, per such subdomain, its parameters at the end (its
-    children's warm start), kept lean by ``starts``."""
+    the subdomains' ``bounds`` and their relaxations) on the subdomains with splits (of
+    ReLU or sigmoid/tanh units) that CROWN leaves open. Returns, per such subdomain, its
+    parameters at the end (its children's warm start), kept lean by ``starts``."""
     split = torch.stack([(sign != 0).flatten(1).any(1) for sign in splits.values()]).any(0) \
         if splits else torch.zeros(len(upper), dtype=torch.bool)
+    split |= torch.tensor([bool(d.ranges) for d in domains])
     pick = (split & ~(upper < 0).any(1)).nonzero().flatten()
     if len(pick) == 0:
         return {}
@@ -411,6 +456,48 @@ def _tighten(net: GraphNet, upper: torch.Tensor, bounds: list, relaxed: dict[int
     upper[pick] = torch.minimum(upper[pick], tighter - offset)
     return {b: (starts.kept(alphas, position), starts.kept(betas, position))
             for position, b in enumerate(pick.tolist())}
+
+
+def _curve_branch(net: GraphNet, curves: list[int], bounds: list, relaxed: dict[int, tuple],
+                  record: dict[int, torch.Tensor], b: int) -> tuple[int, int, float] | None:
+    """The sigmoid/tanh unit of subdomain ``b`` to split, and where: ``(node, flat index,
+    point)``, the unit of largest ``|coefficient|`` (summed over the rows) times its
+    relaxation's gap (upper line minus lower line, largest at an end of its input
+    range: how far the bound can be off there), split at 0 if its input range crosses it
+    (each half is then convex or concave, where the lines are tight), else at the
+    midpoint; ``None`` if every unit's range is narrower than :data:`NARROWEST`."""
+    best: tuple[float, int, int, float] | None = None
+    for index in curves:
+        lower, upper = (t[b].reshape(-1) for t in bounds[net.nodes[index].inputs[0]])
+        a_low, b_low, a_up, b_up = (t[b].reshape(-1) for t in relaxed[index])
+        gap = torch.maximum((a_up - a_low) * lower + b_up - b_low,
+                            (a_up - a_low) * upper + b_up - b_low)
+        coef = record.get(index)
+        weight = coef[b].abs().reshape(coef.shape[1], -1).sum(0) if coef is not None \
+            else torch.ones_like(lower)
+        score = weight * gap
+        score = torch.where(upper - lower > NARROWEST, score, torch.full_like(score, -1.0))
+        value, flat = score.max(0)
+        if float(value) > 0 and (best is None or float(value) > best[0]):
+            low, up = float(lower[flat]), float(upper[flat])
+            best = (float(value), index, int(flat), 0.0 if low < 0 < up else (low + up) / 2)
+    return None if best is None else best[1:]
+
+
+def _curve_children(net: GraphNet, domain: Domain, cut: tuple[int, int, float]
+                    ) -> list[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """The two children's ranges of ``domain`` split at unit ``cut = (node, flat, point)``:
+    its input in ``[lo, point]`` and in ``[point, hi]`` (together the parent)."""
+    index, flat, point = cut
+    shape = net.nodes[net.nodes[index].inputs[0]].shape
+    children = []
+    for side in (0, 1):
+        ranges = {k: (v[0].clone(), v[1].clone()) for k, v in domain.ranges.items()}
+        low, up = ranges.setdefault(index, (torch.full(shape, -math.inf, dtype=torch.float64),
+                                            torch.full(shape, math.inf, dtype=torch.float64)))
+        (up if side == 0 else low).view(-1)[flat] = point
+        children.append(ranges)
+    return children
 
 
 def _branch(net: GraphNet, relus: list[int], bounds: list, record: dict[int, torch.Tensor],

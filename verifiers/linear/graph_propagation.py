@@ -390,8 +390,8 @@ def backward_upper(net: GraphNet, relaxed: dict[int, tuple], target: int,
     """Upper bound ``(B, S)`` on ``spec[b] . v_target`` over the box ``lo, hi (B, d)``;
     ``spec (B, S, *shape of target)``; ``relaxed``: the relaxation of every nonlinear
     node that ``target`` depends on (:func:`relaxation`). ``record``, if given, receives
-    the coefficients ``(B, S, *shape)`` on the output of every ReLU node on the way (for
-    branching scores)."""
+    the coefficients ``(B, S, *shape)`` on the output of every ReLU, sigmoid and tanh
+    node on the way (for branching scores)."""
     return box_maximum(*linear_form(net, relaxed, target, spec, record=record), lo, hi)
 
 
@@ -426,7 +426,7 @@ def linear_form(net: GraphNet, relaxed: dict[int, tuple], target: int, spec: tor
         if coef is None:
             continue
         node = net.nodes[index]
-        if record is not None and node.op == "relu":
+        if record is not None and node.op in ELEMENTWISE:
             record[index] = coef
         if node.op in ELEMENTWISE:      # per row already (alpha-CROWN's slopes) or shared
             a_low, b_low, a_up, b_up = (t if t.dim() == coef.dim() else t.unsqueeze(1)
@@ -581,7 +581,8 @@ def _tighten_after(net: GraphNet, bounds: list[Interval], index: int) -> None:
                          torch.minimum(bounds[later][1], step[1]))
 
 
-def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, torch.Tensor]
+def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, torch.Tensor],
+                     ranges: dict[int, Interval] | None = None
                      ) -> tuple[list[Interval], dict[int, tuple]]:
     """Relaxations for a batch of subdomains ``(B, ...)`` from bounds computed once for
     their common box (``bounds``: per node, batch 1; valid on every subdomain, each a
@@ -589,8 +590,12 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
     node, ``(B, *shape)`` with ``+1`` where its input is assumed ``>= 0``, ``-1`` where
     ``<= 0``, ``0`` free; a split unit is then linear). Returns the clamped bounds (per
     node, batch ``B``) and the relaxations. Later layers keep the common bounds: sound,
-    and one backward pass per subdomain instead of one per layer."""
-    batch = next(iter(splits.values())).shape[0] if splits else 1
+    and one backward pass per subdomain instead of one per layer. ``ranges``: per
+    sigmoid/tanh node, the ranges ``(B, *shape)`` each (``±inf``: not split) its input
+    is split to, intersected with its bounds likewise."""
+    ranges = ranges or {}
+    batch = next(iter([*splits.values(), *(r[0] for r in ranges.values())])).shape[0] \
+        if splits or ranges else 1
     out = [(lo.expand(batch, *lo.shape[1:]), hi.expand(batch, *hi.shape[1:]))
            for lo, hi in bounds]
     relaxed: dict[int, tuple] = {}
@@ -603,6 +608,9 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
             lower, upper = out[source]
             out[source] = (torch.where(sign > 0, lower.clamp(min=0), lower),
                            torch.where(sign < 0, upper.clamp(max=0), upper))
+        if index in ranges:
+            out[source] = (torch.maximum(out[source][0], ranges[index][0]),
+                           torch.minimum(out[source][1], ranges[index][1]))
         relaxed[index] = relaxation(net, index, out[source])
     return out, relaxed
 
