@@ -30,9 +30,13 @@ rows; the widest unstable unit where all scores vanish) is split. After batches 
 4, 8, ... APGD runs from the corners of the live subdomains of largest bound
 (:mod:`verifiers.bab.search_attacks`). A subdomain without an unstable ReLU left is
 linear on its region: an LP over the box and the split signs (HiGHS) decides it
-exactly, its solution checked by a forward pass. Max pooling, sigmoid and tanh are
-never split: a leaf that still relaxes one of them is left open, and the verdict is
-``unknown``.
+exactly, its solution checked by a forward pass. Where no ReLU is unstable, a sigmoid or
+tanh unit is split instead, at 0 if its input range crosses it, else at the middle
+(the unit of largest coefficient times relaxation gap; each child clamps the unit's
+input range, and the children together cover the parent). Max pooling is never split:
+a leaf that still relaxes one is left open, and the verdict is ``unknown``. A child's
+bound is never above its parent's (both hold on it; its own relaxations' lines are
+chosen afresh and can be looser).
 
 Each open subdomain holds one ``int8`` per ReLU unit and its warm start (float32 per
 unit and row; ``stats["bytes_per_subdomain"]`` counts the most it can hold); the pool of
