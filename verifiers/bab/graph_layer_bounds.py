@@ -25,22 +25,11 @@ from verifiers.linear.graph_propagation import (
     CHUNK_ENTRIES,
     Interval,
     box_maximum,
+    clamped_to_splits,
+    expanded_for,
     linear_form,
     relaxation,
 )
-
-
-def _clamped(pair: Interval, sign: torch.Tensor) -> Interval:
-    """Bounds ``(B, *shape)`` of a ReLU's input clamped to split signs ``(B, *shape)``."""
-    lower, upper = pair
-    return (torch.where(sign > 0, lower.clamp(min=0), lower),
-            torch.where(sign < 0, upper.clamp(max=0), upper))
-
-
-def clamped_to_ranges(pair: Interval, ranges: Interval) -> Interval:
-    """Bounds ``(B, *shape)`` of a sigmoid/tanh input intersected with a subdomain's
-    ranges ``(B, *shape)`` (``±inf`` where a unit is not split)."""
-    return torch.maximum(pair[0], ranges[0]), torch.minimum(pair[1], ranges[1])
 
 
 @torch.no_grad()
@@ -55,17 +44,15 @@ def refined_bounds(net: GraphNet, root: list[Interval], splits: dict[int, torch.
     ``slopes`` from :func:`verifiers.linear.graph_optimisation.optimised_layer_bounds`);
     ``splits``: per ReLU node ``(B, *shape)`` signs (``+1``: input ``>= 0``, ``-1``:
     ``<= 0``, ``0`` free); ``ranges``: per sigmoid/tanh node the ranges its input is
-    split to, ``(B, *shape)`` each (:func:`clamped_to_ranges`).
+    split to, ``(B, *shape)`` each (``±inf`` where free).
 
     In topological order, at each nonlinear node after the first split: the root's
     crossing units of its input that still cross zero in some subdomain are bounded by
     one backward pass (in chunks of rows) with their root parameters, intersected with
     the bounds so far; then the node's split units are clamped and it is relaxed."""
     ranges = ranges or {}
-    batch = next(iter([*splits.values(), *(r[0] for r in ranges.values())])).shape[0] \
-        if splits or ranges else 1
-    bounds = [(low.expand(batch, *low.shape[1:]), up.expand(batch, *up.shape[1:]))
-              for low, up in root]
+    bounds = expanded_for(root, splits, ranges)
+    batch = bounds[0][0].shape[0]
     relaxed: dict[int, tuple] = {}
     empty = torch.zeros(batch, dtype=torch.bool)
     split_seen = False
@@ -75,11 +62,11 @@ def refined_bounds(net: GraphNet, root: list[Interval], splits: dict[int, torch.
         source = node.inputs[0]
         if split_seen and source in slopes.units:
             bounds[source] = _rederived(net, relaxed, bounds, source, slopes, lo, hi)
+        bounds[source] = clamped_to_splits(bounds[source], splits.get(index),
+                                           ranges.get(index))
         if index in splits:
-            bounds[source] = _clamped(bounds[source], splits[index])
             split_seen = split_seen or bool((splits[index] != 0).any())
         if index in ranges:
-            bounds[source] = clamped_to_ranges(bounds[source], ranges[index])
             split_seen = split_seen or bool(torch.isfinite(ranges[index][0]).any()
                                             or torch.isfinite(ranges[index][1]).any())
         low, up = bounds[source]

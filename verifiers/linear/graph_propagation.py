@@ -581,6 +581,31 @@ def _tighten_after(net: GraphNet, bounds: list[Interval], index: int) -> None:
                          torch.minimum(bounds[later][1], step[1]))
 
 
+def expanded_for(bounds: list[Interval], splits: dict[int, torch.Tensor],
+                 ranges: dict[int, Interval]) -> list[Interval]:
+    """Bounds of a common box (batch 1) expanded to the ``B`` subdomains whose ReLU split
+    signs ``splits`` and sigmoid/tanh ranges ``ranges`` (``(B, *shape)`` each) describe
+    (to 1 if there are neither)."""
+    batch = next(iter([*splits.values(), *(r[0] for r in ranges.values())])).shape[0] \
+        if splits or ranges else 1
+    return [(lo.expand(batch, *lo.shape[1:]), hi.expand(batch, *hi.shape[1:]))
+            for lo, hi in bounds]
+
+
+def clamped_to_splits(pair: Interval, sign: torch.Tensor | None = None,
+                      ranges: Interval | None = None) -> Interval:
+    """Bounds ``(B, *shape)`` of a nonlinear node's input clamped to the subdomains'
+    ReLU split signs ``sign`` (``+1``: ``>= 0``, ``-1``: ``<= 0``, 0 free) and
+    intersected with their sigmoid/tanh ``ranges`` (``±inf`` where a unit is free)."""
+    lower, upper = pair
+    if sign is not None:
+        lower = torch.where(sign > 0, lower.clamp(min=0), lower)
+        upper = torch.where(sign < 0, upper.clamp(max=0), upper)
+    if ranges is not None:
+        lower, upper = torch.maximum(lower, ranges[0]), torch.minimum(upper, ranges[1])
+    return lower, upper
+
+
 def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, torch.Tensor],
                      ranges: dict[int, Interval] | None = None
                      ) -> tuple[list[Interval], dict[int, tuple]]:
@@ -594,23 +619,13 @@ def split_relaxation(net: GraphNet, bounds: list[Interval], splits: dict[int, to
     sigmoid/tanh node, the ranges ``(B, *shape)`` each (``±inf``: not split) its input
     is split to, intersected with its bounds likewise."""
     ranges = ranges or {}
-    batch = next(iter([*splits.values(), *(r[0] for r in ranges.values())])).shape[0] \
-        if splits or ranges else 1
-    out = [(lo.expand(batch, *lo.shape[1:]), hi.expand(batch, *hi.shape[1:]))
-           for lo, hi in bounds]
+    out = expanded_for(bounds, splits, ranges)
     relaxed: dict[int, tuple] = {}
     for index, node in enumerate(net.nodes):
         if node.op not in (*ELEMENTWISE, "maxpool"):
             continue
         source = node.inputs[0]
-        if index in splits:
-            sign = splits[index]
-            lower, upper = out[source]
-            out[source] = (torch.where(sign > 0, lower.clamp(min=0), lower),
-                           torch.where(sign < 0, upper.clamp(max=0), upper))
-        if index in ranges:
-            out[source] = (torch.maximum(out[source][0], ranges[index][0]),
-                           torch.minimum(out[source][1], ranges[index][1]))
+        out[source] = clamped_to_splits(out[source], splits.get(index), ranges.get(index))
         relaxed[index] = relaxation(net, index, out[source])
     return out, relaxed
 
