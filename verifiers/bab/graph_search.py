@@ -13,7 +13,8 @@ bounded again on them.
 units (``+1``: input ``>= 0``, ``-1``: ``<= 0``); batches of the open subdomains of
 largest parent bound (best first) are bounded at once. The split units' input bounds
 are clamped to their signs (BaBSR's scheme); on networks of at least
-``options.refine_depth`` nonlinear nodes the bounds of the nodes after a split are
+``options.refine_depth`` nonlinear nodes, where :data:`REFINE_PASSES` passes of the
+root's intermediate bounds fit the time limit, the bounds of the nodes after a split are
 re-derived through it with the root's parameters
 (:func:`verifiers.bab.graph_layer_bounds.refined_bounds`; a subdomain whose bounds
 contradict is empty, closed), elsewhere they stay the root's
@@ -66,6 +67,11 @@ from verifiers.linear.graph_optimisation import GraphSlopes, optimise, optimised
 from verifiers.linear.graph_propagation import box_maximum, linear_form, split_relaxation
 
 BATCH_MEMORY = 2 * 2 ** 30                # bytes a batch's bound computation may take, about
+# subdomains' bounds are re-derived after their splits (on deep enough networks) only if
+# this many passes of the root's intermediate bounds fit the time limit: on a CIFAR-sized
+# ResNet one pass takes 11 s (one thread), and a batch of re-derived subdomains ran 26 s
+# past a 60 s limit
+REFINE_PASSES = 50
 NARROWEST = 1e-7                          # sigmoid/tanh input ranges split no further
 INTERMEDIATE_SHARE = 0.2                  # of the time limit, for optimised root intermediates
 MIN_INTERMEDIATE_STEPS = 3                # fewer affordable steps: CROWN's intermediates
@@ -258,7 +264,11 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
     root_bounds, root_relaxed = optimised_layer_bounds(net64, lo[None], hi[None], 0,
                                                        slopes if refine else None)
     crown_seconds = time.perf_counter() - started
-    refine = refine and slopes.complete       # the root's parameters fit their budget
+    # re-deriving a subdomain's bounds costs up to one such pass: only where the parameters
+    # fit their budget and REFINE_PASSES passes fit the time limit
+    refine = refine and slopes.complete and \
+        crown_seconds * REFINE_PASSES <= options.time_limit
+    stats["refined"] = refine
     uppers: list[torch.Tensor] = []
     open_groups = False
     stats["groups_settled_at_root"] = 0
@@ -319,6 +329,8 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
         arrivals = 1
         worst = -math.inf          # the largest min-over-rows bound of a closed subdomain
         batches = 0
+        pace: float | None = None
+        last_count = 1
         while queue:
             if time.perf_counter() - began > options.time_limit or len(queue) > pool_limit:
                 open_groups = True
@@ -327,7 +339,16 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                 # every subdomain, open or closed, is bounded: the largest bound holds
                 worst = max(worst, -queue[0][0])
                 break
-            batch = [heapq.heappop(queue)[2] for _ in range(min(per_batch, len(queue)))]
+            # fewer than a whole batch when the time left would not fit it at the last
+            # batch's pace (seconds per subdomain), and at most twice the last batch (a
+            # batch's cost can grow faster than its size: re-derived bounds take the
+            # units crossing in any of its subdomains)
+            take = min(per_batch, len(queue))
+            if pace is not None:
+                left = options.time_limit - (time.perf_counter() - began)
+                take = max(1, min(take, int(left / max(pace, 1e-9)), 2 * last_count))
+            batch_began = time.perf_counter()
+            batch = [heapq.heappop(queue)[2] for _ in range(take)]
             count = len(batch)
             nodes += count
             box_lo, box_hi = lo.expand(count, -1), hi.expand(count, -1)
@@ -355,6 +376,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
             if warm and coef is not None:
                 params.update(_tighten(net64, upper, bounds, relaxed, splits, spec, offset,
                                        lo, hi, options.branch_iterations, batch, starts))
+            pace, last_count = (time.perf_counter() - batch_began) / count, count
             refuted = (upper < 0).any(1)
             if bool(refuted.any()):
                 worst = max(worst, float(upper[refuted].min(1).values.max()))
