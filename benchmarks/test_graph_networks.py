@@ -3,7 +3,8 @@ a small conv net and a small ResNet trained here on MNIST, exported to ONNX
 (:func:`models.graph_export.export_graph_onnx`), their robustness properties written by
 ``bench export NET.onnx --properties``, then per network ``bab`` on the graph
 (decided, median seconds, subdomains, bytes per subdomain; and the same search with
-CROWN bounds only, ``branch_iterations=0``) and ``crown``'s seconds per sample on the
+CROWN bounds only, ``branch_iterations=0``; where both are left open, the largest
+bound of an open subdomain of each) and ``crown``'s seconds per sample on the
 graph (pruned intermediate bounds, the default, and unpruned) against the dense folding
 (the conv net folds; the ResNet does not). ``BENCH_GRAPH_EPS`` sets the radius (0.02).
 
@@ -159,9 +160,11 @@ def test_graph_networks(benchmark, tmp_path):
             row["crown_mean_bound"] = float(graph_bound[finite].mean())
             row["crown_unpruned_mean_bound"] = float(exact[finite].mean())
             verdicts, seconds, nodes, dense_verdicts, plain = [], [], [], [], []
+            outcomes = []
             for file in files:
                 prop = read_vnnlib(folder / file)
                 outcome = decide_graph(graph, prop, SearchOptions(time_limit=TIME_LIMIT))
+                outcomes.append(outcome)
                 verdicts.append(outcome.verdict)
                 seconds.append(outcome.seconds)
                 nodes.append(outcome.nodes)
@@ -182,6 +185,13 @@ def test_graph_networks(benchmark, tmp_path):
                         "median_subdomains": statistics.median(nodes)})
             decided_plain = [o.seconds for o in plain if o.verdict != "unknown"]
             row["crown_only_bab_decided"] = len(decided_plain)
+            # where both searches are left open: the largest bound of an open subdomain
+            # (lower is closer to a proof), alpha-beta-CROWN against CROWN only
+            both_open = [(o.stats["open_bound"], p.stats["open_bound"])
+                         for o, p in zip(outcomes, plain)
+                         if "open_bound" in o.stats and "open_bound" in p.stats]
+            row["open_bounds_bab_vs_crown_only"] = [(round(a, 3), round(b, 3))
+                                                    for a, b in both_open]
             row["crown_only_bab_median_s"] = statistics.median(o.seconds for o in plain)
             if dense_verdicts:
                 row["dense_bab_decided"] = sum(v != "unknown" for v in dense_verdicts)
