@@ -22,13 +22,13 @@ import torch
 from models.graph import ELEMENTWISE, GraphNet
 from verifiers.linear.graph_optimisation import GraphSlopes, curve_ranges, lines_with
 from verifiers.linear.graph_propagation import (
-    CHUNK_ENTRIES,
     Interval,
     box_maximum,
     clamped_to_splits,
     expanded_for,
     linear_form,
     relaxation,
+    unit_chunks,
 )
 
 
@@ -92,22 +92,18 @@ def _rederived(net: GraphNet, relaxed: dict[int, tuple], bounds: list[Interval],
     lower, upper = lower.clone(), upper.clone()
     curves = curve_ranges(net, relaxed, bounds)
     count = len(root_units)
-    size = math.prod(shape)
     # rows per pass: their coefficients on the largest node before (B x 2 x rows x size)
     largest = max(math.prod(node.shape) for node in net.nodes[:source + 1])
-    step = max(1, CHUNK_ENTRIES // (largest * batch * 2))
-    for start in range(0, len(positions), step):
-        part = positions[start:start + step]
-        units = root_units[part]
-        eye = torch.zeros(len(units), size, dtype=lower.dtype)
-        eye[torch.arange(len(units)), units] = 1.0
-        eye = eye.reshape(-1, *shape)
-        spec = torch.cat([eye, -eye])[None].expand(batch, *([-1] * (len(shape) + 1)))
+    done = 0
+    for units, spec in unit_chunks(net, source, root_units[positions], batch,
+                                   width=2 * largest):
+        part = positions[done:done + len(units)]        # the units' places in root_units
+        done += len(units)
         rows = torch.cat([part, part + count])
         free = {index: alpha for index, alpha in slopes.whole(net, source, rows).items()
                 if index in relaxed}
         lines = lines_with(net, relaxed, curves, free, lower.dtype)
-        both = box_maximum(*linear_form(net, lines, source, spec), lo, hi)
+        both = box_maximum(*linear_form(net, lines, source, spec.to(lower.dtype)), lo, hi)
         lower[:, units] = torch.maximum(lower[:, units], -both[:, len(units):])
         upper[:, units] = torch.minimum(upper[:, units], both[:, :len(units)])
     return lower.reshape(batch, *shape), upper.reshape(batch, *shape)

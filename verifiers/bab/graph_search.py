@@ -63,7 +63,14 @@ from verifiers.bab.graph_layer_bounds import refined_bounds
 from verifiers.bab.options import SearchOptions
 from verifiers.bab.search import BabOutcome
 from verifiers.bab.search_attacks import attack_candidates, attack_due
-from verifiers.linear.graph_optimisation import GraphSlopes, optimise, optimised_layer_bounds
+from verifiers.linear.graph_optimisation import (
+    GraphSlopes,
+    crossing_units,
+    optimise,
+    optimised_layer_bounds,
+    packed,
+    unpacked,
+)
 from verifiers.linear.graph_propagation import box_maximum, linear_form, split_relaxation
 
 BATCH_MEMORY = 2 * 2 ** 30                # bytes a batch's bound computation may take, about
@@ -119,7 +126,7 @@ class WarmStarts:
         for index, t in params.items():
             one = t.select(self._rows_axis(index, t) - 1, b)
             if index in self.positions:
-                one = one.flatten(1)[:, self.positions[index]]
+                one = packed(one, self.net.nodes[index].shape, self.positions[index])
             out[index] = one.clone()
         return out
 
@@ -137,10 +144,8 @@ class WarmStarts:
             for part in parts:
                 value = part.get(index, torch.zeros_like(some))
                 if index in self.positions:
-                    shape = self.net.nodes[index].shape
-                    dense = value.new_zeros(value.shape[0], math.prod(shape))
-                    dense[:, self.positions[index]] = value
-                    value = dense.reshape(value.shape[0], *shape)
+                    value = unpacked(value, self.net.nodes[index].shape,
+                                     self.positions[index])
                 whole.append(value)
             out[index] = torch.stack(whole, self._rows_axis(index, whole[0]))
         return out
@@ -303,8 +308,7 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
         roots = torch.minimum(roots, again[0] - offsets)
     roots = roots.split(sizes)
     warm = options.branch_iterations > 0
-    starts = WarmStarts(net64, {index: torch.nonzero(root_relaxed[index][3].flatten() > 0)
-                                .flatten() for index in relus})
+    starts = WarmStarts(net64, {index: crossing_units(root_relaxed, index) for index in relus})
     # a subdomain's signs, and its warm start at most: float32 slopes and multipliers of
     # every ReLU unit crossing at the root and two tangent positions of every
     # sigmoid/tanh unit, per row
@@ -401,23 +405,19 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                         return outcome("violated", unbounded, point)
             for b in alive:
                 unit = _branch(net64, relus, bounds, record, b)
-                if unit is None and curves:           # no unstable ReLU: split an S-curve
-                    cut = _curve_branch(net64, curves, bounds, relaxed, record, b)
-                    if cut is not None:
-                        stats["curve_splits"] += 1
-                        alphas, betas = params[b]
-                        for child in _curve_children(net64, batch[b], cut):
-                            heapq.heappush(queue, (-float(upper[b].min()), arrivals,
-                                                   Domain(batch[b].signs, alphas, betas,
-                                                          child, upper[b].clone())))
-                            arrivals += 1
-                        continue
-                if unit is None:                      # no unstable ReLU: linear here
-                    if not linear_leaves:
-                        stats["open_leaves"] += 1
-                        open_groups = True
-                        worst = math.inf
-                        continue
+                cut = _curve_branch(net64, curves, bounds, relaxed, record, b) \
+                    if unit is None and curves else None  # no unstable ReLU: an S-curve
+                if unit is not None or cut is not None:
+                    stats["curve_splits"] += cut is not None
+                    alphas, betas = params[b]
+                    for signs, ranges in _children(net64, batch[b], unit, cut):
+                        heapq.heappush(queue, (-float(upper[b].min()), arrivals,
+                                               Domain(signs, alphas, betas, ranges,
+                                                      upper[b].clone())))
+                        arrivals += 1
+                    continue
+                # nothing to split: linear here (an LP decides it), or a leaf left open
+                if linear_leaves:
                     stats["leaf_lps"] += 1
                     found = _leaf_lp(net64, relaxed, splits, b, matrix, offset, lo, hi)
                     if found is None:
@@ -426,21 +426,9 @@ def decide_graph(net: GraphNet, prop: Property, options: SearchOptions = SearchO
                         point = torch.from_numpy(found)
                         if bool(_violates(net64, prop, point[None])[0]):
                             return outcome("violated", unbounded, point)
-                    stats["open_leaves"] += 1        # the LP's point fails the forward pass
-                    open_groups = True
-                    worst = math.inf
-                    continue
-                index, flat = unit
-                alphas, betas = params[b]
-                for sign in (1, -1):
-                    signs = {k: v.clone() for k, v in batch[b].signs.items()}
-                    shape = net64.nodes[net64.nodes[index].inputs[0]].shape
-                    split = signs.setdefault(index, torch.zeros(shape, dtype=torch.int8))
-                    split.view(-1)[flat] = sign
-                    heapq.heappush(queue, (-float(upper[b].min()), arrivals,
-                                           Domain(signs, alphas, betas, batch[b].ranges,
-                                                  upper[b].clone())))
-                    arrivals += 1
+                stats["open_leaves"] += 1  # max pool or too narrow an S-curve left, or LP failed
+                open_groups = True
+                worst = math.inf
         uppers.append(torch.full((len(offset),), worst, dtype=torch.float64))
         if open_groups:
             break
@@ -510,19 +498,31 @@ def _curve_branch(net: GraphNet, curves: list[int], bounds: list, relaxed: dict[
     return None if best is None else best[1:]
 
 
-def _curve_children(net: GraphNet, domain: Domain, cut: tuple[int, int, float]
-                    ) -> list[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
-    """The two children's ranges of ``domain`` split at unit ``cut = (node, flat, point)``:
-    its input in ``[lo, point]`` and in ``[point, hi]`` (together the parent)."""
-    index, flat, point = cut
-    shape = net.nodes[net.nodes[index].inputs[0]].shape
+def _children(net: GraphNet, domain: Domain, unit: tuple[int, int] | None,
+              cut: tuple[int, int, float] | None) -> list[tuple[dict, dict]]:
+    """The two children of ``domain`` as ``(signs, ranges)``: split at ReLU ``unit =
+    (node, flat)`` (its input ``>= 0`` and ``<= 0``), or else at the sigmoid/tanh unit
+    ``cut = (node, flat, point)`` (its input in ``[lo, point]`` and ``[point, hi]``);
+    together they cover the parent."""
     children = []
     for side in (0, 1):
-        ranges = {k: (v[0].clone(), v[1].clone()) for k, v in domain.ranges.items()}
-        low, up = ranges.setdefault(index, (torch.full(shape, -math.inf, dtype=torch.float64),
-                                            torch.full(shape, math.inf, dtype=torch.float64)))
-        (up if side == 0 else low).view(-1)[flat] = point
-        children.append(ranges)
+        signs, ranges = domain.signs, domain.ranges
+        if unit is not None:
+            index, flat = unit
+            shape = net.nodes[net.nodes[index].inputs[0]].shape
+            signs = {k: v.clone() for k, v in signs.items()}
+            split = signs.setdefault(index, torch.zeros(shape, dtype=torch.int8))
+            split.view(-1)[flat] = 1 if side == 0 else -1
+        else:
+            assert cut is not None
+            index, flat, point = cut
+            shape = net.nodes[net.nodes[index].inputs[0]].shape
+            ranges = {k: (v[0].clone(), v[1].clone()) for k, v in ranges.items()}
+            low, up = ranges.setdefault(index, (
+                torch.full(shape, -math.inf, dtype=torch.float64),
+                torch.full(shape, math.inf, dtype=torch.float64)))
+            (up if side == 0 else low).view(-1)[flat] = point
+        children.append((signs, ranges))
     return children
 
 

@@ -45,6 +45,25 @@ OPTIMISED_CHUNK_ENTRIES = 500_000
 Parameters = dict[int, torch.Tensor]
 
 
+def crossing_units(relaxed: dict[int, tuple], index: int) -> torch.Tensor:
+    """ReLU node ``index``'s units crossing zero under its relaxation (one box), flat
+    indices ``(n,)``: the only ones whose lower slope is free (the upper line's offset is
+    positive there)."""
+    return torch.nonzero(relaxed[index][3].flatten() > 0).flatten()
+
+
+def packed(alpha: torch.Tensor, shape: tuple[int, ...], units: torch.Tensor) -> torch.Tensor:
+    """A ReLU node's parameters ``(..., *shape)`` kept at ``units (n,)`` only: ``(..., n)``."""
+    return alpha.flatten(alpha.dim() - len(shape))[..., units].contiguous()
+
+
+def unpacked(lean: torch.Tensor, shape: tuple[int, ...], units: torch.Tensor) -> torch.Tensor:
+    """:func:`packed`'s inverse, 0 at the other units: ``(..., n)`` -> ``(..., *shape)``."""
+    whole = lean.new_zeros(*lean.shape[:-1], math.prod(shape))
+    whole[..., units] = lean
+    return whole.reshape(*lean.shape[:-1], *shape)
+
+
 @dataclass
 class GraphSlopes:
     """The parameters behind optimised intermediate bounds of one box: per bounded node
@@ -71,9 +90,8 @@ class GraphSlopes:
         for index, alpha in alphas.items():
             if net.nodes[index].op == "relu":
                 if index not in self.positions:
-                    self.positions[index] = torch.nonzero(
-                        relaxed[index][3].flatten() > 0).flatten()
-                alpha = alpha.flatten(2)[:, :, self.positions[index]]
+                    self.positions[index] = crossing_units(relaxed, index)
+                alpha = packed(alpha, net.nodes[index].shape, self.positions[index])
             lean[index] = alpha.contiguous()
         size = sum(t.numel() * t.element_size() for t in lean.values())
         if not self.complete or self.size + size > self.budget:
@@ -88,11 +106,9 @@ class GraphSlopes:
         ReLU units): ``(1, R, *shape)``, ``(2, 1, R, *shape)``."""
         out = {}
         for index, alpha in self.alphas[source].items():
-            shape = net.nodes[index].shape
             if index in self.positions:
-                dense = alpha.new_zeros(1, len(rows), math.prod(shape))
-                dense[:, :, self.positions[index]] = alpha[:, rows]
-                out[index] = dense.reshape(1, len(rows), *shape)
+                out[index] = unpacked(alpha[:, rows], net.nodes[index].shape,
+                                      self.positions[index])
             else:
                 out[index] = alpha[:, :, rows]
         return out
@@ -193,14 +209,18 @@ def optimise(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tens
                 {index: value.detach() for index, value in betas.items()})
     optimiser = torch.optim.Adam(list(free.values()) + list(betas.values()),
                                  lr=LEARNING_RATE)
-    best = crown.clone()
-    for _ in range(iterations):
-        optimiser.zero_grad()
+
+    def evaluated() -> torch.Tensor:
+        """The float64 bound ``(B, S)`` with the parameters as they stand."""
         lines = lines_with(net, relaxed, curves, free, torch.float64)
         terms = {index: betas[index].to(torch.float64).clamp(min=0) * signs[index]
                  for index in betas}
-        coef, const = linear_form(net, lines, target, spec, split_terms=terms)
-        value = box_maximum(coef, const, lo, hi)
+        return box_maximum(*linear_form(net, lines, target, spec, split_terms=terms), lo, hi)
+
+    best = crown.clone()
+    for _ in range(iterations):
+        optimiser.zero_grad()
+        value = evaluated()
         value.sum().backward()
         with torch.no_grad():
             best = torch.minimum(best, value)
@@ -211,11 +231,7 @@ def optimise(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor, spec: torch.Tens
             for tensor in betas.values():
                 tensor.clamp_(min=0)
     with torch.no_grad():           # the last step's parameters, evaluated once more
-        lines = lines_with(net, relaxed, curves, free, torch.float64)
-        terms = {index: betas[index].to(torch.float64).clamp(min=0) * signs[index]
-                 for index in betas}
-        best = torch.minimum(best, box_maximum(*linear_form(net, lines, target, spec,
-                                                            split_terms=terms), lo, hi))
+        best = torch.minimum(best, evaluated())
     return (best, {index: value.detach() for index, value in free.items()},
             {index: value.detach() for index, value in betas.items()})
 
@@ -274,11 +290,8 @@ def optimised_layer_bounds(net: GraphNet, lo: torch.Tensor, hi: torch.Tensor,
         lowers, uppers, kept = [], [], []
         for part, spec in unit_chunks(net, source, units, lo.shape[0],
                                       OPTIMISED_CHUNK_ENTRIES):
-            spec = spec.to(lo.dtype)
-            with torch.no_grad():
-                crown = backward_upper(net, relaxed, source, spec, lo, hi)
-            both, free, _ = optimise(net, lo, hi, spec, source, iterations, relaxed, bounds,
-                                     crown=crown)
+            both, free, _ = optimise(net, lo, hi, spec.to(lo.dtype), source, iterations,
+                                     relaxed, bounds)
             uppers.append(both[:, :len(part)].detach())
             lowers.append(-both[:, len(part):].detach())
             kept.append((len(part), free))

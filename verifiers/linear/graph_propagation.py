@@ -546,15 +546,16 @@ def joined_boxes(parts: list[tuple[list[Interval], dict[int, tuple]]]
 
 
 def unit_chunks(net: GraphNet, source: int, units: torch.Tensor | None, batch: int,
-                entries: int = CHUNK_ENTRIES) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                entries: int = CHUNK_ENTRIES, width: int | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The units ``units (U,)`` of node ``source`` (flat indices; ``None``: all of them)
-    in chunks of at most ``entries`` rows times node size times ``batch``: per chunk its
-    flat indices ``(u,)`` and the specification ``(batch, 2u, *shape)`` of the rows
-    ``+e_i`` (first ``u``) and ``-e_i`` (last ``u``)."""
+    in chunks of at most ``entries`` rows times ``width`` (default: the node's size)
+    times ``batch``: per chunk its flat indices ``(u,)`` and the specification ``(batch,
+    2u, *shape)`` of the rows ``+e_i`` (first ``u``) and ``-e_i`` (last ``u``)."""
     shape = net.nodes[source].shape
     size = math.prod(shape)
     chosen = torch.arange(size) if units is None else units
-    rows = max(1, entries // max(size * batch, 1))
+    rows = max(1, entries // max((width or size) * batch, 1))
     for start in range(0, len(chosen), rows):
         part_units = chosen[start:start + rows]
         part = torch.zeros(len(part_units), size, dtype=torch.float64)
