@@ -45,20 +45,15 @@ def export_graph_onnx(net: GraphNet, path: Path) -> Path:
                                                                  tensor(index, "weight")),
                                                    const(f"n{index}.bias", tensor(index, "bias"))],
                                           [out], transB=1))
-        elif node.op == "conv":
-            pads = [a["padding"][0], a["padding"][1]] * 2
+        elif node.op in ("conv", "deconv"):
+            extra = {"output_padding": list(a["output_padding"])} if node.op == "deconv" \
+                else {}
             nodes.append(helper.make_node(
-                "Conv", [ins[0], const(f"n{index}.weight", tensor(index, "weight")),
-                         const(f"n{index}.bias", tensor(index, "bias"))], [out],
-                strides=list(a["stride"]), pads=pads, dilations=list(a["dilation"]),
-                group=a["groups"]))
-        elif node.op == "deconv":
-            pads = [a["padding"][0], a["padding"][1]] * 2
-            nodes.append(helper.make_node(
-                "ConvTranspose", [ins[0], const(f"n{index}.weight", tensor(index, "weight")),
-                                  const(f"n{index}.bias", tensor(index, "bias"))], [out],
-                strides=list(a["stride"]), pads=pads, dilations=list(a["dilation"]),
-                group=a["groups"], output_padding=list(a["output_padding"])))
+                "Conv" if node.op == "conv" else "ConvTranspose",
+                [ins[0], const(f"n{index}.weight", tensor(index, "weight")),
+                 const(f"n{index}.bias", tensor(index, "bias"))], [out],
+                strides=list(a["stride"]), pads=[a["padding"][0], a["padding"][1]] * 2,
+                dilations=list(a["dilation"]), group=a["groups"], **extra))
         elif node.op == "slice":
             nodes.append(helper.make_node(
                 "Slice", [ins[0], const(f"n{index}.starts", np.array([a["start"]]), np.int64),
